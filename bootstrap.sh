@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up this machine for g5kdeploy (idempotent): Debian packages for the embedded testbed
+# (OpenSSH, TakTuk, OAR 2.5.9 + PostgreSQL, iperf3, ...) and a venv with the project.
+# Services are not started here: `invoke testbed-up` starts them, `invoke testbed-destroy`
+# stops them. Needs root for the packages (the local testbed needs root anyway).
+set -euo pipefail
+cd "$(dirname "$0")"
+PACKAGES=(openssh-server openssh-client taktuk netcat-traditional iproute2 iputils-ping iperf3 procps
+          util-linux postgresql oar-server oar-server-pgsql oar-user oar-user-pgsql oar-node
+          libjson-perl libyaml-perl)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "bootstrap: installing ${missing[*]} needs root: run sudo ./bootstrap.sh" >&2; exit 1; }
+  echo "bootstrap: apt-get install ${missing[*]}"
+  # no service may start on its own during the install: the testbed starts what it needs
+  blocker=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && blocker=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    > /tmp/g5kdeploy-apt.log 2>&1 || { tail -30 /tmp/g5kdeploy-apt.log >&2; exit 1; }
+  [ -z "$blocker" ] || rm -f /usr/sbin/policy-rc.d
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import g5kdeploy, execo, hostlist, invoke, pandas, pyarrow, rich, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "bootstrap: pip install -e .[test]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+  touch .venv/.installed
+fi
+echo "bootstrap: ready (.venv/bin/invoke --list)"

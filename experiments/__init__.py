@@ -1,0 +1,1 @@
+"""One file per experiment: NAME, PARAMS, main(run, testbed, **params), summary(rows)."""

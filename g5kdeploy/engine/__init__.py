@@ -1,0 +1,41 @@
+"""Experiments as stages over a testbed, each stage timed into the run's timeline."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from types import ModuleType
+
+from g5kdeploy.progress import console
+from g5kdeploy.results import Run
+from g5kdeploy.testbed import Testbed
+
+
+@contextmanager
+def stage(run: Run, name: str, nodes=None):
+    """Record start/end of a stage (per node when nodes are given) with its duration."""
+    names = [str(n) for n in nodes] if nodes else [None]
+    t0 = time.time()
+    for n in names:
+        run.event(name, "start", n)
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] stage [bold]{name}[/bold]")
+    status = "ok"
+    try:
+        yield
+    except BaseException as e:
+        status = f"failed: {type(e).__name__}: {e}"
+        raise
+    finally:
+        for n in names:
+            run.event(name, "end", n, duration_s=time.time() - t0, status=status)
+
+
+def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None) -> Run:
+    """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory."""
+    params = {**module.PARAMS, **(overrides or {})}
+    run = Run(module.NAME, params, testbed=testbed.description.source)
+    try:
+        module.main(run, testbed, **params)
+    finally:
+        if run.rows:
+            run.save()
+    return run

@@ -1,0 +1,149 @@
+"""Parallel remote execution on nodes with execo: ssh or TakTuk, put/get, chain broadcast.
+
+Every call returns per-host results (exit code, stdout, stderr, duration); failed hosts
+are reported and can be filtered out, never raised as one bulk exception."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import execo
+
+from g5kdeploy.errors import UserError
+from g5kdeploy.remote import _execo_py3
+from g5kdeploy.testbed.model import Node, expand_hostlist
+
+_execo_py3.apply()
+execo.logger.setLevel(logging.WARNING)
+METHODS = ("ssh", "taktuk")
+# user root; host keys and identities come from ssh_config (the local testbed writes one).
+# No `-tt` (execo's default): stderr stays separate from stdout.
+CONNECTION = {"user": "root", "ssh_options": ("-o", "BatchMode=yes", "-o", "PasswordAuthentication=no",
+                                              "-o", "ConnectTimeout=20")}
+
+
+@dataclass
+class HostResult:
+    host: str
+    ok: bool
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    duration_s: float
+    error: str = ""
+
+
+class Results(list):
+    """HostResults, one per host."""
+
+    @property
+    def ok(self) -> list[str]:
+        return [r.host for r in self if r.ok]
+
+    @property
+    def failed(self) -> list[HostResult]:
+        return [r for r in self if not r.ok]
+
+    def by_host(self) -> dict[str, HostResult]:
+        return {r.host: r for r in self}
+
+    def summary(self) -> str:
+        bad = "; ".join(f"{r.host}: {r.error or r.stderr.strip()[-200:] or f'exit {r.exit_code}'}"
+                        for r in self.failed)
+        return f"{len(self.ok)}/{len(self)} hosts ok" + (f" (failed: {bad})" if bad else "")
+
+
+def hostnames(hosts) -> list[str]:
+    """Node, NodeSet, names or a hostlist string -> names."""
+    if isinstance(hosts, str):
+        return expand_hostlist(hosts)
+    if isinstance(hosts, Node):
+        return [hosts.hostname]
+    return [h.hostname if isinstance(h, Node) else str(h) for h in hosts]
+
+
+def _hosts(hosts) -> list[execo.Host]:
+    names = hostnames(hosts)
+    if not names:
+        raise UserError("no hosts given")
+    return [execo.Host(n, user=CONNECTION["user"]) for n in names]
+
+
+def _results(processes: Iterable) -> Results:
+    out = Results()
+    for p in processes:
+        duration = (p.end_date - p.start_date) if p.end_date and p.start_date else 0.0
+        error = "timeout" if p.timeouted else (str(p.error_reason) if p.error else "")
+        # execo 2.8.2 keeps the raw wait status (ssh via waitpid, TakTuk via perl's $?)
+        code = None if p.exit_code is None else os.waitstatus_to_exitcode(p.exit_code)
+        if code is not None and code < 0:
+            error = error or f"killed by signal {-code}"
+        if code == 255 and not error and p.stderr.strip():
+            error = p.stderr.strip().splitlines()[-1]   # ssh's own failure (unknown host, refused...)
+        out.append(HostResult(p.host.address, code == 0 and not error, code, p.stdout, p.stderr, duration, error))
+    return out
+
+
+def _quietly_run(action):
+    """Run an execo action; outcomes are reported by us, per host, not logged by execo."""
+    for p in action.processes:
+        p.nolog_exit_code = p.ignore_exit_code = p.nolog_error = p.ignore_error = True
+        p.nolog_timeout = p.ignore_timeout = True
+    action.run()
+    return _results(action.processes)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise UserError(f"unknown remote method {method!r}: use one of {', '.join(METHODS)}")
+
+
+def run(command: str, hosts, method: str = "ssh", timeout: float | None = None) -> Results:
+    """Run `command` on every host in parallel; `timeout` (s) ends it on the host too."""
+    _check_method(method)
+    if timeout:
+        command = f"timeout -k 2 {timeout} sh -c {shlex.quote(command)}"
+    cls = execo.Remote if method == "ssh" else execo.TaktukRemote
+    results = _quietly_run(cls(command, _hosts(hosts), connection_params=CONNECTION,
+                               process_args={"timeout": timeout + 10 if timeout else None}))
+    for r in results:
+        if timeout and r.exit_code in (124, 137):
+            r.ok, r.error = False, f"timeout after {timeout} s"
+    return results
+
+
+def put(local_files: list[str | Path], hosts, remote_dir: str = ".", method: str = "ssh") -> Results:
+    """Copy local files to every host (scp in parallel, or TakTuk's put)."""
+    _check_method(method)
+    for f in local_files:
+        if not Path(f).exists():
+            raise UserError(f"cannot copy {f}: no such local file")
+    cls = execo.Put if method == "ssh" else execo.TaktukPut
+    return _quietly_run(cls(_hosts(hosts), [str(f) for f in local_files], remote_dir, connection_params=CONNECTION))
+
+
+def get(hosts, remote_files: list[str], local_dir: str | Path) -> Results:
+    """Fetch files from every host into local_dir (scp; hosts' files of the same name collide:
+    use one local_dir per host or remote names that differ)."""
+    return _quietly_run(execo.Get(_hosts(hosts), list(remote_files), str(local_dir), connection_params=CONNECTION))
+
+
+def chain_put(local_file: str | Path, hosts, remote_dir: str = "/tmp") -> Results:
+    """Broadcast one file along a chain of hosts (execo ChainPut, Kastafior-style), then check
+    its MD5 on every host: a host is ok only if its copy is identical."""
+    local_file = Path(local_file)
+    digest = hashlib.md5(local_file.read_bytes()).hexdigest()
+    execo.ChainPut(_hosts(hosts), [str(local_file)], remote_dir, connection_params=CONNECTION).run()
+    remote = shlex.quote(f"{remote_dir.rstrip('/')}/{local_file.name}")
+    checked = run(f"md5sum {remote}", hosts)
+    for r in checked:
+        if r.ok and r.stdout.split()[:1] != [digest]:
+            r.ok, r.error = False, "checksum differs"
+        elif not r.ok:
+            r.error = r.error or "file missing"
+    return checked

@@ -1,0 +1,305 @@
+"""The embedded default testbed: Grid'5000 in a box, made of real parts (needs root).
+
+Nodes are namespaces with an overlay root and an sshd, sites are bridges behind router
+namespaces joined by a backbone, links are shaped with tc, and a real OAR 2.5.9 on the
+frontend (this host) schedules the nodes. Everything created is journaled first."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from g5kdeploy.errors import UserError
+from g5kdeploy.progress import console, parallel
+from g5kdeploy.testbed import Testbed
+from g5kdeploy.testbed import description as descriptions
+from g5kdeploy.testbed.description import Description, parse_rate
+from g5kdeploy.testbed.local import network, oar_server
+from g5kdeploy.testbed.local.nodes import HOSTS, HOSTS_TAG, SSH_CONFIG, NodeFiles, netns, stop_all_processes, wait_ssh
+from g5kdeploy.testbed.local.state import Journal
+from g5kdeploy.testbed.local.system import replace_block, require_root, sh
+from g5kdeploy.testbed.model import NodeSet, Reservation, expand_hostlist, parse_walltime
+
+log = logging.getLogger(__name__)
+DEFAULT_HOME = Path(os.environ.get("G5KDEPLOY_HOME", "/var/tmp/g5kdeploy"))
+ENVIRONMENTS = ("debian12-g5kdeploy",)   # named root filesystems nodes can be deployed with
+
+
+class LocalTestbed(Testbed):
+    def __init__(self, desc: Description, workdir: Path = DEFAULT_HOME):
+        self.description, self.workdir = desc, Path(workdir)
+        self.journal = Journal(self.workdir / "state.jsonl")
+        self.files = NodeFiles(self.workdir, desc)
+        self.oar = oar_server.client()
+
+    # -- life cycle ---------------------------------------------------------------------
+    @classmethod
+    def up(cls, desc: Description | None = None, workdir: Path = DEFAULT_HOME) -> "LocalTestbed":
+        """Bring the testbed up (a no-op when this description is already up and healthy)."""
+        require_root()
+        oar_server.check_installed()
+        desc = desc or descriptions.load()
+        workdir = Path(workdir)
+        journal = Journal(workdir / "state.jsonl")
+        if journal.exists():
+            running = cls.attach(workdir, check=False)
+            if running.healthy():
+                if running.description.source != desc.source:
+                    raise UserError("another testbed description is up: invoke testbed-destroy first")
+                return running
+            log.warning("leftovers of an earlier testbed found: destroying them first")
+            destroy(workdir)
+        tb = cls(desc, workdir)
+        try:
+            tb._build()
+        except BaseException:
+            destroy(workdir)
+            raise
+        return tb
+
+    def _build(self) -> None:
+        d, j, f = self.description, self.journal, self.files
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "description.json").write_text(json.dumps(d.source, indent=1))
+        j.record("workdir", path=str(self.workdir))
+        f.generate_keys()
+        j.record("hosts_block")
+        replace_block(HOSTS, HOSTS_TAG, f.hosts_lines())
+        j.record("file", path=str(SSH_CONFIG))
+        f.write_access_files()
+        network.build(d, j)
+        self._write_rates({"lan": {s: d.lan_rate for s in d.sites},
+                           "wan": {"|".join(sorted(p)): d.wan_rate_between(*p) for p in self._site_pairs()}})
+        self._apply_rates()
+        nodes = d.nodes()
+        for n in nodes:
+            f.prepare_upper(n)
+            f.start(n)
+        down = [o.item for o in parallel(lambda n: wait_ssh(n.address) or _raise(f"sshd of {n} not up"),
+                                         nodes, "booting nodes") if not o.ok]
+        if down:
+            raise RuntimeError(f"nodes did not boot: {NodeSet(down)} (see {self.workdir}/nodes/*/console.log)")
+        oar_server.configure(d)
+        oar_server.start_postgres(j, d)
+        oar_server.prepare_database(d)
+        oar_server.start_frontend_sshd(j, d, self.workdir)
+        oar_server.start_almighty(j)
+        j.record("ready")
+
+    @classmethod
+    def attach(cls, workdir: Path = DEFAULT_HOME, check: bool = True) -> "LocalTestbed":
+        """The testbed that is up in `workdir`."""
+        path = Path(workdir) / "description.json"
+        if not path.exists():
+            raise UserError("no local testbed is up: run `invoke testbed-up` first")
+        tb = cls(descriptions.parse(json.loads(path.read_text()), str(path)), workdir)
+        if check and not tb.healthy():
+            raise UserError("the local testbed is not healthy (interrupted or crashed): "
+                            "run `invoke testbed-destroy testbed-up`")
+        return tb
+
+    def healthy(self) -> bool:
+        entries = self.journal.entries()
+        return ({"kind": "ready"} in entries
+                and oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty") is not None
+                and all(Path("/run/netns", netns(n)).exists() for n in self.description.nodes()))
+
+    def destroy(self) -> None:
+        destroy(self.workdir)
+
+    # -- nodes ------------------------------------------------------------------------------
+    def nodes(self, hosts: str | None = None) -> NodeSet:
+        every = self.description.nodes()
+        if hosts is None:
+            return every
+        by_name = {a: n for n in every for a in (n.hostname, f"{n.short}.{n.site}", n.short)}
+        unknown = [h for h in expand_hostlist(hosts) if h not in by_name]
+        if unknown:
+            raise UserError(f"unknown node(s) {', '.join(unknown)}: this testbed has {every}")
+        return NodeSet(by_name[h] for h in expand_hostlist(hosts))
+
+    # -- OAR ----------------------------------------------------------------------------------
+    def reserve(self, request: dict[str, int], walltime: str | int = "1:00",
+                name: str = "g5kdeploy", deploy: bool = True) -> Reservation:
+        seconds = parse_walltime(walltime)
+        self._check_request(request)
+        jobs: dict[str, int] = {}
+        try:
+            for site, count in request.items():
+                job = self.oar.submit(count, seconds, name, f"sleep {seconds}", properties=f"site='{site}'",
+                                      types=("deploy",) if deploy else ())
+                self.journal.record("oar_job", id=job)
+                jobs[site] = job
+            with console.status(f"waiting for OAR jobs {', '.join(map(str, jobs.values()))}"):
+                states = self.oar.wait(list(jobs.values()))
+        except BaseException:
+            self._end_jobs(list(jobs.values()))
+            raise
+        by_name = {n.hostname: n for n in self.description.nodes()}
+        nodes = NodeSet(by_name[h] for j in jobs.values()
+                        for h in sorted(set(states[j]["assigned_network_address"])))
+        start = min(int(s["startTime"]) for s in states.values())
+        return Reservation(jobs, nodes, datetime.fromtimestamp(start) + timedelta(seconds=seconds), name)
+
+    def _check_request(self, request: dict[str, int]) -> None:
+        sites = self.description.sites
+        if not request:
+            raise UserError("empty reservation: ask for nodes per site, e.g. rennes:2,nancy:1")
+        for site, count in request.items():
+            if site not in sites:
+                raise UserError(f"unknown site {site!r}: this testbed has {', '.join(sites)}")
+            if not isinstance(count, int) or count <= 0:
+                raise UserError(f"{site}: ask for a positive number of nodes (got {count!r})")
+            if count > sites[site].size:
+                raise UserError(f"{site} has {sites[site].size} nodes, {count} requested: ask for fewer")
+
+    def release(self, reservation: Reservation) -> None:
+        self._end_jobs(list(reservation.jobs.values()))
+
+    def _end_jobs(self, jobs: list[int]) -> None:
+        if not jobs:
+            return
+        self.oar.delete(*jobs)
+        self.oar.wait(jobs, states=("Terminated", "Error"), timeout=60)
+        for job in jobs:
+            self.journal.forget("oar_job", id=job)
+
+    # -- Kadeploy analog ----------------------------------------------------------------------
+    def deploy(self, nodes, environment: str = "debian12-g5kdeploy") -> dict:
+        """Reimage nodes in parallel: kill everything on them, wipe their private layer, boot."""
+        if environment not in ENVIRONMENTS:
+            raise UserError(f"unknown environment {environment!r}: available: {', '.join(ENVIRONMENTS)}")
+        nodes = self.nodes(nodes) if isinstance(nodes, str) else NodeSet(nodes)
+
+        def reimage(node):
+            stop_all_processes(netns(node))
+            self.files.prepare_upper(node)
+            self.files.start(node)
+            if not wait_ssh(node.address):
+                raise RuntimeError("sshd did not come back")
+
+        return {o.item.hostname: o for o in parallel(reimage, nodes, f"deploying {environment}")}
+
+    # -- network --------------------------------------------------------------------------------
+    def shape(self, a: str, b: str, rate: str) -> None:
+        for site in (a, b):
+            if site not in self.description.sites:
+                raise UserError(f"unknown site {site!r}: this testbed has {', '.join(self.description.sites)}")
+        rates = self.rates()
+        if a == b:
+            rates["lan"][a] = parse_rate(rate)
+        else:
+            rates["wan"]["|".join(sorted((a, b)))] = parse_rate(rate)
+        self._write_rates(rates)
+        self._apply_rates({a, b})
+
+    def rates(self) -> dict:
+        """Configured rates in bit/s: {'lan': {site: r}, 'wan': {'a|b': r}}."""
+        return json.loads((self.workdir / "rates.json").read_text())
+
+    def _write_rates(self, rates: dict) -> None:
+        (self.workdir / "rates.json").write_text(json.dumps(rates, indent=1))
+
+    def _site_pairs(self) -> list[frozenset]:
+        s = list(self.description.sites)
+        return [frozenset((x, y)) for i, x in enumerate(s) for y in s[i + 1:]]
+
+    def _apply_rates(self, sites: set[str] | None = None) -> None:
+        r = self.rates()
+        wan = {frozenset(k.split("|")): v for k, v in r["wan"].items()}
+        for site in sites or self.description.sites:
+            network.apply(network.lan_commands(self.description, site, r["lan"][site]))
+            if len(self.description.sites) > 1:
+                network.apply(network.wan_commands(self.description, site, wan))
+
+
+def _raise(msg: str):
+    raise RuntimeError(msg)
+
+
+def destroy(workdir: Path = DEFAULT_HOME) -> list[str]:
+    """Undo everything the journal names, newest first; idempotent, works after a crash.
+    Returns the problems met (each also logged); nothing is left half-undone silently."""
+    require_root()
+    journal = Journal(Path(workdir) / "state.jsonl")
+    entries = journal.entries()
+    problems: list[str] = []
+    namespaces = [e["name"] for e in entries if e["kind"] == "netns"]
+    jobs = [e["id"] for e in entries if e["kind"] == "oar_job"]
+    if jobs and oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty"):
+        try:
+            oar = oar_server.client()
+            oar.delete(*jobs)
+            oar.wait(jobs, states=("Terminated", "Error"), timeout=60)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"OAR jobs {jobs}: {e}")
+    parallel(stop_all_processes, namespaces, "stopping nodes")
+    for e in reversed(entries):
+        try:
+            _undo(e)
+        except Exception as err:  # noqa: BLE001
+            problems.append(f"{e}: {err}")
+    for p in problems:
+        log.error("destroy: %s", p)
+    for sub in ("upper", "work", "root"):
+        for d in (Path(workdir) / "nodes").glob(f"*/{sub}"):
+            shutil.rmtree(d, ignore_errors=True)
+    for name in ("description.json", "rates.json"):
+        (Path(workdir) / name).unlink(missing_ok=True)
+    if not problems:
+        journal.remove()
+    return problems
+
+
+def _undo(e: dict) -> None:
+    kind = e["kind"]
+    if kind == "pidfile":
+        oar_server.stop_pidfile(e["path"], e["match"])
+    elif kind == "postgres":
+        oar_server.stop_postgres(e["version"])
+    elif kind == "netns":
+        stop_all_processes(e["name"])
+        if Path("/run/netns", e["name"]).exists():
+            sh("ip", "netns", "del", e["name"])
+    elif kind == "link":
+        sh("ip", "link", "del", e["name"], check=False)
+    elif kind == "route":
+        sh("ip", "route", "del", *e["spec"], check=False)
+    elif kind == "file":
+        Path(e["path"]).unlink(missing_ok=True)
+    elif kind == "hosts_block":
+        replace_block(HOSTS, HOSTS_TAG, None)
+
+
+def leftovers(workdir: Path = DEFAULT_HOME) -> list[str]:
+    """Anything of a local testbed still on this host (empty after a complete destroy)."""
+    from g5kdeploy.testbed.local.nodes import PREFIX
+    found = [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(PREFIX)] \
+        if Path("/run/netns").exists() else []
+    found += [f"link {network.FRONTEND_LINK}"] if Path("/sys/class/net", network.FRONTEND_LINK).exists() else []
+    found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
+              if PREFIX in line.split()[1] or line.split()[0].startswith(PREFIX)]
+    found += [f"process {pid} ({cmd})" for pid, cmd in _processes_mentioning(str(workdir))]
+    if oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty"):
+        found.append("OAR server (Almighty)")
+    found += [f"file {p}" for p in (SSH_CONFIG, Path(workdir) / "state.jsonl") if p.exists()]
+    if f"# BEGIN {HOSTS_TAG}" in HOSTS.read_text():
+        found.append(f"{HOSTS} block")
+    return found
+
+
+def _processes_mentioning(text: str) -> list[tuple[int, str]]:
+    from g5kdeploy.testbed.local.system import start_time
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and int(pid) != os.getpid() and start_time(int(pid)) is not None:
+            out.append((int(pid), cmd.strip()[:80]))
+    return out

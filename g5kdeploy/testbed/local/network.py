@@ -1,0 +1,94 @@
+"""The emulated network: one namespace per node and per site router, a backbone, a leg
+for the frontend, tc shaping. Every name is journaled before it is created."""
+from __future__ import annotations
+
+from g5kdeploy.testbed import shaping
+from g5kdeploy.testbed.description import Description
+from g5kdeploy.testbed.local.nodes import PREFIX, netns
+from g5kdeploy.testbed.local.state import Journal
+from g5kdeploy.testbed.local.system import sh
+from g5kdeploy.testbed.model import Node
+
+BACKBONE = PREFIX + "bb"
+FRONTEND_LINK = PREFIX + "fe"
+
+
+def router(site: str) -> str:
+    return f"{PREFIX}r-{site}"
+
+
+def uplink(desc: Description, site: str) -> str:
+    """The backbone bridge port toward a site."""
+    return f"s{desc.site_index(site)}"
+
+
+def node_port(desc: Description, node: Node) -> str:
+    """The site switch port toward a node."""
+    return f"n{desc.nodes().by_site()[node.site].index(node) + 1}"
+
+
+def _mkns(journal: Journal, name: str, forward: bool = False) -> None:
+    journal.record("netns", name=name)
+    sh("ip", "netns", "add", name)
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+    if forward:
+        sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+
+def build(desc: Description, journal: Journal) -> None:
+    """Backbone, frontend leg, site routers and node links (no shaping yet)."""
+    fe = f"{desc.frontend_address}/24"
+    _mkns(journal, BACKBONE)
+    sh("ip", "-n", BACKBONE, "link", "add", "bb0", "type", "bridge")
+    sh("ip", "-n", BACKBONE, "link", "set", "bb0", "up")
+    journal.record("link", name=FRONTEND_LINK)
+    sh("ip", "link", "add", FRONTEND_LINK, "type", "veth", "peer", "name", "fe", "netns", BACKBONE)
+    sh("ip", "-n", BACKBONE, "link", "set", "fe", "master", "bb0", "up")
+    sh("ip", "addr", "add", fe, "dev", FRONTEND_LINK)
+    sh("ip", "link", "set", FRONTEND_LINK, "up")
+    journal.record("route", spec=["unreachable", str(desc.network)])
+    sh("ip", "route", "replace", "unreachable", str(desc.network))   # nothing leaks to the real network
+    for site in desc.sites:
+        r, subnet = router(site), desc.site_subnet(site)
+        _mkns(journal, r, forward=True)
+        sh("ip", "-n", BACKBONE, "link", "add", uplink(desc, site), "type", "veth", "peer", "name", "wan0", "netns", r)
+        sh("ip", "-n", BACKBONE, "link", "set", uplink(desc, site), "master", "bb0", "up")
+        sh("ip", "-n", r, "addr", "add", f"{desc.site_wan_address(site)}/24", "dev", "wan0")
+        sh("ip", "-n", r, "link", "set", "wan0", "up")
+        sh("ip", "-n", r, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", r, "addr", "add", f"{desc.site_gateway(site)}/24", "dev", "br0")
+        sh("ip", "-n", r, "link", "set", "br0", "up")
+        journal.record("route", spec=[str(subnet)])
+        sh("ip", "route", "replace", str(subnet), "via", desc.site_wan_address(site))
+        for other in desc.sites:
+            if other != site:
+                sh("ip", "-n", r, "route", "add", str(desc.site_subnet(other)), "via", desc.site_wan_address(other))
+    for node in desc.nodes():
+        n, r, port = netns(node), router(node.site), node_port(desc, node)
+        _mkns(journal, n)
+        sh("ip", "-n", r, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", n)
+        sh("ip", "-n", r, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", n, "addr", "add", f"{node.address}/24", "dev", "eth0")
+        sh("ip", "-n", n, "link", "set", "eth0", "up")
+        sh("ip", "-n", n, "route", "add", "default", "via", desc.site_gateway(node.site))
+
+
+def lan_commands(desc: Description, site: str, rate: int) -> list[list[str]]:
+    """Every node link of a site limited to `rate`, both directions."""
+    cmds = []
+    for node in desc.nodes().by_site()[site]:
+        cmds += shaping.tbf(netns(node), "eth0", rate)                           # node -> switch
+        cmds += shaping.tbf(router(site), node_port(desc, node), rate)           # switch -> node
+    return cmds
+
+
+def wan_commands(desc: Description, site: str, rates: dict[frozenset, int]) -> list[list[str]]:
+    """A site's uplink shaped per peer site: leaving it (dst) and entering it (src)."""
+    peers = {str(desc.site_subnet(o)): rates[frozenset((site, o))] for o in desc.sites if o != site}
+    return (shaping.htb(router(site), "wan0", peers, "dst")
+            + shaping.htb(BACKBONE, uplink(desc, site), peers, "src"))
+
+
+def apply(cmds: list[list[str]]) -> None:
+    for cmd in cmds:
+        sh(*cmd, check=cmd[3:5] != ["qdisc", "del"])   # deleting a missing qdisc is fine

@@ -1,0 +1,151 @@
+"""A real OAR 2.5.9 server on the frontend: PostgreSQL, Almighty, the resources = the nodes.
+Recipe measured in shared/notes/oar-local.md."""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from g5kdeploy.errors import UserError
+from g5kdeploy.testbed.description import Description
+from g5kdeploy.testbed.local.state import Journal
+from g5kdeploy.testbed.local.system import kill, sh, start_time
+from g5kdeploy.testbed.oar import Oar
+
+USER = "g5kdeploy"          # OAR refuses jobs from root: reservations are made as this user
+OAR_CONF = Path("/etc/oar/oar.conf")
+ALMIGHTY_PID = Path("/var/run/oar-server.pid")
+SETTINGS = {
+    "DB_HOSTNAME": "oar-server", "DB_BASE_PASSWD": "oarpw", "DB_BASE_PASSWD_RO": "oarropw",
+    "SERVER_HOSTNAME": "oar-server", "DEPLOY_HOSTNAME": "oar-server", "COSYSTEM_HOSTNAME": "oar-server",
+    "JOB_RESOURCE_MANAGER_PROPERTY_DB_FIELD": "cpuset",   # oarsh needs a cpuset name
+}
+
+
+def run_as_user(argv: list[str]) -> subprocess.CompletedProcess:
+    home = pwd.getpwnam(USER).pw_dir   # oarsub takes $PWD as the job's directory
+    return subprocess.run(["runuser", "-u", USER, "--", *argv], capture_output=True, text=True, cwd=home,
+                          env={**os.environ, "PWD": home, "HOME": home})
+
+
+def client() -> Oar:
+    return Oar(run_as_user)
+
+
+def check_installed() -> None:
+    for tool in ("oarsub", "oar-server", "pg_ctlcluster", "taktuk", "sshd"):
+        if not any(Path(d, tool).exists() for d in ("/usr/bin", "/usr/sbin")):
+            raise UserError(f"{tool} is not installed: run ./bootstrap.sh first")
+
+
+def configure(desc: Description) -> None:
+    """oar.conf, PostgreSQL access from the nodes, the submitting user (idempotent)."""
+    text = OAR_CONF.read_text()
+    for key, value in SETTINGS.items():
+        line = f'{key}="{value}"'
+        text, n = re.subn(rf"^#?{key}=.*$", line, text, flags=re.M)
+        if not n:
+            text += line + "\n"
+    text = re.sub(r"^CPUSET_PATH=", "#CPUSET_PATH=", text, flags=re.M)   # no cgroups here
+    OAR_CONF.write_text(text)
+    conf = _pg_conf_dir()
+    pg = (conf / "postgresql.conf").read_text()
+    pg = re.sub(r"^#?listen_addresses\s*=.*$", f"listen_addresses = 'localhost,{desc.frontend_address}'",
+                pg, flags=re.M)
+    (conf / "postgresql.conf").write_text(pg)
+    hba = conf / "pg_hba.conf"
+    if "198.18.0.0/15" not in hba.read_text():
+        hba.write_text(hba.read_text() + "host all all 198.18.0.0/15 scram-sha-256\n")
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        sh("useradd", "-m", "-s", "/bin/bash", USER)
+
+
+def _pg_version() -> str:
+    return sorted(os.listdir("/usr/lib/postgresql"), key=int)[-1]
+
+
+def _pg_conf_dir() -> Path:
+    v = _pg_version()
+    if not Path(f"/etc/postgresql/{v}/main").exists():
+        sh("pg_createcluster", v, "main")
+    return Path(f"/etc/postgresql/{v}/main")
+
+
+def start_postgres(journal: Journal, desc: Description) -> None:
+    v = _pg_version()
+    status = sh("pg_ctlcluster", v, "main", "status", check=False)
+    if status.returncode == 0:
+        sh("pg_ctlcluster", v, "main", "reload")
+        if desc.frontend_address not in sh("ss", "-ltn").stdout:
+            sh("pg_ctlcluster", v, "main", "restart")   # was running before us: leave it running
+        return
+    journal.record("postgres", version=v)
+    sh("pg_ctlcluster", v, "main", "start")
+
+
+def stop_postgres(version: str) -> None:
+    sh("pg_ctlcluster", version, "main", "stop", check=False)
+
+
+def prepare_database(desc: Description) -> None:
+    """A clean OAR database whose resources are exactly the testbed's nodes."""
+    # drop + create, not --reset: --reset loses the read-only user's grants
+    sh("oar-database", "--drop", "--db-is-local", "-y", check=False)
+    sh("oar-database", "--create", "--db-is-local", "-y")
+    for prop in ("site", "cluster", "host"):
+        sh("oarproperty", "-c", "-a", prop)
+    script = "".join(
+        f"oarnodesetting -a -h {n.hostname} -p host={n.hostname} -p site={n.site} "
+        f"-p cluster={n.cluster} -p deploy=YES >/dev/null || exit 1\n" for n in desc.nodes())
+    sh("sh", "-e", input=script)
+
+
+def resources_match(desc: Description) -> bool:
+    p = sh("oarnodes", "-l", check=False)
+    return p.returncode == 0 and sorted(p.stdout.split()) == sorted(desc.nodes().hostnames())
+
+
+def start_almighty(journal: Journal) -> None:
+    journal.record("pidfile", path=str(ALMIGHTY_PID), match="Almighty")
+    sh("/usr/sbin/oar-server")   # daemonizes, writes its pid file
+    deadline = time.monotonic() + 10
+    while pidfile_process(ALMIGHTY_PID, "Almighty") is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("Almighty did not start: see /var/log/oar.log")
+        time.sleep(0.05)
+
+
+def start_frontend_sshd(journal: Journal, desc: Description, workdir: Path) -> None:
+    """OAR's sshd (port 6667) on the frontend: deploy jobs run their command here."""
+    pidfile = workdir / "oar-sshd-frontend.pid"
+    journal.record("pidfile", path=str(pidfile), match="sshd")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    sh("/usr/sbin/sshd", "-f", "/etc/oar/sshd_config", "-o", f"PidFile={pidfile}",
+       "-o", f"ListenAddress={desc.frontend_address}", "-E", str(workdir / "oar-sshd-frontend.log"))
+
+
+def pidfile_process(path: Path, match: str) -> int | None:
+    """The live process named in a pid file, if its command line contains `match`."""
+    try:
+        pid = int(Path(path).read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if match in cmdline and start_time(pid) is not None else None
+
+
+def stop_pidfile(path: str, match: str) -> None:
+    """TERM the process (Almighty ends its own children), then any child left, by PID."""
+    pid = pidfile_process(Path(path), match)
+    if pid is not None:
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        kids = [int(k) for k in children.read_text().split()] if children.exists() else []
+        kill(pid, term_first=True)
+        for k in kids:
+            kill(k, term_first=True, timeout=2)
+    Path(path).unlink(missing_ok=True)

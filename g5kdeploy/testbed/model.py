@@ -1,0 +1,111 @@
+"""What a testbed is made of: sites, clusters, nodes, reservations, node sets."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import hostlist
+
+from g5kdeploy.errors import UserError
+
+DOMAIN = "grid5000.fr"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One machine: `paradent-3.rennes.grid5000.fr`."""
+    hostname: str
+    address: str
+    site: str
+    cluster: str
+    cores: int
+    memory_gib: int
+
+    @property
+    def short(self) -> str:
+        """`paradent-3`"""
+        return self.hostname.split(".")[0]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    site: str
+    nodes: int
+    cores: int
+    memory_gib: int
+
+    def node_names(self) -> list[str]:
+        return [f"{self.name}-{i}.{self.site}.{DOMAIN}" for i in range(1, self.nodes + 1)]
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    clusters: tuple[Cluster, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(c.nodes for c in self.clusters)
+
+
+class NodeSet(list):
+    """A list of nodes that prints as a hostlist (`paradent-[1-4].rennes.grid5000.fr`)."""
+
+    def __str__(self) -> str:
+        return hostlist.collect_hostlist([n.hostname for n in self])
+
+    def hostnames(self) -> list[str]:
+        return [n.hostname for n in self]
+
+    def by_site(self) -> dict[str, "NodeSet"]:
+        out: dict[str, NodeSet] = {}
+        for n in self:
+            out.setdefault(n.site, NodeSet()).append(n)
+        return out
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """`paradent-[1-3].rennes` -> three names; a malformed hostlist is a UserError."""
+    try:
+        names = hostlist.expand_hostlist(text)
+    except hostlist.BadHostlist as e:
+        raise UserError(f"malformed hostlist {text!r} ({e}): write it like paradent-[1-4].rennes") from None
+    if not names:
+        raise UserError(f"empty hostlist {text!r}: name at least one node, e.g. paradent-1.rennes")
+    return names
+
+
+@dataclass
+class Reservation:
+    """Nodes obtained from OAR: one job per site, all ending at `end`."""
+    jobs: dict[str, int]
+    nodes: NodeSet
+    end: datetime
+    name: str = "g5kdeploy"
+    events: list[dict] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        jobs = ", ".join(f"{s}:{j}" for s, j in self.jobs.items())
+        return f"{self.nodes} (OAR jobs {jobs}, until {self.end:%H:%M:%S})"
+
+
+_WALLTIME = re.compile(r"^(\d+)(?::([0-5]?\d))?(?::([0-5]?\d))?$")
+
+
+def parse_walltime(text: str | int) -> int:
+    """OAR walltime `H`, `H:MM` or `H:MM:SS` (or seconds as an int) -> seconds."""
+    if isinstance(text, int) and text > 0:
+        return text
+    m = _WALLTIME.match(str(text).strip())
+    if not m or (seconds := int(m[1]) * 3600 + int(m[2] or 0) * 60 + int(m[3] or 0)) <= 0:
+        raise UserError(f"malformed walltime {text!r}: use H:MM or H:MM:SS, e.g. 1:30")
+    return seconds
+
+
+def format_walltime(seconds: int) -> str:
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,129 @@
+"""g5kdeploy tasks: `invoke --list`. The local testbed tasks need root."""
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import sys
+import time
+
+from invoke import Exit, task
+
+from g5kdeploy.errors import UserError
+
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def user_errors(fn):
+    """A UserError ends the task with its one-line message, no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise Exit(f"error: {e}", code=2) from None
+    return wrapper
+
+
+def _experiment_module(name: str):
+    try:
+        return importlib.import_module(f"experiments.{name.replace('-', '_')}")
+    except ModuleNotFoundError:
+        raise UserError(f"unknown experiment {name!r}: see the experiments/ directory") from None
+
+
+@task(help={"description": "TOML testbed description (default: the embedded 2-site testbed)"})
+@user_errors
+def testbed_up(c, description=None):
+    """Bring up the local testbed: namespaces, sshd, shaped links, OAR."""
+    from g5kdeploy.testbed import description as d
+    from g5kdeploy.testbed.local import LocalTestbed
+    t0 = time.monotonic()
+    tb = LocalTestbed.up(d.load(description))
+    print(f"testbed {tb.description.name} up in {time.monotonic() - t0:.1f} s: {tb.nodes()}")
+    print("try: ssh paradent-1.rennes hostname; oarnodes -l")
+
+
+@task
+@user_errors
+def testbed_destroy(c):
+    """Remove everything the local testbed created (also after a crash)."""
+    from g5kdeploy.testbed.local import destroy, leftovers
+    problems = destroy()
+    left = leftovers()
+    if problems or left:
+        raise Exit("testbed-destroy incomplete: " + "; ".join(problems + left), code=1)
+    print("testbed destroyed")
+
+
+@task
+@user_errors
+def testbed_status(c):
+    """Is the local testbed up? Its nodes, rates, OAR jobs, and anything left over."""
+    from g5kdeploy.testbed.local import DEFAULT_HOME, LocalTestbed, leftovers
+    try:
+        tb = LocalTestbed.attach(DEFAULT_HOME)
+    except UserError as e:
+        print(e)
+        left = leftovers()
+        print("leftovers: " + ("; ".join(left) if left else "none"))
+        return
+    print(f"up: {tb.nodes()}")
+    print(f"rates (bit/s): {json.dumps(tb.rates())}")
+    print(f"OAR jobs: {', '.join(tb.oar.jobs()) or 'none'}")
+
+
+@task(help={"seconds": "length of each iperf3 flow"})
+@user_errors
+def testbed_validate(c, seconds=3):
+    """Measure intra- and inter-site throughput beside the configured rates."""
+    from experiments.testbed_check import measure_throughput
+    from g5kdeploy.testbed import NodeSet, open as open_testbed
+    tb = open_testbed("local")
+    nodes = NodeSet(n for site in tb.nodes().by_site().values() for n in site[:2])
+    for r in measure_throughput(tb, nodes, float(seconds)):
+        ratio = r["throughput_mbit_s"] / r["configured_mbit_s"]
+        print(f"{r['scope']:5} {r['src']:>32} -> {r['dst']:<32} {r['throughput_mbit_s']:8.1f} Mbit/s "
+              f"configured {r['configured_mbit_s']:6.0f}  ({ratio:.0%})")
+
+
+@task(help={"name": "experiment name (a file in experiments/)",
+            "param": "override a parameter, key=JSON value (repeatable)"}, iterable=["param"])
+@user_errors
+def experiment(c, name, param=None):
+    """Run an experiment on the local testbed into results/<name>/<run-id>/."""
+    from g5kdeploy import engine
+    from g5kdeploy.testbed import open as open_testbed
+    module = _experiment_module(name)
+    overrides = {}
+    for p in param or []:
+        key, sep, value = p.partition("=")
+        if not sep or key not in module.PARAMS:
+            raise UserError(f"bad --param {p!r}: use key=value with key in {sorted(module.PARAMS)}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    run = engine.execute(module, open_testbed("local"), overrides)
+    from g5kdeploy.results import load
+    if hasattr(module, "summary"):
+        print("\n".join(module.summary(load(run.dir))))
+    print(f"results: {run.dir}")
+
+
+@task(help={"unit": "only the tests that need no root and no testbed", "k": "pytest -k expression"})
+def test(c, unit=False, k=None):
+    """Run the test suite (tests marked `testbed` build a small local testbed, as root)."""
+    args = [sys.executable, "-m", "pytest", "tests"]
+    if unit:
+        args += ["-m", "not testbed"]
+    if k:
+        args += ["-k", k]
+    c.run(" ".join(args), pty=False)
+
+
+@task(help={"name": "benchmark file in benchmarks/ (bringup, remote_exec)"})
+def benchmark(c, name):
+    """Run a benchmark (prints ratios measured side by side in one run)."""
+    c.run(f"{sys.executable} benchmarks/{name.replace('-', '_')}.py")
