@@ -90,11 +90,12 @@ class NodeFiles:
         self.known_hosts.write_text("".join(
             f"{','.join(aliases(n) + [n.address])} {' '.join(self.host_key(n).with_suffix('.pub').read_text().split()[:2])}\n"
             for n in self.desc.nodes()))
-        names = " ".join(f"*.{s}" for s in self.desc.sites) + " *.grid5000.fr " + \
-            " ".join(n.short for n in self.desc.nodes())
+        names = ",".join([f"*.{s}" for s in self.desc.sites] + ["*.grid5000.fr"] +
+                         [n.short for n in self.desc.nodes()])
+        # only for root: OAR's own ssh (user oar, port 6667) must keep its own settings
         SSH_CONFIG.write_text(
             "# written by g5kdeploy (invoke testbed-up), removed by invoke testbed-destroy\n"
-            f"Host {names}\n  User root\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+            f"Match localuser root host {names}\n  User root\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {self.known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
             "  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n  ConnectTimeout 10\n")
 

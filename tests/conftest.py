@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ROOT / "tests" / "small.toml"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="testbed tests need root")
+        for item in items:
+            if "testbed" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def small_description():
+    from g5kdeploy.testbed import description
+    return description.load(SMALL)
+
+
+@pytest.fixture
+def no_testbed_up():
+    """Tests that bring up their own testbed need the machine free of another one."""
+    from g5kdeploy.testbed.local import DEFAULT_HOME
+    if (DEFAULT_HOME / "state.jsonl").exists():
+        pytest.fail("a local testbed is up on this machine: run `invoke testbed-destroy` before the tests")
+
+
+def invoke(*args, user=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run `invoke ARGS` like a user would, from the project directory."""
+    argv = [sys.executable, "-m", "invoke", *args]
+    env = {**os.environ, "G5KDEPLOY_RESULTS": os.environ.get("G5KDEPLOY_RESULTS", "/tmp/g5kdeploy-test-results")}
+    if user:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        env["HOME"] = "/tmp"
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,0 +1,57 @@
+import ipaddress
+
+import pytest
+
+from g5kdeploy.errors import UserError
+from g5kdeploy.testbed import description
+
+
+def test_embedded_default_is_two_sites_of_eight():
+    d = description.load()
+    assert list(d.sites) == ["rennes", "nancy"]
+    assert [c.name for s in d.sites.values() for c in s.clusters] == ["paradent", "graphene"]
+    nodes = d.nodes()
+    assert len(nodes) == 16 and str(nodes) == "graphene-[1-8].nancy.grid5000.fr,paradent-[1-8].rennes.grid5000.fr"
+    assert d.lan_rate == 10**9 and d.wan_rate == 10**8
+    allowed = ipaddress.ip_network("198.18.0.0/15")
+    assert all(ipaddress.ip_address(n.address) in allowed for n in nodes)
+    assert len({n.address for n in nodes}) == 16
+    assert ipaddress.ip_address(d.frontend_address) in allowed
+
+
+def test_override_file(tmp_path):
+    f = tmp_path / "tb.toml"
+    f.write_text('wan_rate = "10mbit"\n[sites.lyon.clusters.sagittaire]\nnodes = 3\n'
+                 '[sites.lille.clusters.chiclet]\nnodes = 2\n'
+                 '[[links]]\nbetween = ["lyon", "lille"]\nrate = "1.5gbit"\n')
+    d = description.load(f)
+    assert [n.short for n in d.nodes()] == ["sagittaire-1", "sagittaire-2", "sagittaire-3", "chiclet-1", "chiclet-2"]
+    assert d.wan_rate_between("lille", "lyon") == 1_500_000_000
+
+
+@pytest.mark.parametrize("toml,message", [
+    ('[sites.rennes.clusters.paradent]\nnodes = "x"', "nodes must be a positive integer"),
+    ('[sites.rennes.clusters.paradent]\nnodes = 0', "nodes must be a positive integer"),
+    ('wan_rate = "fast"\n[sites.rennes.clusters.paradent]\nnodes = 1', "bad rate"),
+    ('network = "10.0.0.0/16"\n[sites.rennes.clusters.paradent]\nnodes = 1', "inside 198.18.0.0/15"),
+    ('colour = 1\n[sites.rennes.clusters.paradent]\nnodes = 1', "unknown key"),
+    ('[sites.rennes.clusters.paradent]\nnodes = 1\nram = 3', "unknown key"),
+    ('name = "x"', "no [sites"),
+    ('[sites.rennes]\nx = 1', "has no cluster"),
+    ('[sites.rennes.clusters.paradent]\nnodes = 254', "at most 253"),
+    ('[sites.rennes.clusters.paradent]\nnodes = 1\n[[links]]\nbetween = ["rennes", "lyon"]\nrate = "1gbit"',
+     "must name two different sites"),
+    ('[sites.rennes.clusters.paradent\nnodes = 1', "not valid TOML"),
+])
+def test_validation_errors_are_one_line(tmp_path, toml, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(toml)
+    with pytest.raises(UserError) as e:
+        description.load(f)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert str(f) in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(UserError, match="cannot read testbed description"):
+        description.load("/nonexistent/tb.toml")

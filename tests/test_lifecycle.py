@@ -1,0 +1,77 @@
+"""Bring-up and teardown of the local testbed: nothing may be left behind, even after kill -9."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import SMALL, invoke
+from g5kdeploy.testbed.local import DEFAULT_HOME, destroy, leftovers
+from g5kdeploy.testbed.local.state import Journal
+
+pytestmark = pytest.mark.testbed
+
+
+def _wait_for(journal: Journal, kind: str, count: int, proc: subprocess.Popen, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(e["kind"] == kind for e in journal.entries()) >= count:
+            return
+        assert proc.poll() is None, "testbed-up ended before it could be interrupted"
+        time.sleep(0.01)
+    pytest.fail(f"no {count} {kind} entries in the journal after {timeout} s")
+
+
+@pytest.mark.parametrize("kind,count", [("netns", 5), ("pidfile", 1)], ids=["during-network", "during-oar"])
+def test_kill_9_during_up_then_destroy_leaves_nothing(no_testbed_up, kind, count):
+    up = subprocess.Popen([sys.executable, "-m", "invoke", "testbed-up", "--description", str(SMALL)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(Journal(DEFAULT_HOME / "state.jsonl"), kind, count, up)
+    os.kill(up.pid, signal.SIGKILL)
+    up.wait()
+    assert leftovers(), "the interrupted bring-up had created nothing: the test did not test anything"
+    assert destroy() == []
+    assert leftovers() == []
+
+
+def test_up_is_idempotent_and_destroy_is_complete(no_testbed_up, small_description):
+    from g5kdeploy.testbed.local import LocalTestbed
+    tb = LocalTestbed.up(small_description)
+    try:
+        again = LocalTestbed.up(small_description)   # already up: a no-op
+        assert again.healthy() and str(again.nodes()) == str(tb.nodes())
+        job = tb.reserve({"nancy": 1}, walltime="0:10").jobs["nancy"]   # left running on purpose
+    finally:
+        r = invoke("testbed-destroy")
+    assert r.returncode == 0, r.stderr
+    assert leftovers() == []
+    assert invoke("testbed-destroy").returncode == 0     # idempotent
+    # destroy ended the job before stopping OAR: look it up in OAR's database
+    version = sorted(os.listdir("/usr/lib/postgresql"), key=int)[-1]
+    subprocess.run(["pg_ctlcluster", version, "main", "start"], check=True)
+    try:
+        state = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-d", "oar", "-tAc",
+                                f"select state from jobs where job_id = {job}"],
+                               capture_output=True, text=True, cwd="/").stdout.strip()
+    finally:
+        subprocess.run(["pg_ctlcluster", version, "main", "stop"], check=True)
+    assert state in ("Error", "Terminated"), state
+
+
+def test_bad_description_is_one_line_and_leaves_nothing(no_testbed_up, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sites.rennes.clusters.paradent]\nnodes = -1\n')
+    r = invoke("testbed-up", "--description", str(bad))
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "nodes must be a positive integer" in r.stderr
+    assert leftovers() == []
+
+
+def test_not_root_is_one_line():
+    r = invoke("testbed-up", "--description", str(SMALL), user=65534)
+    assert r.returncode != 0
+    assert r.stderr.strip() == ("error: the local testbed needs root (namespaces, OAR, sshd): "
+                                "run it as root or with sudo")
+    assert leftovers() == []
