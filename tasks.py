@@ -112,6 +112,22 @@ def experiment(c, name, param=None):
     print(f"results: {run.dir}")
 
 
+@task(help={"run_dir": "a run directory, e.g. results/testbed-check/<run-id>"})
+@user_errors
+def report(c, run_dir):
+    """Redraw a run's figures from its rows."""
+    from pathlib import Path
+    from g5kdeploy.results import load
+    meta = Path(run_dir) / "params.json"
+    if not meta.exists():
+        raise UserError(f"{run_dir} is not a run directory (no params.json)")
+    module = _experiment_module(json.loads(meta.read_text())["experiment"])
+    rows = load(run_dir)
+    print("\n".join(module.summary(rows)))
+    for path in module.figures(rows, Path(run_dir) / "figures"):
+        print(f"figure: {path}")
+
+
 @task(help={"unit": "only the tests that need no root and no testbed", "k": "pytest -k expression"})
 def test(c, unit=False, k=None):
     """Run the test suite (tests marked `testbed` build a small local testbed, as root)."""
@@ -119,8 +135,12 @@ def test(c, unit=False, k=None):
     if unit:
         args += ["-m", "not testbed"]
     if k:
-        args += ["-k", k]
-    c.run(" ".join(args), pty=False)
+        args += ["-k", repr(k)]
+    result = c.run(" ".join(args), pty=False, warn=True)
+    if result.exited == 5:
+        raise Exit("error: pytest collected no test", code=5)
+    if result.exited:
+        raise Exit(code=result.exited)
 
 
 @task(help={"name": "benchmark file in benchmarks/ (bringup, remote_exec)"})

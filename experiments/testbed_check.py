@@ -86,3 +86,27 @@ def summary(df) -> list[str]:
     for (method, n), g in lat.groupby(["method", "nodes"]):
         lines.append(f"exec       {method:6} on {int(n):2d} nodes: median {statistics.median(g.time_s):.2f} s")
     return lines
+
+
+def figures(df, outdir) -> list:
+    """exec latency vs nodes per method; measured vs configured throughput per path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    lat = df[df.metric == "exec_latency"].groupby(["method", "nodes"]).time_s.median().unstack(0)
+    lat.plot(ax=a, marker="o")
+    a.set(xlabel="nodes", ylabel="median time of `hostname` (s)", title="remote execution latency")
+    thr = df[df.metric == "throughput"]
+    labels = [f"{s.split('.')[0]}\n→{d.split('.')[0]}" for s, d in zip(thr.src, thr.dst)]
+    x = range(len(thr))
+    b.bar([i - 0.2 for i in x], thr.configured_mbit_s, 0.4, label="configured", color="lightgray")
+    b.bar([i + 0.2 for i in x], thr.throughput_mbit_s, 0.4, label="measured (iperf3)")
+    b.set_xticks(list(x), labels, fontsize=7)
+    b.set(ylabel="Mbit/s", yscale="log", title="throughput")
+    b.legend()
+    fig.tight_layout()
+    path = outdir / "testbed-check.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]

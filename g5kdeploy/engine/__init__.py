@@ -37,5 +37,7 @@ def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None)
         module.main(run, testbed, **params)
     finally:
         if run.rows:
-            run.save()
+            rows = run.save()
+            if hasattr(module, "figures"):
+                module.figures(rows, run.dir / "figures")
     return run
