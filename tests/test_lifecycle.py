@@ -75,3 +75,20 @@ def test_not_root_is_one_line():
     assert r.stderr.strip() == ("error: the local testbed needs root (namespaces, OAR, sshd): "
                                 "run it as root or with sudo")
     assert leftovers() == []
+
+
+def test_destroy_after_oar_server_crash_ends_the_jobs_processes(no_testbed_up, small_description):
+    from g5kdeploy.testbed.local import LocalTestbed, _oar_processes, oar_server
+    tb = LocalTestbed.up(small_description)
+    try:
+        tb.reserve({"rennes": 1}, walltime="0:10")
+        jobs_processes = [p for p in _oar_processes()
+                          if b"sleep" in open(f"/proc/{p}/cmdline", "rb").read()]
+        assert jobs_processes, "the deploy job's command is not running on the frontend"
+        almighty = oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty")
+        children = open(f"/proc/{almighty}/task/{almighty}/children").read().split()
+        for pid in [almighty, *map(int, children)]:   # OAR server crash: oardel is impossible now
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        destroy()
+    assert leftovers() == []

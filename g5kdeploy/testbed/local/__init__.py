@@ -21,7 +21,7 @@ from g5kdeploy.testbed.description import Description, parse_rate
 from g5kdeploy.testbed.local import network, oar_server
 from g5kdeploy.testbed.local.nodes import HOSTS, HOSTS_TAG, SSH_CONFIG, NodeFiles, netns, stop_all_processes, wait_ssh
 from g5kdeploy.testbed.local.state import Journal
-from g5kdeploy.testbed.local.system import replace_block, require_root, sh
+from g5kdeploy.testbed.local.system import kill, replace_block, require_root, sh, start_time
 from g5kdeploy.testbed.model import NodeSet, Reservation, expand_hostlist, parse_walltime
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def destroy(workdir: Path = DEFAULT_HOME) -> list[str]:
         try:
             oar = oar_server.client()
             oar.delete(*jobs)
-            oar.wait(jobs, states=("Terminated", "Error"), timeout=60)
+            oar.wait(jobs, states=("Terminated", "Error"), timeout=30)
         except Exception as e:  # noqa: BLE001
             problems.append(f"OAR jobs {jobs}: {e}")
     parallel(stop_all_processes, namespaces, "stopping nodes")
@@ -243,6 +243,8 @@ def destroy(workdir: Path = DEFAULT_HOME) -> list[str]:
             _undo(e)
         except Exception as err:  # noqa: BLE001
             problems.append(f"{e}: {err}")
+    for pid in _oar_processes():   # jobs' oarexec/commands not reached through oardel (Almighty down)
+        kill(pid, term_first=True, timeout=2)
     for p in problems:
         log.error("destroy: %s", p)
     for sub in ("upper", "work", "root"):
@@ -284,6 +286,7 @@ def leftovers(workdir: Path = DEFAULT_HOME) -> list[str]:
     found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
               if PREFIX in line.split()[1] or line.split()[0].startswith(PREFIX)]
     found += [f"process {pid} ({cmd})" for pid, cmd in _processes_mentioning(str(workdir))]
+    found += [f"OAR process {pid}" for pid in _oar_processes()]
     if oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty"):
         found.append("OAR server (Almighty)")
     found += [f"file {p}" for p in (SSH_CONFIG, Path(workdir) / "state.jsonl") if p.exists()]
@@ -292,8 +295,26 @@ def leftovers(workdir: Path = DEFAULT_HOME) -> list[str]:
     return found
 
 
+def _oar_processes() -> list[int]:
+    """Live processes of the OAR users (`oar`, and the testbed's submitting user): OAR's and its jobs'."""
+    import pwd
+    uids = set()
+    for user in ("oar", oar_server.USER):
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            pass
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid in uids and start_time(int(pid)) is not None:
+                out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
 def _processes_mentioning(text: str) -> list[tuple[int, str]]:
-    from g5kdeploy.testbed.local.system import start_time
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
