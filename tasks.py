@@ -131,6 +131,10 @@ def report(c, run_dir):
 @task(help={"unit": "only the tests that need no root and no testbed", "k": "pytest -k expression"})
 def test(c, unit=False, k=None):
     """Run the test suite (tests marked `testbed` build a small local testbed, as root)."""
+    from g5kdeploy.testbed.local import DEFAULT_HOME, destroy
+    if not unit and (DEFAULT_HOME / "state.jsonl").exists():
+        print("test: the testbed tests need this machine's one local testbed: destroying the one that is up")
+        destroy()
     args = [sys.executable, "-m", "pytest", "tests"]
     if unit:
         args += ["-m", "not testbed"]
