@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -46,8 +45,11 @@ class LocalTestbed(Testbed):
         workdir = Path(workdir)
         journal = Journal(workdir / "state.jsonl")
         if journal.exists():
-            running = cls.attach(workdir, check=False)
-            if running.healthy():
+            try:
+                running = cls.attach(workdir, check=False)
+            except UserError:   # a journal without its description: an interrupted destroy
+                running = None
+            if running and running.healthy():
                 if running.description.source != desc.source:
                     raise UserError("another testbed description is up: invoke testbed-destroy first")
                 return running
@@ -65,7 +67,6 @@ class LocalTestbed(Testbed):
         d, j, f = self.description, self.journal, self.files
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "description.json").write_text(json.dumps(d.source, indent=1))
-        j.record("workdir", path=str(self.workdir))
         f.generate_keys()
         j.record("hosts_block")
         replace_block(HOSTS, HOSTS_TAG, f.hosts_lines())
