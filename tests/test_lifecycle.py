@@ -92,3 +92,23 @@ def test_destroy_after_oar_server_crash_ends_the_jobs_processes(no_testbed_up, s
     finally:
         destroy()
     assert leftovers() == []
+
+
+def test_up_after_a_crashed_up_cleans_the_leftovers_first(no_testbed_up, small_description):
+    from g5kdeploy.testbed.local import LocalTestbed
+    up = subprocess.Popen([sys.executable, "-m", "invoke", "testbed-up", "--description", str(SMALL)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(Journal(DEFAULT_HOME / "state.jsonl"), "netns", 4, up)
+    os.kill(up.pid, signal.SIGKILL)
+    up.wait()
+    try:
+        tb = LocalTestbed.up(small_description)
+        assert tb.healthy()
+        assert remote_hostname(tb.nodes()[0].hostname) == tb.nodes()[0].hostname
+    finally:
+        destroy()
+    assert leftovers() == []
+
+
+def remote_hostname(host: str) -> str:
+    return subprocess.run(["ssh", host, "hostname"], capture_output=True, text=True, timeout=30).stdout.strip()
