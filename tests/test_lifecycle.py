@@ -10,6 +10,7 @@ import pytest
 from conftest import SMALL, invoke
 from g5kdeploy.testbed.local import DEFAULT_HOME, destroy, leftovers
 from g5kdeploy.testbed.local.state import Journal
+from g5kdeploy.testbed.local.system import kill
 
 pytestmark = pytest.mark.testbed
 
@@ -88,7 +89,7 @@ def test_destroy_after_oar_server_crash_ends_the_jobs_processes(no_testbed_up, s
         almighty = oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty")
         children = open(f"/proc/{almighty}/task/{almighty}/children").read().split()
         for pid in [almighty, *map(int, children)]:   # OAR server crash: oardel is impossible now
-            os.kill(pid, signal.SIGKILL)
+            kill(pid)   # waits until it is gone
     finally:
         destroy()
     assert leftovers() == []

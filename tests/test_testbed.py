@@ -5,19 +5,18 @@ import subprocess
 
 import pytest
 
-from conftest import invoke
+from conftest import invoke, make_room
 from g5kdeploy import remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.remote import probe
-from g5kdeploy.testbed.local import DEFAULT_HOME, LocalTestbed, leftovers
+from g5kdeploy.testbed.local import LocalTestbed, leftovers
 
 pytestmark = pytest.mark.testbed
 
 
 @pytest.fixture(scope="module")
 def tb(small_description):
-    if (DEFAULT_HOME / "state.jsonl").exists():
-        pytest.fail("a local testbed is up on this machine: run `invoke testbed-destroy` before the tests")
+    make_room()
     testbed = LocalTestbed.up(small_description)
     yield testbed
     testbed.destroy()
