@@ -117,22 +117,22 @@ def experiment(c, name, param=None):
 def report(c, run_dir):
     """Redraw a run's figures from its rows."""
     from pathlib import Path
+    from g5kdeploy import engine
     from g5kdeploy.results import load
     meta = Path(run_dir) / "params.json"
     if not meta.exists():
         raise UserError(f"{run_dir} is not a run directory (no params.json)")
     module = _experiment_module(json.loads(meta.read_text())["experiment"])
-    rows = load(run_dir)
-    print("\n".join(module.summary(rows)))
-    for path in module.figures(rows, Path(run_dir) / "figures"):
+    print("\n".join(module.summary(load(run_dir))))
+    for path in engine.redraw(module, run_dir):
         print(f"figure: {path}")
 
 
 @task(help={"unit": "only the tests that need no root and no testbed", "k": "pytest -k expression"})
 def test(c, unit=False, k=None):
     """Run the test suite (tests marked `testbed` build a small local testbed, as root)."""
-    from g5kdeploy.testbed.local import DEFAULT_HOME, destroy
-    if not unit and (DEFAULT_HOME / "state.jsonl").exists():
+    from g5kdeploy.testbed.local import destroy, is_up
+    if not unit and is_up():
         print("test: the testbed tests need this machine's one local testbed: destroying the one that is up")
         destroy()
     args = [sys.executable, "-m", "pytest", "tests"]

@@ -26,7 +26,7 @@ def timed_up() -> tuple[float, float]:
 
 def make_cold() -> None:
     destroy()
-    v = oar_server._pg_version()
+    v = oar_server.pg_version()
     subprocess.run(["pg_ctlcluster", v, "main", "start"], check=True)
     subprocess.run(["oar-database", "--drop", "--db-is-local", "-y"], capture_output=True)
     subprocess.run(["pg_ctlcluster", v, "main", "stop"], check=True)

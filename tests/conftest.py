@@ -26,8 +26,8 @@ def small_description():
 def make_room() -> None:
     """The machine has one local testbed: destroy one that is up (or left by a failed test,
     which that test reports itself) so that the next tests do not fail in cascade."""
-    from g5kdeploy.testbed.local import DEFAULT_HOME, destroy
-    if (DEFAULT_HOME / "state.jsonl").exists():
+    from g5kdeploy.testbed.local import destroy, is_up
+    if is_up():
         assert destroy() == []
 
 

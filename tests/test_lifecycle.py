@@ -8,37 +8,37 @@ import time
 import pytest
 
 from conftest import SMALL, invoke
-from g5kdeploy.testbed.local import DEFAULT_HOME, destroy, leftovers
+from g5kdeploy.testbed.local import DEFAULT_HOME, LocalTestbed, destroy, leftovers, oar_server
 from g5kdeploy.testbed.local.state import Journal
-from g5kdeploy.testbed.local.system import kill
+from g5kdeploy.testbed.local.system import children, kill
 
 pytestmark = pytest.mark.testbed
 
 
-def _wait_for(journal: Journal, kind: str, count: int, proc: subprocess.Popen, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sum(e["kind"] == kind for e in journal.entries()) >= count:
-            return
-        assert proc.poll() is None, "testbed-up ended before it could be interrupted"
+def crash_up_after(kind: str, count: int, timeout: float = 60) -> None:
+    """`invoke testbed-up` killed with SIGKILL once the journal holds `count` entries of `kind`."""
+    up = subprocess.Popen([sys.executable, "-m", "invoke", "testbed-up", "--description", str(SMALL)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal, deadline = Journal(DEFAULT_HOME / "state.jsonl"), time.monotonic() + timeout
+    while sum(e["kind"] == kind for e in journal.entries()) < count:
+        assert up.poll() is None, "testbed-up ended before it could be interrupted"
+        if time.monotonic() > deadline:
+            up.kill()
+            pytest.fail(f"no {count} {kind} entries in the journal after {timeout} s")
         time.sleep(0.01)
-    pytest.fail(f"no {count} {kind} entries in the journal after {timeout} s")
+    os.kill(up.pid, signal.SIGKILL)
+    up.wait()
 
 
 @pytest.mark.parametrize("kind,count", [("netns", 5), ("pidfile", 1)], ids=["during-network", "during-oar"])
 def test_kill_9_during_up_then_destroy_leaves_nothing(no_testbed_up, kind, count):
-    up = subprocess.Popen([sys.executable, "-m", "invoke", "testbed-up", "--description", str(SMALL)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(Journal(DEFAULT_HOME / "state.jsonl"), kind, count, up)
-    os.kill(up.pid, signal.SIGKILL)
-    up.wait()
+    crash_up_after(kind, count)
     assert leftovers(), "the interrupted bring-up had created nothing: the test did not test anything"
     assert destroy() == []
     assert leftovers() == []
 
 
 def test_up_is_idempotent_and_destroy_is_complete(no_testbed_up, small_description):
-    from g5kdeploy.testbed.local import LocalTestbed
     tb = LocalTestbed.up(small_description)
     try:
         again = LocalTestbed.up(small_description)   # already up: a no-op
@@ -50,7 +50,7 @@ def test_up_is_idempotent_and_destroy_is_complete(no_testbed_up, small_descripti
     assert leftovers() == []
     assert invoke("testbed-destroy").returncode == 0     # idempotent
     # destroy ended the job before stopping OAR: look it up in OAR's database
-    version = sorted(os.listdir("/usr/lib/postgresql"), key=int)[-1]
+    version = oar_server.pg_version()
     subprocess.run(["pg_ctlcluster", version, "main", "start"], check=True)
     try:
         state = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-d", "oar", "-tAc",
@@ -79,16 +79,13 @@ def test_not_root_is_one_line():
 
 
 def test_destroy_after_oar_server_crash_ends_the_jobs_processes(no_testbed_up, small_description):
-    from g5kdeploy.testbed.local import LocalTestbed, _oar_processes, oar_server
     tb = LocalTestbed.up(small_description)
     try:
         tb.reserve({"rennes": 1}, walltime="0:10")
-        jobs_processes = [p for p in _oar_processes()
-                          if b"sleep" in open(f"/proc/{p}/cmdline", "rb").read()]
-        assert jobs_processes, "the deploy job's command is not running on the frontend"
+        assert any("sleep" in p.cmdline for p in oar_server.jobs_processes()), \
+            "the deploy job's command is not running on the frontend"
         almighty = oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty")
-        children = open(f"/proc/{almighty}/task/{almighty}/children").read().split()
-        for pid in [almighty, *map(int, children)]:   # OAR server crash: oardel is impossible now
+        for pid in [almighty, *children(almighty)]:   # OAR server crash: oardel is impossible now
             kill(pid)   # waits until it is gone
     finally:
         destroy()
@@ -96,12 +93,7 @@ def test_destroy_after_oar_server_crash_ends_the_jobs_processes(no_testbed_up, s
 
 
 def test_up_after_a_crashed_up_cleans_the_leftovers_first(no_testbed_up, small_description):
-    from g5kdeploy.testbed.local import LocalTestbed
-    up = subprocess.Popen([sys.executable, "-m", "invoke", "testbed-up", "--description", str(SMALL)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(Journal(DEFAULT_HOME / "state.jsonl"), "netns", 4, up)
-    os.kill(up.pid, signal.SIGKILL)
-    up.wait()
+    crash_up_after("netns", 4)
     try:
         tb = LocalTestbed.up(small_description)
         assert tb.healthy()

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 
 from g5kdeploy.progress import console
-from g5kdeploy.results import Run
+from g5kdeploy.results import Run, load
 from g5kdeploy.testbed import Testbed
 
 
@@ -37,7 +38,13 @@ def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None)
         module.main(run, testbed, **params)
     finally:
         if run.rows:
-            rows = run.save()
-            if hasattr(module, "figures"):
-                module.figures(rows, run.dir / "figures")
+            run.save()
+            redraw(module, run.dir)
     return run
+
+
+def redraw(module: ModuleType, run_dir: str | Path) -> list[Path]:
+    """A run's figures drawn from its rows (an experiment without `figures` draws none)."""
+    if not hasattr(module, "figures"):
+        return []
+    return module.figures(load(run_dir), Path(run_dir) / "figures")

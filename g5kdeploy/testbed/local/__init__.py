@@ -20,7 +20,7 @@ from g5kdeploy.testbed.description import Description, parse_rate
 from g5kdeploy.testbed.local import network, oar_server
 from g5kdeploy.testbed.local.nodes import HOSTS, HOSTS_TAG, SSH_CONFIG, NodeFiles, netns, stop_all_processes, wait_ssh
 from g5kdeploy.testbed.local.state import Journal
-from g5kdeploy.testbed.local.system import kill, replace_block, require_root, sh, start_time
+from g5kdeploy.testbed.local.system import kill, processes, replace_block, require_root, sh
 from g5kdeploy.testbed.model import NodeSet, Reservation, expand_hostlist, parse_walltime
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,11 @@ def _raise(msg: str):
     raise RuntimeError(msg)
 
 
+def is_up(workdir: Path = DEFAULT_HOME) -> bool:
+    """Whether a local testbed, whole or what a crash left of one, is on this host."""
+    return Journal(Path(workdir) / "state.jsonl").exists()
+
+
 def destroy(workdir: Path = DEFAULT_HOME) -> list[str]:
     """Undo everything the journal names, newest first; idempotent, works after a crash.
     Returns the problems met (each also logged); nothing is left half-undone silently."""
@@ -244,8 +249,8 @@ def destroy(workdir: Path = DEFAULT_HOME) -> list[str]:
             _undo(e)
         except Exception as err:  # noqa: BLE001
             problems.append(f"{e}: {err}")
-    for pid in _oar_processes():   # jobs' oarexec/commands not reached through oardel (Almighty down)
-        kill(pid, term_first=True, timeout=2)
+    for p in oar_server.jobs_processes():   # jobs' processes oardel did not reach (OAR server down)
+        kill(p.pid, term_first=True, timeout=2)
     for p in problems:
         log.error("destroy: %s", p)
     for sub in ("upper", "work", "root"):
@@ -286,42 +291,11 @@ def leftovers(workdir: Path = DEFAULT_HOME) -> list[str]:
     found += [f"link {network.FRONTEND_LINK}"] if Path("/sys/class/net", network.FRONTEND_LINK).exists() else []
     found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
               if PREFIX in line.split()[1] or line.split()[0].startswith(PREFIX)]
-    found += [f"process {pid} ({cmd})" for pid, cmd in _processes_mentioning(str(workdir))]
-    found += [f"OAR process {pid}" for pid in _oar_processes()]
+    found += [f"process {p.pid} ({p.cmdline[:80]})" for p in processes() if str(workdir) in p.cmdline]
+    found += [f"OAR process {p.pid} ({p.cmdline[:80]})" for p in oar_server.jobs_processes()]
     if oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty"):
         found.append("OAR server (Almighty)")
     found += [f"file {p}" for p in (SSH_CONFIG, Path(workdir) / "state.jsonl") if p.exists()]
     if f"# BEGIN {HOSTS_TAG}" in HOSTS.read_text():
         found.append(f"{HOSTS} block")
     return found
-
-
-def _oar_processes() -> list[int]:
-    """Live processes of the OAR users (`oar`, and the testbed's submitting user): OAR's and its jobs'."""
-    import pwd
-    uids = set()
-    for user in ("oar", oar_server.USER):
-        try:
-            uids.add(pwd.getpwnam(user).pw_uid)
-        except KeyError:
-            pass
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.stat(f"/proc/{pid}").st_uid in uids and start_time(int(pid)) is not None:
-                out.append(int(pid))
-        except OSError:
-            continue
-    return out
-
-
-def _processes_mentioning(text: str) -> list[tuple[int, str]]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd and int(pid) != os.getpid() and start_time(int(pid)) is not None:
-            out.append((int(pid), cmd.strip()[:80]))
-    return out

@@ -12,7 +12,7 @@ from pathlib import Path
 from g5kdeploy.errors import UserError
 from g5kdeploy.testbed.description import Description
 from g5kdeploy.testbed.local.state import Journal
-from g5kdeploy.testbed.local.system import kill, sh, start_time
+from g5kdeploy.testbed.local.system import Proc, children, kill, processes, sh, start_time
 from g5kdeploy.testbed.oar import Oar
 
 USER = "g5kdeploy"          # OAR refuses jobs from root: reservations are made as this user
@@ -65,19 +65,19 @@ def configure(desc: Description) -> None:
         sh("useradd", "-m", "-s", "/bin/bash", USER)
 
 
-def _pg_version() -> str:
+def pg_version() -> str:
     return sorted(os.listdir("/usr/lib/postgresql"), key=int)[-1]
 
 
 def _pg_conf_dir() -> Path:
-    v = _pg_version()
+    v = pg_version()
     if not Path(f"/etc/postgresql/{v}/main").exists():
         sh("pg_createcluster", v, "main")
     return Path(f"/etc/postgresql/{v}/main")
 
 
 def start_postgres(journal: Journal, desc: Description) -> None:
-    v = _pg_version()
+    v = pg_version()
     status = sh("pg_ctlcluster", v, "main", "status", check=False)
     if status.returncode == 0:
         sh("pg_ctlcluster", v, "main", "reload")
@@ -143,9 +143,19 @@ def stop_pidfile(path: str, match: str) -> None:
     """TERM the process (Almighty ends its own children), then any child left, by PID."""
     pid = pidfile_process(Path(path), match)
     if pid is not None:
-        children = Path(f"/proc/{pid}/task/{pid}/children")
-        kids = [int(k) for k in children.read_text().split()] if children.exists() else []
+        kids = children(pid)
         kill(pid, term_first=True)
         for k in kids:
             kill(k, term_first=True, timeout=2)
     Path(path).unlink(missing_ok=True)
+
+
+def jobs_processes() -> list[Proc]:
+    """Live processes of the OAR users (`oar` and the submitting user): OAR's and its jobs'."""
+    uids = set()
+    for user in ("oar", USER):
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            pass
+    return [p for p in processes() if p.uid in uids]

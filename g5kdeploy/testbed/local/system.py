@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from g5kdeploy.errors import UserError
@@ -30,6 +31,32 @@ def start_time(pid: int) -> int | None:
     except (OSError, IndexError):
         return None
     return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    uid: int
+    cmdline: str
+
+
+def processes() -> list[Proc]:
+    """The live (non-zombie) processes of this host, but the calling one."""
+    out = []
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if pid != os.getpid() and start_time(pid) is not None:
+            out.append(Proc(pid, uid, cmd.strip()))
+    return out
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(k) for k in path.read_text().split()] if path.exists() else []
 
 
 def kill(pid: int, started: int | None = None, term_first: bool = False, timeout: float = 10) -> None:
