@@ -112,6 +112,63 @@ def experiment(c, name, param=None):
     print(f"results: {run.dir}")
 
 
+@task(help={"sites": "comma-separated sites, one cloud each", "vmms_per_site": "VMM nodes per cloud",
+            "testbed": "local (embedded, brought up if needed) or g5k",
+            "propagation": "default image propagation: scp, chain, qcow or chain+qcow",
+            "image_size_mb": "size of the guest disk image registered in every cloud"})
+@user_errors
+def deploy_nimbus(c, sites="rennes,nancy", vmms_per_site=1, testbed="local", propagation="qcow", image_size_mb=32):
+    """Reserve nodes, deploy them, configure one Nimbus-style cloud per site in parallel."""
+    from experiments import deploy_nimbus as module
+    from g5kdeploy import engine
+    from g5kdeploy.nimbus.deploy import teardown
+    params = {"sites": sites, "vmms_per_site": int(vmms_per_site), "propagation": propagation,
+              "image_size_mb": int(image_size_mb)}
+    module.check(_description(testbed), **params)     # bad input: an error before anything is done
+    tb = _testbed(testbed)
+    problems = teardown(module.CLOUDS, tb)     # a new deployment replaces the previous one
+    if problems:
+        print("previous clouds: " + "; ".join(problems))
+    run = engine.execute(module, tb, params)
+    from g5kdeploy.results import load
+    print("\n".join(module.summary(load(run.dir))))
+    for site, cloud in json.loads(module.CLOUDS.read_text()).items():
+        print(f"{site:8} {cloud['endpoint']}  service {cloud['service']}  VMMs {', '.join(cloud['vmms'])}")
+    print(f"credentials: {module.CLOUDS}")
+    print(f"results: {run.dir}")
+
+
+@task
+@user_errors
+def nimbus_destroy(c, testbed="local"):
+    """Terminate the clouds' guests and end their OAR jobs."""
+    from experiments import deploy_nimbus as module
+    from g5kdeploy.nimbus.deploy import teardown
+    problems = teardown(module.CLOUDS, _testbed(testbed, bring_up=False))
+    if problems:
+        raise Exit("nimbus-destroy: " + "; ".join(problems), code=1)
+    print("clouds destroyed")
+
+
+def _description(kind: str):
+    """The description of the testbed a command will use (the local one need not be up)."""
+    from g5kdeploy.testbed import open as open_testbed
+    if kind != "local":
+        return open_testbed(kind).description
+    from g5kdeploy.testbed import description
+    from g5kdeploy.testbed.local import LocalTestbed, is_up
+    return LocalTestbed.attach().description if is_up() else description.load()
+
+
+def _testbed(kind: str, bring_up: bool = True):
+    """The testbed of that kind; the local one is brought up first when needed."""
+    from g5kdeploy.testbed import open as open_testbed
+    if kind == "local" and bring_up:
+        from g5kdeploy.testbed.local import LocalTestbed, is_up
+        return LocalTestbed.attach() if is_up() else LocalTestbed.up()
+    return open_testbed(kind)
+
+
 @task(help={"run_dir": "a run directory, e.g. results/testbed-check/<run-id>"})
 @user_errors
 def report(c, run_dir):

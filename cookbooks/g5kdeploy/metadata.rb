@@ -1,0 +1,5 @@
+name             "g5kdeploy"
+maintainer       "g5kdeploy"
+license          "MIT"
+description      "Shared pieces of g5kdeploy nodes: the g5kdeploy sources, a site Redis"
+version          "0.1.0"

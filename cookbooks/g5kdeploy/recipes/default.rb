@@ -1,0 +1,15 @@
+# The g5kdeploy sources (standard-library services run from them) in /opt/g5kdeploy/src.
+# The wrapper ships them in the bundle as src.tar.gz with its sha256.
+bundle = node["g5kdeploy"]["bundle"]
+
+package "python3"
+
+directory "/opt/g5kdeploy" do
+  mode "755"
+end
+
+execute "install g5kdeploy sources" do
+  command "rm -rf /opt/g5kdeploy/src && mkdir /opt/g5kdeploy/src && " \
+          "tar -xzf #{bundle}/src.tar.gz -C /opt/g5kdeploy/src && cp #{bundle}/src.sha256 /opt/g5kdeploy/src.sha256"
+  not_if "cmp -s #{bundle}/src.sha256 /opt/g5kdeploy/src.sha256"
+end

@@ -1,0 +1,6 @@
+name             "nimbus"
+maintainer       "g5kdeploy"
+license          "MIT"
+description      "A Nimbus-style IaaS cloud: service node (EC2 API, scheduler, repository, context broker) and VMM nodes"
+version          "0.1.0"
+depends          "g5kdeploy"

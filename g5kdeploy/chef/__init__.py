@@ -1,0 +1,184 @@
+"""Apply Chef roles (cookbooks/ and cookbooks/roles/) to many nodes in parallel.
+
+One bundle (cookbooks, roles, each node's JSON, the g5kdeploy sources, extra files) is
+broadcast to all nodes along a chain, then every node converges on its own: chef-solo on
+Grid'5000, itamae on the local testbed (Chef is not packaged). The recipes use the subset
+both understand; the differences stay here: itamae gets the run_list as recipe files, reads
+the attributes from the node JSON, finds `include_recipe "cb::r"` and templates through
+links that we add to the bundle."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import shlex
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from g5kdeploy import remote
+from g5kdeploy.errors import UserError
+from g5kdeploy.progress import parallel
+from g5kdeploy.testbed.model import Node
+
+ROOT = Path(__file__).resolve().parents[2]
+COOKBOOKS = ROOT / "cookbooks"
+SOURCES = ROOT / "g5kdeploy"
+BUNDLE = "/var/cache/g5kdeploy/chef"
+RUNNERS = ("itamae", "chef-solo")
+
+
+@dataclass
+class Converge:
+    """One node's run: outcome, resources changed, duration, log."""
+    host: str
+    role: str
+    ok: bool
+    changed: int
+    start: float
+    end: float
+    log: str
+    error: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return self.end - self.start
+
+
+def role(name: str) -> dict:
+    path = COOKBOOKS / "roles" / f"{name}.json"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in (COOKBOOKS / "roles").glob("*.json")))
+        raise UserError(f"unknown role {name!r}: roles are {known}")
+    return json.loads(path.read_text())
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep merge of attribute trees (`over` wins)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def recipes(run_list: list[str]) -> list[str]:
+    """`recipe[nimbus::vmm]` -> `nimbus/recipes/vmm.rb`, `recipe[g5kdeploy]` -> .../default.rb"""
+    out = []
+    for item in run_list:
+        m = re.fullmatch(r"recipe\[([\w-]+)(?:::([\w-]+))?\]", item)
+        if not m:
+            raise UserError(f"run_list item {item!r} is not recipe[cookbook::recipe]")
+        out.append(f"{m[1]}/recipes/{m[2] or 'default'}.rb")
+    return out
+
+
+def _add_tree(tar: tarfile.TarFile, src: Path, arcname: str) -> None:
+    for p in sorted(src.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            tar.add(p, f"{arcname}/{p.relative_to(src)}")
+
+
+def _link(tar: tarfile.TarFile, name: str, target: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    tar.addfile(info)
+
+
+def _itamae_links(tar: tarfile.TarFile) -> None:
+    """recipes/<cb>::<r>.rb for include_recipe, recipes/<t>.erb for template sources."""
+    for cookbook in sorted(p for p in COOKBOOKS.iterdir() if (p / "recipes").is_dir()):
+        for r in sorted((cookbook / "recipes").glob("*.rb")):
+            _link(tar, f"cookbooks/{cookbook.name}/recipes/{cookbook.name}::{r.stem}.rb", r.name)
+        for t in sorted((cookbook / "templates" / "default").glob("*")):
+            _link(tar, f"cookbooks/{cookbook.name}/recipes/{t.name}", f"../templates/default/{t.name}")
+
+
+def _sources() -> bytes:
+    """The g5kdeploy package as a reproducible tar.gz (same sources, same bytes)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for p in sorted(SOURCES.rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                info = tar.gettarinfo(p, f"g5kdeploy/{p.relative_to(SOURCES)}")
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
+                with open(p, "rb") as f:
+                    tar.addfile(info, f)
+    return buf.getvalue()
+
+
+def bundle(nodes: dict[str, dict], files: dict[str, Path], out: Path) -> Path:
+    """The tarball every node receives. nodes: hostname -> node JSON; files: name -> path."""
+    src = _sources()
+    with tarfile.open(out, "w:gz") as tar:
+        _add_tree(tar, COOKBOOKS, "cookbooks")
+        _itamae_links(tar)
+        solo = (f'cookbook_path "{BUNDLE}/cookbooks"\nrole_path "{BUNDLE}/cookbooks/roles"\n'
+                'file_cache_path "/var/cache/g5kdeploy/chef-cache"\n').encode()
+        for name, data in [("src.tar.gz", src), ("src.sha256", hashlib.sha256(src).hexdigest().encode() + b"\n"),
+                           ("solo.rb", solo)] + \
+                [(f"nodes/{h}.json", json.dumps(j, indent=1).encode()) for h, j in nodes.items()]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), time.time()
+            tar.addfile(info, io.BytesIO(data))
+        for name, path in files.items():
+            tar.add(path, f"files/{name}")
+    return out
+
+
+def converge_command(runner: str, hostname: str, run_list: list[str]) -> str:
+    node_json = f"{BUNDLE}/nodes/{hostname}.json"
+    if runner == "itamae":
+        files = " ".join(shlex.quote(f"{BUNDLE}/cookbooks/{r}") for r in recipes(run_list))
+        return f"cd {BUNDLE} && itamae local --no-color --log-level=info -j {node_json} {files}"
+    return f"chef-solo --no-color --log_level info -c {BUNDLE}/solo.rb -j {node_json}"
+
+
+def changed(runner: str, log: str) -> int:
+    """How many resources a run changed, read from the runner's log."""
+    if runner == "itamae":
+        return len({m for m in re.findall(r"^\s*(?:INFO\s*:\s*)?\s*(\w+\[[^\]]*\]) .*will change from", log, re.M)})
+    m = re.search(r"(\d+)/\d+ resources updated", log)
+    return int(m[1]) if m else 0
+
+
+def apply(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | None = None,
+          runner: str = "itamae", logdir: Path | None = None) -> list[Converge]:
+    """Converge every node on its (role, attributes) in parallel; one Converge per node.
+    Nodes whose bundle did not arrive are reported failed, not raised."""
+    if runner not in RUNNERS:
+        raise UserError(f"unknown configuration runner {runner!r}: use one of {', '.join(RUNNERS)}")
+    roles = {n: role(r) for n, (r, _) in assignments.items()}
+    node_json = {n.hostname: {**merge(roles[n].get("default_attributes", {}), attrs),
+                              "run_list": [f"role[{r}]"] if runner == "chef-solo" else roles[n]["run_list"]}
+                 for n, (r, attrs) in assignments.items()}
+    nodes = list(assignments)
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-chef-") as tmp:
+        tarball = bundle(node_json, files or {}, Path(tmp) / "bundle.tar.gz")
+        shipped = remote.chain_put(tarball, nodes, "/tmp") if len(nodes) > 1 else remote.put([tarball], nodes, "/tmp")
+    unpack = remote.run(f"rm -rf {BUNDLE} && mkdir -p {BUNDLE} && tar -xzf /tmp/bundle.tar.gz -C {BUNDLE} && "
+                        "rm -f /tmp/bundle.tar.gz", shipped.ok)
+    ready = set(unpack.ok)
+    errors = {r.host: f"bundle: {r.error or r.stderr.strip()[-200:]}" for r in list(shipped.failed) + unpack.failed}
+
+    def converge(node: Node) -> Converge:
+        t0 = time.time()
+        if node.hostname not in ready:
+            return Converge(node.hostname, assignments[node][0], False, 0, t0, t0, "", errors.get(node.hostname, "no bundle"))
+        r = remote.run(converge_command(runner, node.hostname, roles[node]["run_list"]), [node])[0]
+        log = r.stdout + r.stderr
+        if logdir:
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+            (Path(logdir) / f"{runner}-{node.hostname}.log").write_text(log)
+        error = "" if r.ok else (r.error or _last_error(log))
+        return Converge(node.hostname, assignments[node][0], r.ok, changed(runner, log), t0, time.time(), log, error)
+
+    return [o.value for o in parallel(converge, nodes, f"{runner}: converging {len(nodes)} nodes")]
+
+
+def _last_error(log: str) -> str:
+    lines = [l for l in log.splitlines() if "ERROR" in l or "FATAL" in l] or log.strip().splitlines()[-1:]
+    return lines[-1].strip()[-300:] if lines else "failed"

@@ -1,0 +1,251 @@
+"""The cloud's EC2 Query API and scheduler, on the service node:
+`python3 -m g5kdeploy.nimbus.api [/etc/nimbus/cloud.json]`. boto3's ec2 client works against
+it unchanged: RunInstances, DescribeInstances, TerminateInstances, DescribeImages."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import secrets
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from g5kdeploy.nimbus import ec2, propagation, sigv4, ssh
+from g5kdeploy.nimbus.config import CONFIG, INSTANCE_TYPES, PROPAGATION_MODES, Cloud
+from g5kdeploy.nimbus.ec2 import EC2Error
+from g5kdeploy.nimbus.store import Store
+
+log = logging.getLogger("nimbus.api")
+SOURCE = "/opt/g5kdeploy/src"
+VMM = f"PYTHONPATH={SOURCE} python3 -m g5kdeploy.nimbus.vmm"
+ALIVE = ("pending", "running")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(9)[:17]}"
+
+
+def guest_name(address: str, site: str) -> str:
+    return "vm-" + "-".join(address.split(".")[2:]) + "." + site
+
+
+class Service:
+    def __init__(self, cloud: Cloud):
+        self.cloud, self.store = cloud, Store(cloud.redis)
+        self.lock = threading.Lock()              # one placement decision at a time
+        self.launcher = ThreadPoolExecutor(8)
+        self._digests: dict[tuple, str] = {}
+
+    # images -------------------------------------------------------------------------------
+    def images(self) -> dict[str, Path]:
+        return {p.stem: p for p in sorted(Path(self.cloud.repository).glob("*.img"))}
+
+    def digest(self, path: Path) -> str:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in self._digests:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            self._digests[key] = h.hexdigest()
+        return self._digests[key]
+
+    def describe_images(self, p: dict) -> dict:
+        images = self.images()
+        wanted = ec2.members(p, "ImageId") or list(images)
+        if unknown := [i for i in wanted if i not in images]:
+            raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{', '.join(unknown)}]' does not exist")
+        return {"imagesSet": [{"imageId": i, "imageLocation": f"{self.cloud.site}/{i}", "imageState": "available",
+                               "imageOwnerId": "g5kdeploy", "isPublic": True, "architecture": "x86_64",
+                               "imageType": "machine", "name": i, "rootDeviceType": "instance-store",
+                               "virtualizationType": "hvm", "description": f"{images[i].stat().st_size} bytes"}
+                              for i in wanted]}
+
+    # scheduling ---------------------------------------------------------------------------
+    def _place(self, count: int, memory: int) -> list[tuple[str, str]]:
+        """(VMM, address) for up to `count` guests: the VMM with the most free memory first."""
+        alive = [i for i in self.store.instances() if i["state"] in ALIVE + ("shutting-down",)]
+        free = {v.host: v.memory_mb for v in self.cloud.vmms}
+        for i in alive:
+            free[i["vmm"]] = free.get(i["vmm"], 0) - i["memory_mb"]
+        used = {i["ip"] for i in alive}
+        addresses = [a for a in self.cloud.addresses() if a not in used]
+        out = []
+        for address in addresses[:count]:
+            host = max(free, key=lambda h: (free[h], h))
+            if free[host] < memory:
+                break
+            free[host] -= memory
+            out.append((host, address))
+        return out
+
+    def run_instances(self, p: dict) -> dict:
+        image = p.get("ImageId") or ""
+        if not image:
+            raise EC2Error("MissingParameter", "The request must contain the parameter ImageId")
+        images = self.images()
+        if image not in images:
+            raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{image}]' does not exist")
+        itype = p.get("InstanceType", "m1.small")
+        if itype not in INSTANCE_TYPES:
+            raise EC2Error("InvalidParameterValue", f"Invalid value '{itype}' for InstanceType: use one of "
+                           + ", ".join(INSTANCE_TYPES))
+        try:
+            low, high = int(p.get("MinCount", "1")), int(p.get("MaxCount", p.get("MinCount", "1")))
+        except ValueError:
+            raise EC2Error("InvalidParameterValue", "MinCount and MaxCount must be integers") from None
+        if not 1 <= low <= high:
+            raise EC2Error("InvalidParameterValue", "need 1 <= MinCount <= MaxCount")
+        tags = ec2.tags(p)
+        mode = tags.get("propagation", self.cloud.propagation)
+        if mode not in PROPAGATION_MODES:
+            raise EC2Error("InvalidParameterValue", f"unknown propagation {mode!r}: use one of "
+                           + ", ".join(PROPAGATION_MODES))
+        try:
+            user_data = base64.b64decode(p.get("UserData", ""), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise EC2Error("InvalidParameterValue", "UserData must be base64-encoded text") from None
+        memory = INSTANCE_TYPES[itype]
+        with self.lock:
+            slots = self._place(high, memory)
+            if len(slots) < low:
+                raise EC2Error("InsufficientInstanceCapacity",
+                               f"There is not enough capacity for {low} {itype} instance(s): {len(slots)} fit now, "
+                               f"{self.cloud.capacity(memory)} on the empty cloud")
+            reservation = new_id("r")
+            now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+            instances = [{"id": new_id("i"), "image": image, "type": itype, "memory_mb": memory, "state": "pending",
+                          "vmm": host, "ip": ip, "name": guest_name(ip, self.cloud.site), "reservation": reservation,
+                          "ctx": reservation, "launch_index": n, "launch_time": now, "zone": self.cloud.site,
+                          "role": tags.get("role", "node"), "propagation": mode, "tags": tags}
+                         for n, (host, ip) in enumerate(slots)]
+            self.store.new_context(reservation, [i["id"] for i in instances], user_data)
+            self.store.put(*instances)
+        self.launcher.submit(self._launch, instances, images[image], mode)
+        return {"reservationId": reservation, "ownerId": "g5kdeploy", "groupSet": [],
+                "instancesSet": [ec2.instance_xml(i) for i in instances]}
+
+    def _launch(self, instances: list[dict], image: Path, mode: str) -> None:
+        key, tag = self.cloud.ssh_key, instances[0]["reservation"]
+        placement = {i["id"]: i["vmm"] for i in instances}
+        t0 = time.monotonic()
+        try:
+            disks = propagation.propagate(key, mode, str(image), image.stem, self.digest(image), placement, tag)
+        except Exception as e:  # noqa: BLE001 - the instances carry the failure
+            log.exception("propagation failed")
+            for i in instances:
+                self.store.update(i["id"], state="terminated", error=f"propagation failed: {e}")
+            propagation.cleanup(key, mode, placement, tag)
+            return
+        for i in instances:
+            self.store.update(i["id"], propagation_s=round(time.monotonic() - t0, 3))
+
+        def boot(i: dict) -> None:
+            args = " ".join([f"--id {i['id']} --ip {i['ip']}/{self.cloud.prefix} --gateway {self.cloud.gateway}",
+                             f"--name {i['name']} --broker {self.cloud.broker} --ctx {i['ctx']}",
+                             f"--memory {i['memory_mb']} --bridge {self.cloud.bridge}", *disks[i["id"]]])
+            try:
+                ssh.run(key, i["vmm"], f"{VMM} start {args}")
+            except Exception as e:  # noqa: BLE001
+                self.store.update(i["id"], state="terminated", error=f"start failed: {e}")
+                ssh.run(key, i["vmm"], f"{VMM} stop {i['id']}")
+                return
+            if self.store.get(i["id"])["state"] not in ALIVE:       # terminated while launching
+                ssh.run(key, i["vmm"], f"{VMM} stop {i['id']}")
+            else:
+                self.store.update(i["id"], booted_s=round(time.monotonic() - t0, 3))
+
+        try:
+            ssh.each(boot, instances)
+        finally:
+            propagation.cleanup(key, mode, placement, tag)
+
+    # instances ----------------------------------------------------------------------------
+    def _selected(self, p: dict) -> list[dict]:
+        wanted = ec2.members(p, "InstanceId")
+        known = {i["id"]: i for i in self.store.instances()}
+        if unknown := [i for i in wanted if i not in known]:
+            raise EC2Error("InvalidInstanceID.NotFound", f"The instance ID '{', '.join(unknown)}' does not exist")
+        return [known[i] for i in wanted] if wanted else sorted(known.values(), key=lambda i: i["launch_time"])
+
+    def describe_instances(self, p: dict) -> dict:
+        reservations: dict[str, list[dict]] = {}
+        for i in self._selected(p):
+            reservations.setdefault(i["reservation"], []).append(i)
+        return {"reservationSet": [{"reservationId": r, "ownerId": "g5kdeploy", "groupSet": [],
+                                    "instancesSet": [ec2.instance_xml(i) for i in sorted(v, key=lambda i: i["launch_index"])]}
+                                   for r, v in reservations.items()]}
+
+    def terminate_instances(self, p: dict) -> dict:
+        if not ec2.members(p, "InstanceId"):
+            raise EC2Error("MissingParameter", "The request must contain the parameter InstanceId")
+        chosen = self._selected(p)
+
+        def stop(i: dict) -> dict:
+            before = i["state"]
+            if before != "terminated":
+                self.store.update(i["id"], state="shutting-down")
+                ssh.run(self.cloud.ssh_key, i["vmm"], f"{VMM} stop {i['id']}")
+                self.store.update(i["id"], state="terminated")
+            return {"instanceId": i["id"], "previousState": {"code": ec2.STATE_CODES[before], "name": before},
+                    "currentState": {"code": 48, "name": "terminated"}}
+        return {"instancesSet": ssh.each(stop, chosen)}
+
+    ACTIONS = {"DescribeImages": describe_images, "RunInstances": run_instances,
+               "DescribeInstances": describe_instances, "TerminateInstances": terminate_instances}
+
+    def handle(self, method: str, path: str, query: str, headers: dict, body: bytes) -> tuple[int, bytes]:
+        try:
+            try:
+                sigv4.verify(method, path, query, headers, body, self.cloud.credentials)
+            except sigv4.SignatureError as e:
+                raise EC2Error("AuthFailure", str(e), 401) from None
+            params = ec2.parse_params(body, query)
+            action = params.get("Action", "")
+            if action not in self.ACTIONS:
+                raise EC2Error("InvalidAction", f"The action {action or '(none)'} is not valid for this web service")
+            return 200, ec2.response(action, self.ACTIONS[action](self, params))
+        except EC2Error as e:
+            return e.status, ec2.error(e)
+        except Exception as e:  # noqa: BLE001 - reported to the client as EC2 does
+            log.exception("internal error")
+            return 500, ec2.error(EC2Error("InternalError", f"{type(e).__name__}: {e}", 500))
+
+
+def serve(service: Service, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            url = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, out = service.handle(self.command, url.path, url.query, dict(self.headers), body)
+            self.send_response(status)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, fmt, *args):
+            log.info("%s %s", self.address_string(), fmt % args)
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cloud = Cloud.load(Path(sys.argv[1]) if len(sys.argv) > 1 else CONFIG)
+    serve(Service(cloud), cloud.api_port).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The context broker (thesis §3.3, Nimbus' context broker), on the service node:
+`python3 -m g5kdeploy.nimbus.broker [/etc/nimbus/cloud.json]`. The guests of one request form
+a context; each guest agent joins, waits until all have joined, learns every peer's name,
+address and role, fetches its user data and reports ready, which makes it `running`."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from g5kdeploy.nimbus.config import CONFIG, Cloud
+from g5kdeploy.nimbus.store import Store
+
+log = logging.getLogger("nimbus.broker")
+
+
+def answer(store: Store, ctx: str, verb: str, q: dict[str, str]) -> tuple[int, str]:
+    context = store.context(ctx)
+    instance = store.get(q.get("id", ""))
+    if context is None or instance is None or instance["id"] not in context["instances"]:
+        return 404, "unknown context or instance\n"
+    if verb == "join":
+        store.join(ctx, instance["id"])
+        return 200, f"role {instance['role']} name {instance['name']}\n"
+    if verb == "peers":
+        members = [store.get(i) for i in context["instances"]]
+        joined = store.join(ctx, instance["id"])
+        if joined < len(members):
+            return 200, f"waiting {joined}/{len(members)}\n"
+        return 200, "complete\n" + "".join(f"peer {m['id']} {m['ip']} {m['name']} {m['role']}\n" for m in members)
+    if verb == "userdata":
+        return 200, context["user_data"]
+    if verb == "ready":
+        i = store.get(instance["id"])
+        if i["state"] == "pending":
+            store.update(i["id"], state="running", contextualized_at=time.time(),
+                         peers_reachable=int(q.get("peers", 0)), peers_unreachable=int(q.get("unreachable", 0)))
+        return 200, "ok\n"
+    return 404, "unknown verb\n"
+
+
+def serve(store: Store, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            url = urlsplit(self.path)
+            parts = url.path.strip("/").split("/")
+            if len(parts) == 3 and parts[0] == "ctx":
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                status, text = answer(store, parts[1], parts[2], q)
+            else:
+                status, text = 404, "not found\n"
+            out = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, fmt, *args):
+            log.info("%s %s", self.address_string(), fmt % args)
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cloud = Cloud.load(Path(sys.argv[1]) if len(sys.argv) > 1 else CONFIG)
+    serve(Store(cloud.redis), int(cloud.broker.rsplit(":", 1)[1])).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""A cloud's configuration (/etc/nimbus/cloud.json, written by the nimbus cookbook)."""
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = Path("/etc/nimbus/cloud.json")
+PROPAGATION_MODES = ("scp", "chain", "qcow", "chain+qcow")
+INSTANCE_TYPES = {"m1.tiny": 96, "m1.small": 128, "m1.medium": 256, "m1.large": 512}   # MiB of guest RAM
+LIB = Path("/var/lib/nimbus")   # on service and VMM nodes: repository/, boot/, cache/, incoming/, vms/
+
+
+@dataclass
+class Vmm:
+    host: str
+    memory_mb: int
+    cpus: int = 1
+
+
+@dataclass
+class Cloud:
+    site: str
+    credentials: dict[str, str]
+    vmms: list[Vmm]
+    pool: tuple[str, str]                 # first and last guest address
+    prefix: int
+    gateway: str
+    broker: str                           # host:port the guests reach
+    api_port: int = 8773
+    redis: str = "127.0.0.1:6379"
+    propagation: str = "qcow"
+    ssh_key: str = "/root/.ssh/nimbus_id"
+    bridge: str = "br0"
+    repository: str = str(LIB / "repository")
+
+    @classmethod
+    def load(cls, path: Path = CONFIG) -> "Cloud":
+        d = json.loads(Path(path).read_text())
+        d["vmms"] = [Vmm(**v) for v in d["vmms"]]
+        d["pool"] = tuple(d["pool"])
+        return cls(**d)
+
+    def addresses(self) -> list[str]:
+        first, last = (ipaddress.IPv4Address(a) for a in self.pool)
+        return [str(ipaddress.IPv4Address(i)) for i in range(int(first), int(last) + 1)]
+
+    def capacity(self, memory_mb: int) -> int:
+        """How many guests of this size fit on the empty cloud."""
+        return min(sum(v.memory_mb // memory_mb for v in self.vmms), len(self.addresses()))

@@ -1,0 +1,160 @@
+"""The frontend side of deploy-nimbus: plan one cloud per site on reserved nodes, converge
+the service and VMM roles on them in parallel, fill each repository, check each cloud answers
+boto3, and write the clouds file (endpoints and credentials) that clients read."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from g5kdeploy import chef, remote
+from g5kdeploy.errors import UserError
+from g5kdeploy.testbed.model import Node, NodeSet
+from g5kdeploy.vm.image import GuestImage
+
+API_PORT = 8773
+REPOSITORY = "/var/lib/nimbus/repository"
+
+
+@dataclass
+class CloudPlan:
+    site: str
+    service: Node
+    vmms: list[Node]
+    pool: tuple[str, str]
+    prefix: int
+    gateway: str
+    access_key: str = field(default_factory=lambda: "AKID" + secrets.token_hex(8).upper())
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.service.address}:{API_PORT}"
+
+    def client_info(self, jobs: dict[str, int]) -> dict:
+        return {"endpoint": self.endpoint, "region": self.site, "access_key": self.access_key,
+                "secret_key": self.secret_key, "service": self.service.hostname,
+                "vmms": [v.hostname for v in self.vmms], "oar_job": jobs.get(self.site)}
+
+
+def plan(nodes: NodeSet, description) -> list[CloudPlan]:
+    """Per site: the first node runs the service, the others are VMMs; guests get the upper
+    half of the site subnet (nodes hold the lower part, the gateway its last address)."""
+    plans = []
+    for site, site_nodes in nodes.by_site().items():
+        if len(site_nodes) < 2:
+            raise UserError(f"site {site} needs at least 2 nodes (a service node and a VMM)")
+        subnet = description.site_subnet(site)
+        hosts = list(subnet.hosts())
+        taken = sum(1 for n in description.nodes() if n.site == site)
+        pool = (str(hosts[max(taken + 1, len(hosts) // 2)]), str(hosts[-2]))
+        ordered = sorted(site_nodes, key=lambda n: n.address)
+        plans.append(CloudPlan(site, ordered[0], ordered[1:], pool, subnet.prefixlen, description.site_gateway(site)))
+    return plans
+
+
+def assignments(plans: list[CloudPlan], vmm_memory_mb: int, propagation: str) -> dict[Node, tuple[str, dict]]:
+    out: dict[Node, tuple[str, dict]] = {}
+    for p in plans:
+        out[p.service] = ("nimbus-service", {
+            "g5kdeploy": {"address": p.service.address},
+            "nimbus": {"site": p.site, "credentials": {p.access_key: p.secret_key}, "pool": list(p.pool),
+                       "prefix": p.prefix, "gateway": p.gateway, "propagation": propagation,
+                       "vmms": [{"host": v.hostname, "memory_mb": vmm_memory_mb, "cpus": 1} for v in p.vmms]}})
+        for v in p.vmms:
+            out[v] = ("nimbus-vmm", {"g5kdeploy": {"address": v.address}, "nimbus": {"prefix": p.prefix}})
+    return out
+
+
+def cloud_key(home: Path) -> Path:
+    """The clouds' own ssh key (service -> VMMs, VMM -> VMM chains), made once."""
+    key = home / "nimbus_id"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nimbus", "-f", str(key)], check=True)
+    return key
+
+
+def configure(plans: list[CloudPlan], image: GuestImage, home: Path, vmm_memory_mb: int = 512,
+              propagation: str = "qcow", runner: str = "itamae", logdir: Path | None = None) -> list[chef.Converge]:
+    """Converge every cloud node in parallel with its role (a second run changes nothing)."""
+    key = cloud_key(home)
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-nimbus-") as tmp:
+        sums = Path(tmp) / "SHA256SUMS"
+        sums.write_text(subprocess.run(["sha256sum", str(image.vmlinuz), str(image.initrd)], check=True,
+                                       capture_output=True, text=True).stdout)
+        files = {"nimbus_id": key, "nimbus_id.pub": key.with_suffix(".pub"), "boot/vmlinuz": image.vmlinuz,
+                 "boot/initrd.cpio.gz": image.initrd, "boot/SHA256SUMS": sums}
+        return chef.apply(assignments(plans, vmm_memory_mb, propagation), files, runner, logdir)
+
+
+def upload_image(plans: list[CloudPlan], image: GuestImage, name: str) -> remote.Results:
+    """Register the guest disk as image `name` in every cloud's repository."""
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-image-") as tmp:
+        link = Path(tmp) / f"{name}.img"
+        link.symlink_to(image.disk)
+        return remote.put([link], [p.service for p in plans], REPOSITORY)
+
+
+def client(cloud: dict):
+    """A boto3 EC2 client for one entry of the clouds file."""
+    import boto3
+    return boto3.client("ec2", endpoint_url=cloud["endpoint"], region_name=cloud["region"],
+                        aws_access_key_id=cloud["access_key"], aws_secret_access_key=cloud["secret_key"])
+
+
+def verify(cloud: dict, timeout: float = 30) -> list[str]:
+    """The cloud's image ids, once its API answers a signed DescribeImages."""
+    import botocore.exceptions
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return [i["ImageId"] for i in client(cloud).describe_images()["Images"]]
+        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def write_clouds(path: Path, clouds: dict[str, dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(clouds, f, indent=2)
+    return path
+
+
+def teardown(path: Path, testbed) -> list[str]:
+    """Terminate every guest of the clouds in the clouds file and end their OAR jobs;
+    returns what could not be done (a cloud already gone is not a problem)."""
+    from datetime import datetime
+
+    import botocore.exceptions
+
+    from g5kdeploy.testbed.model import Reservation
+    if not path.exists():
+        return []
+    clouds = json.loads(path.read_text())
+    problems = []
+    for site, cloud in clouds.items():
+        try:
+            ec2 = client(cloud)
+            alive = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+                     if i["State"]["Name"] != "terminated"]
+            if alive:
+                ec2.terminate_instances(InstanceIds=alive)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            problems.append(f"{site}: {e}")
+    jobs = {s: c["oar_job"] for s, c in clouds.items() if c.get("oar_job")}
+    if jobs:
+        try:
+            testbed.release(Reservation(jobs, NodeSet(), datetime.now(), "nimbus"))
+        except Exception as e:  # noqa: BLE001 - jobs of a testbed that was rebuilt are gone already
+            problems.append(f"OAR jobs {sorted(jobs.values())}: {e}")
+    path.unlink()
+    return problems

@@ -1,0 +1,63 @@
+"""The cloud's state in the site's Redis: instances and contexts, shared by the API and the
+context broker (both may restart without losing anything)."""
+from __future__ import annotations
+
+import json
+
+import redis
+
+P = "nimbus:"
+
+
+class Store:
+    def __init__(self, address: str):
+        host, port = address.rsplit(":", 1)
+        self.r = redis.Redis(host=host, port=int(port), decode_responses=True)
+
+    # instances ------------------------------------------------------------------------
+    def put(self, *instances: dict) -> None:
+        pipe = self.r.pipeline()
+        for i in instances:
+            pipe.set(P + "i:" + i["id"], json.dumps(i))
+            pipe.sadd(P + "instances", i["id"])
+        pipe.execute()
+
+    def get(self, instance: str) -> dict | None:
+        raw = self.r.get(P + "i:" + instance)
+        return json.loads(raw) if raw else None
+
+    def update(self, instance: str, **changes) -> dict | None:
+        """Change fields of an instance atomically (optimistic, WATCH-based)."""
+        key = P + "i:" + instance
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return None
+                    i = {**json.loads(raw), **changes}
+                    pipe.multi()
+                    pipe.set(key, json.dumps(i))
+                    pipe.execute()
+                    return i
+                except redis.WatchError:
+                    continue
+
+    def instances(self) -> list[dict]:
+        ids = sorted(self.r.smembers(P + "instances"))
+        if not ids:
+            return []
+        return [json.loads(v) for v in self.r.mget([P + "i:" + i for i in ids]) if v]
+
+    # contexts ---------------------------------------------------------------------------
+    def new_context(self, ctx: str, instances: list[str], user_data: str) -> None:
+        self.r.set(P + "ctx:" + ctx, json.dumps({"instances": instances, "user_data": user_data}))
+
+    def context(self, ctx: str) -> dict | None:
+        raw = self.r.get(P + "ctx:" + ctx)
+        return json.loads(raw) if raw else None
+
+    def join(self, ctx: str, instance: str) -> int:
+        self.r.sadd(P + f"ctx:{ctx}:joined", instance)
+        return self.r.scard(P + f"ctx:{ctx}:joined")

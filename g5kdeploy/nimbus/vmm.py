@@ -1,0 +1,128 @@
+"""Hypervisor agent, run on a VMM node by the service over ssh (as Nimbus' workspace-control):
+`python3 -m g5kdeploy.nimbus.vmm start|stop|list ...`. Each guest gets a disk (its own copy,
+or a qcow2 copy-on-write volume over the node's image cache), a tap on the node's bridge,
+file-backed RAM and a QMP socket; its files live in /var/lib/nimbus/vms/<id>/."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from g5kdeploy.nimbus.config import LIB
+from g5kdeploy.vm.qemu import QMP, Guest, mac_for
+
+VMS = LIB / "vms"
+BOOT = LIB / "boot"
+
+
+def guest(instance: str) -> Guest:
+    spec = json.loads((VMS / instance / "spec.json").read_text())
+    return Guest(**{**spec, "kernel": Path(spec["kernel"]), "initrd": Path(spec["initrd"]), "disk": Path(spec["disk"])})
+
+
+def tap_name(instance: str) -> str:
+    return "t" + instance[2:14]       # i-0123abcd... -> t0123abcd (IFNAMSIZ 15)
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    subprocess.run(["ip", *args], check=check, capture_output=True)
+
+
+def start(a: argparse.Namespace) -> dict:
+    rundir = VMS / a.id
+    if (rundir / "spec.json").exists():
+        raise SystemExit(f"{a.id} exists already on this VMM")
+    rundir.mkdir(parents=True)
+    if a.backing:
+        disk, fmt = rundir / "disk.qcow2", "qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", a.backing, str(disk)],
+                       check=True, capture_output=True)
+    elif a.move:
+        disk, fmt = rundir / "disk.img", "raw"
+        os.replace(a.move, disk)
+    else:
+        disk, fmt = rundir / "disk.img", "raw"
+        subprocess.run(["cp", "--sparse=always", a.copy, str(disk)], check=True)
+    address = a.ip.split("/")[0]
+    g = Guest(a.id, BOOT / "vmlinux", BOOT / "initrd.cpio.gz", disk, rundir, memory_mb=a.memory, cpus=a.cpus,
+              tap=tap_name(a.id), mac=mac_for(address), disk_format=fmt,
+              cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway, "g5k_name": a.name,
+                       "g5k_broker": a.broker, "g5k_ctx": a.ctx})
+    spec = {k: str(v) if isinstance(v, Path) else v for k, v in vars(g).items()}
+    (rundir / "spec.json").write_text(json.dumps(spec))
+    _ip("tuntap", "add", "dev", g.tap, "mode", "tap")
+    _ip("link", "set", g.tap, "master", a.bridge, "up")
+    try:
+        pid = g.start()
+    except Exception:
+        stop_guest(a.id)
+        raise
+    return {"id": a.id, "pid": pid, "tap": g.tap, "disk": str(disk)}
+
+
+def stop_guest(instance: str) -> dict:
+    """Quit QEMU (QMP, then SIGKILL), remove its tap, volume, RAM file and run directory."""
+    rundir = VMS / instance
+    if not rundir.exists():
+        return {"id": instance, "stopped": False}
+    g = guest(instance) if (rundir / "spec.json").exists() else None
+    if g and (pid := g.pid()):
+        try:
+            with QMP(g.qmp_path, timeout=3) as q:
+                q.execute("quit")
+        except (OSError, RuntimeError, ValueError):
+            pass
+        deadline = time.monotonic() + 5
+        while g.pid() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if g.pid():
+            os.kill(pid, signal.SIGKILL)
+    _ip("link", "del", tap_name(instance), check=False)
+    if g:
+        Path(g.ram_path).unlink(missing_ok=True)
+    shutil.rmtree(rundir, ignore_errors=True)
+    return {"id": instance, "stopped": True}
+
+
+def running() -> list[dict]:
+    out = []
+    for spec in sorted(VMS.glob("*/spec.json")):
+        g = guest(spec.parent.name)
+        out.append({"id": g.name, "pid": g.pid(), "disk": str(g.disk), "memory_mb": g.memory_mb})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="g5kdeploy.nimbus.vmm")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("start")
+    for opt in ("--id", "--ip", "--gateway", "--name", "--broker", "--ctx"):
+        s.add_argument(opt, required=True)
+    s.add_argument("--memory", type=int, default=128)
+    s.add_argument("--cpus", type=int, default=1)
+    s.add_argument("--bridge", default="br0")
+    disk = s.add_mutually_exclusive_group(required=True)
+    disk.add_argument("--move", help="take this raw image as the guest's own disk")
+    disk.add_argument("--copy", help="copy this raw image as the guest's own disk")
+    disk.add_argument("--backing", help="copy-on-write qcow2 volume over this cached raw image")
+    t = sub.add_parser("stop")
+    t.add_argument("ids", nargs="+")
+    sub.add_parser("list")
+    a = p.parse_args(argv)
+    if a.command == "start":
+        result = start(a)
+    elif a.command == "stop":
+        result = [stop_guest(i) for i in a.ids]
+    else:
+        result = running()
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Nimbus-style clouds on the local testbed: cookbooks converged by itamae on nodes, boto3
+driving real QEMU guests through each propagation mode, contextualization checked from
+inside the guests, bad requests, and the deploy-nimbus task."""
+import json
+import time
+import urllib.error
+import urllib.request
+
+import botocore.exceptions
+import pandas as pd
+import pytest
+
+from conftest import invoke, make_room
+from experiments import deploy_nimbus
+from g5kdeploy import engine, remote
+from g5kdeploy.nimbus import deploy
+from g5kdeploy.testbed.local import LocalTestbed, leftovers
+from g5kdeploy.vm import image as vm_image
+
+pytestmark = pytest.mark.testbed
+USER_DATA = "#!/bin/sh\necho \"hello from $(hostname)\" > /www/hello\n"
+
+
+@pytest.fixture(scope="module")
+def clouds(small_description, tmp_path_factory):
+    """rennes: service + 2 VMMs, nancy: service + 1 VMM (the small testbed's 5 nodes)."""
+    make_room()
+    tb = LocalTestbed.up(small_description)
+    import os
+    os.environ["G5KDEPLOY_RESULTS"] = str(tmp_path_factory.mktemp("results"))
+    run = engine.execute(deploy_nimbus, tb, {"vmms_per_site": {"rennes": 2, "nancy": 1}})
+    yield tb, run, json.loads(deploy_nimbus.CLOUDS.read_text())
+    assert deploy.teardown(deploy_nimbus.CLOUDS, tb) == []
+    tb.destroy()
+    assert leftovers() == []
+
+
+def guests(ec2, ids):
+    return [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]]
+
+
+def wait_state(ec2, ids, timeout=150):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {i["State"]["Name"] for i in guests(ec2, ids)}
+        if states == {"running"} or "terminated" in states:
+            break
+        time.sleep(0.5)
+    return guests(ec2, ids)
+
+
+def fetch(address, path, timeout=20):
+    """A file the guest serves; waits for it to appear (the user data runs in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return urllib.request.urlopen(f"http://{address}/{path}", timeout=10).read().decode()
+        except urllib.error.HTTPError as e:
+            if e.code != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def vmm_leftovers(vmms, ids) -> str:
+    """What is left of these guests on the VMMs: processes, run dirs, RAM files, taps."""
+    pattern = "|".join(ids)
+    r = remote.run(f"ps -eo args | grep -E '{pattern}' | grep -v grep; ls /var/lib/nimbus/vms /dev/shm "
+                   f"/var/lib/nimbus/incoming; ip -br link | grep -E '^t' || true", vmms)
+    return "".join(x.stdout for x in r)
+
+
+def test_deployment_timeline(clouds):
+    tb, run, info = clouds
+    rows = pd.read_parquet(run.dir / "rows.parquet")
+    assert set(rows["stage"]) == {"reserve", "deploy", "configure", "verify"}
+    assert (rows["outcome"] == "ok").all()
+    assert rows.groupby("node")["stage"].nunique().to_dict() == {
+        **{n: 3 for n in rows[rows.role == "vmm"]["node"]}, **{n: 4 for n in rows[rows.role == "service"]["node"]}}
+    assert (rows.loc[rows.stage == "configure", "changed"] > 0).all()
+    assert set(info) == {"rennes", "nancy"} and len(info["rennes"]["vmms"]) == 2
+    for cloud in info.values():
+        assert deploy.verify(cloud) == ["debian"]
+
+
+def test_second_converge_changes_nothing(clouds):
+    tb, run, info = clouds
+    res_nodes = tb.nodes(",".join([c["service"] for c in info.values()] + sum((c["vmms"] for c in info.values()), [])))
+    plans = deploy.plan(res_nodes, tb.description)
+    for p in plans:                     # the same credentials as the running clouds
+        p.access_key, p.secret_key = info[p.site]["access_key"], info[p.site]["secret_key"]
+    guest = vm_image.build(deploy_nimbus.HOME / "cache", size_mb=deploy_nimbus.PARAMS["image_size_mb"])
+    again = deploy.configure(plans, guest, deploy_nimbus.CLOUDS.parent)
+    assert all(c.ok for c in again), [c.error for c in again]
+    assert {c.host: c.changed for c in again} == {c.host: 0 for c in again}
+
+
+@pytest.mark.parametrize("mode", ["scp", "chain", "qcow", "chain+qcow"])
+def test_two_guests_boot_and_are_contextualized(clouds, mode):
+    tb, run, info = clouds
+    ec2 = deploy.client(info["rennes"])
+    r = ec2.run_instances(ImageId="debian", MinCount=2, MaxCount=2, InstanceType="m1.small",
+                          UserData=USER_DATA,              # boto3 base64-encodes it
+                          TagSpecifications=[{"ResourceType": "instance",
+                                              "Tags": [{"Key": "propagation", "Value": mode}]}])
+    ids = [i["InstanceId"] for i in r["Instances"]]
+    try:
+        running = wait_state(ec2, ids)
+        assert [i["State"]["Name"] for i in running] == ["running", "running"], [i.get("StateReason") for i in running]
+        addresses = {i["InstanceId"]: i["PrivateIpAddress"] for i in running}
+        names = {i["InstanceId"]: i["PrivateDnsName"] for i in running}
+        for me, address in addresses.items():
+            ctx = fetch(address, "ctx").splitlines()       # written by the guest's own agent
+            assert ctx[0].startswith(f"self {me} ")
+            peers = {line.split()[1]: line.split() for line in ctx[1:]}
+            assert set(peers) == set(ids)
+            for other, fields in peers.items():
+                assert fields[2:4] == [addresses[other], names[other]] and fields[-1] == "reachable"
+            assert f"{addresses[other]} {names[other]}" in fetch(address, "hosts")
+            assert fetch(address, "hello").strip() == f"hello from {names[me]}"
+    finally:
+        ec2.terminate_instances(InstanceIds=ids)
+    assert {i["State"]["Name"] for i in guests(ec2, ids)} == {"terminated"}
+    assert not any(id_ in vmm_leftovers(info["rennes"]["vmms"], ids) for id_ in ids)
+    assert "qemu" not in vmm_leftovers(info["rennes"]["vmms"], ["qemu-system"])
+
+
+def test_bad_requests_leave_no_instance(clouds):
+    tb, run, info = clouds
+    ec2 = deploy.client(info["nancy"])
+    before = guests(ec2, [])
+
+    def code(**kwargs):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.run_instances(**kwargs)
+        return e.value.response["Error"]["Code"]
+
+    assert code(ImageId="nope", MinCount=1, MaxCount=1) == "InvalidAMIID.NotFound"
+    assert code(ImageId="debian", MinCount=5, MaxCount=5) == "InsufficientInstanceCapacity"   # 512 MiB VMM
+    bad = deploy.client({**info["nancy"], "secret_key": "wrong"})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bad.describe_images()
+    assert e.value.response["Error"]["Code"] == "AuthFailure"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.describe_vpcs()
+    assert e.value.response["Error"]["Code"] == "InvalidAction"
+    assert guests(ec2, []) == before
+    assert "qemu" not in vmm_leftovers(info["nancy"]["vmms"], ["qemu-system"])
+
+
+def test_deploy_nimbus_bad_input_leaves_no_job(clouds):
+    tb, run, info = clouds
+    jobs = set(tb.oar.jobs())
+    r = invoke("deploy-nimbus", "--sites", "lyon")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "lyon" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = invoke("deploy-nimbus", "--propagation", "ftp")
+    assert r.returncode == 2 and "propagation" in r.stderr
+    assert set(tb.oar.jobs()) == jobs
