@@ -5,6 +5,7 @@ import functools
 import importlib
 import json
 import logging
+import signal
 import sys
 import time
 
@@ -15,14 +16,24 @@ from g5kdeploy.errors import UserError
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def user_errors(fn):
-    """A UserError ends the task with its one-line message, no traceback."""
+    """A UserError ends the task with its one-line message, no traceback. SIGTERM (oardel,
+    the end of a batch job's walltime, kill) interrupts like Ctrl-C: cleanups run."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return fn(*args, **kwargs)
         except UserError as e:
             raise Exit(f"error: {e}", code=2) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return wrapper
 
 
@@ -49,8 +60,10 @@ def testbed_up(c, description=None):
 @user_errors
 def testbed_destroy(c):
     """Remove everything the local testbed created (also after a crash)."""
+    from experiments.deploy_nimbus import CLOUDS
     from g5kdeploy.testbed.local import destroy, leftovers
     problems = destroy()
+    CLOUDS.unlink(missing_ok=True)      # the clouds lived on the testbed's nodes
     left = leftovers()
     if problems or left:
         raise Exit("testbed-destroy incomplete: " + "; ".join(problems + left), code=1)

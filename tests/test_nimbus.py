@@ -72,10 +72,15 @@ def vmm_leftovers(vmms, ids) -> str:
 def test_deployment_timeline(clouds):
     tb, run, info = clouds
     rows = pd.read_parquet(run.dir / "rows.parquet")
-    assert set(rows["stage"]) == {"reserve", "deploy", "configure", "verify"}
     assert (rows["outcome"] == "ok").all()
-    assert rows.groupby("node")["stage"].nunique().to_dict() == {
-        **{n: 3 for n in rows[rows.role == "vmm"]["node"]}, **{n: 4 for n in rows[rows.role == "service"]["node"]}}
+    stages = rows.groupby("node")["stage"].apply(set).to_dict()
+    assert stages.pop("frontend") == {"image"}
+    node_stages = {"reserve", "deploy", "ship", "configure"}
+    assert stages == {**{n: node_stages for n in rows[rows.role == "vmm"]["node"]},
+                      **{n: node_stages | {"upload", "verify"} for n in rows[rows.role == "service"]["node"]}}
+    assert (rows["end"] >= rows["start"]).all()
+    events = pd.read_json(run.dir / "events.jsonl", lines=True)
+    assert len(events[(events.stage == "configure") & events.node.notna()]) == 2 * 5   # start + end, 5 nodes
     assert (rows.loc[rows.stage == "configure", "changed"] > 0).all()
     assert set(info) == {"rennes", "nancy"} and len(info["rennes"]["vmms"]) == 2
     for cloud in info.values():
@@ -156,3 +161,39 @@ def test_deploy_nimbus_bad_input_leaves_no_job(clouds):
     r = invoke("deploy-nimbus", "--propagation", "ftp")
     assert r.returncode == 2 and "propagation" in r.stderr
     assert set(tb.oar.jobs()) == jobs
+
+
+def test_readme_boto3_snippet_works_verbatim(clouds):
+    import re
+    import subprocess
+    import sys
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"this works verbatim:\n\n```python\n(.*?)```", readme, re.S)[1]
+    r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "['debian']" in r.stdout and r.stdout.count(" reachable") == 4
+
+
+def test_interrupted_deploy_gives_its_nodes_back(clouds):
+    """SIGTERM (as oardel or kill would send) once its OAR job runs: the job is ended.
+    Runs last: a new deploy-nimbus replaces the module's clouds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    tb, run, info = clouds
+    before = set(tb.oar.jobs())
+    p = subprocess.Popen([sys.executable, "-m", "invoke", "deploy-nimbus", "--sites", "nancy"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "G5KDEPLOY_RESULTS": str(run.dir.parent.parent)})
+    deadline = time.monotonic() + 120
+    while not (set(tb.oar.jobs()) - before) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    new = set(tb.oar.jobs()) - before
+    assert new, "deploy-nimbus submitted no job"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err
+    assert not set(tb.oar.jobs()) & new

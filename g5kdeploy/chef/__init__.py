@@ -1,7 +1,7 @@
 """Apply Chef roles (cookbooks/ and cookbooks/roles/) to many nodes in parallel.
 
 One bundle (cookbooks, roles, each node's JSON, the g5kdeploy sources, extra files) is
-broadcast to all nodes along a chain, then every node converges on its own: chef-solo on
+copied to all nodes in parallel, then every node converges on its own: chef-solo on
 Grid'5000, itamae on the local testbed (Chef is not packaged). The recipes use the subset
 both understand; the differences stay here: itamae gets the run_list as recipe files, reads
 the attributes from the node JSON, finds `include_recipe "cb::r"` and templates through
@@ -30,13 +30,17 @@ COOKBOOKS = ROOT / "cookbooks"
 SOURCES = ROOT / "g5kdeploy"
 BUNDLE = "/var/cache/g5kdeploy/chef"
 RUNNERS = ("itamae", "chef-solo")
+CINC_INSTALL = "https://omnitruck.cinc.sh/install.sh"
 
 
 @dataclass
 class Converge:
-    """One node's run: outcome, resources changed, duration, log."""
+    """One node's run: bundle shipping, then its converge (outcome, resources changed, log)."""
     host: str
     role: str
+    ship_start: float
+    ship_end: float
+    shipped: bool
     ok: bool
     changed: int
     start: float
@@ -113,7 +117,7 @@ def _sources() -> bytes:
 def bundle(nodes: dict[str, dict], files: dict[str, Path], out: Path) -> Path:
     """The tarball every node receives. nodes: hostname -> node JSON; files: name -> path."""
     src = _sources()
-    with tarfile.open(out, "w:gz") as tar:
+    with tarfile.open(out, "w") as tar:     # not compressed: most of it (kernel, initrd) is already
         _add_tree(tar, COOKBOOKS, "cookbooks")
         _itamae_links(tar)
         solo = (f'cookbook_path "{BUNDLE}/cookbooks"\nrole_path "{BUNDLE}/cookbooks/roles"\n'
@@ -134,7 +138,10 @@ def converge_command(runner: str, hostname: str, run_list: list[str]) -> str:
     if runner == "itamae":
         files = " ".join(shlex.quote(f"{BUNDLE}/cookbooks/{r}") for r in recipes(run_list))
         return f"cd {BUNDLE} && itamae local --no-color --log-level=info -j {node_json} {files}"
-    return f"chef-solo --no-color --log_level info -c {BUNDLE}/solo.rb -j {node_json}"
+    # Chef is not packaged: on Grid'5000 nodes (which reach the Internet through the site proxy)
+    # Cinc, Chef's free build, is installed from its omnitruck script on first use
+    return (f"{{ command -v cinc-solo >/dev/null || curl -sSL {CINC_INSTALL} | bash -s -- -v 18; }} && "
+            f"cinc-solo --no-color --log_level info -c {BUNDLE}/solo.rb -j {node_json}")
 
 
 def changed(runner: str, log: str) -> int:
@@ -156,25 +163,29 @@ def apply(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | No
                               "run_list": [f"role[{r}]"] if runner == "chef-solo" else roles[n]["run_list"]}
                  for n, (r, attrs) in assignments.items()}
     nodes = list(assignments)
+    ship_start = time.time()
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-chef-") as tmp:
-        tarball = bundle(node_json, files or {}, Path(tmp) / "bundle.tar.gz")
-        shipped = remote.chain_put(tarball, nodes, "/tmp") if len(nodes) > 1 else remote.put([tarball], nodes, "/tmp")
-    unpack = remote.run(f"rm -rf {BUNDLE} && mkdir -p {BUNDLE} && tar -xzf /tmp/bundle.tar.gz -C {BUNDLE} && "
-                        "rm -f /tmp/bundle.tar.gz", shipped.ok)
-    ready = set(unpack.ok)
-    errors = {r.host: f"bundle: {r.error or r.stderr.strip()[-200:]}" for r in list(shipped.failed) + unpack.failed}
+        tarball = bundle(node_json, files or {}, Path(tmp) / "bundle.tar")
+        # parallel scp: 16 nodes got 14 MB in 3.1 s, against 9.9 s for an MD5-checked ChainPut
+        # (the frontend reaches every site at LAN speed, as each Grid'5000 site has its frontend)
+        shipped = remote.put([tarball], nodes, "/tmp")
+    ship_end, ready = time.time(), set(shipped.ok)
+    errors = {r.host: f"bundle: {r.error or r.stderr.strip()[-200:]}" for r in shipped.failed}
+    unpack = f"rm -rf {BUNDLE} && mkdir -p {BUNDLE} && tar -xf /tmp/bundle.tar -C {BUNDLE} && rm -f /tmp/bundle.tar"
 
     def converge(node: Node) -> Converge:
-        t0 = time.time()
+        t0, role_name = time.time(), assignments[node][0]
         if node.hostname not in ready:
-            return Converge(node.hostname, assignments[node][0], False, 0, t0, t0, "", errors.get(node.hostname, "no bundle"))
-        r = remote.run(converge_command(runner, node.hostname, roles[node]["run_list"]), [node])[0]
+            return Converge(node.hostname, role_name, ship_start, ship_end, False, False, 0, t0, t0, "",
+                            errors.get(node.hostname, "no bundle"))
+        r = remote.run(f"{unpack} && {converge_command(runner, node.hostname, roles[node]['run_list'])}", [node])[0]
         log = r.stdout + r.stderr
         if logdir:
             Path(logdir).mkdir(parents=True, exist_ok=True)
             (Path(logdir) / f"{runner}-{node.hostname}.log").write_text(log)
         error = "" if r.ok else (r.error or _last_error(log))
-        return Converge(node.hostname, assignments[node][0], r.ok, changed(runner, log), t0, time.time(), log, error)
+        return Converge(node.hostname, role_name, ship_start, ship_end, True, r.ok, changed(runner, log), t0,
+                        time.time(), log, error)
 
     return [o.value for o in parallel(converge, nodes, f"{runner}: converging {len(nodes)} nodes")]
 

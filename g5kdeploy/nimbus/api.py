@@ -8,16 +8,14 @@ import binascii
 import hashlib
 import logging
 import secrets
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from g5kdeploy.nimbus import ec2, propagation, sigv4, ssh
-from g5kdeploy.nimbus.config import CONFIG, INSTANCE_TYPES, PROPAGATION_MODES, Cloud
+from g5kdeploy.nimbus import ec2, propagation, sigv4, ssh, web
+from g5kdeploy.nimbus.config import INSTANCE_TYPES, LIB, PROPAGATION_MODES, Cloud
 from g5kdeploy.nimbus.ec2 import EC2Error
 from g5kdeploy.nimbus.store import Store
 
@@ -166,6 +164,21 @@ class Service:
             ssh.each(boot, instances)
         finally:
             propagation.cleanup(key, mode, placement, tag)
+        self._watch(instances, time.monotonic() + self.cloud.context_timeout_s)
+
+    def _watch(self, instances: list[dict], deadline: float) -> None:
+        """Guests still not contextualized at the deadline are stopped: they show as
+        terminated with the reason, instead of pending forever."""
+        ids = [i["id"] for i in instances]
+        while (pending := [i for i in map(self.store.get, ids) if i["state"] == "pending"]) and \
+                time.monotonic() < deadline:
+            time.sleep(1)
+        for i in pending:
+            self.store.update(i["id"], state="shutting-down")
+            console = ssh.run(self.cloud.ssh_key, i["vmm"], f"tail -c 200 {LIB}/vms/{i['id']}/serial.log || true")
+            ssh.run(self.cloud.ssh_key, i["vmm"], f"{VMM} stop {i['id']}")
+            self.store.update(i["id"], state="terminated", error=f"not contextualized after "
+                              f"{self.cloud.context_timeout_s} s; console ends with: {console.strip()!r}")
 
     # instances ----------------------------------------------------------------------------
     def _selected(self, p: dict) -> list[dict]:
@@ -220,32 +233,11 @@ class Service:
 
 
 def serve(service: Service, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self):
-            url = urlsplit(self.path)
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            status, out = service.handle(self.command, url.path, url.query, dict(self.headers), body)
-            self.send_response(status)
-            self.send_header("Content-Type", "text/xml")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, fmt, *args):
-            log.info("%s %s", self.address_string(), fmt % args)
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    server.daemon_threads = True
-    return server
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cloud = Cloud.load(Path(sys.argv[1]) if len(sys.argv) > 1 else CONFIG)
-    serve(Service(cloud), cloud.api_port).serve_forever()
+    def answer(method, path, query, headers, body):
+        status, out = service.handle(method, path, query, headers, body)
+        return status, "text/xml", out
+    return web.serve(answer, port, log)
 
 
 if __name__ == "__main__":
-    main()
+    web.main(lambda cloud: serve(Service(cloud), cloud.api_port))

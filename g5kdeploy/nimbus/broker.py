@@ -5,13 +5,11 @@ address and role, fetches its user data and reports ready, which makes it `runni
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from http.server import ThreadingHTTPServer
+from urllib.parse import parse_qs
 
-from g5kdeploy.nimbus.config import CONFIG, Cloud
+from g5kdeploy.nimbus import web
 from g5kdeploy.nimbus.store import Store
 
 log = logging.getLogger("nimbus.broker")
@@ -43,35 +41,14 @@ def answer(store: Store, ctx: str, verb: str, q: dict[str, str]) -> tuple[int, s
 
 
 def serve(store: Store, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            url = urlsplit(self.path)
-            parts = url.path.strip("/").split("/")
-            if len(parts) == 3 and parts[0] == "ctx":
-                q = {k: v[0] for k, v in parse_qs(url.query).items()}
-                status, text = answer(store, parts[1], parts[2], q)
-            else:
-                status, text = 404, "not found\n"
-            out = text.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, fmt, *args):
-            log.info("%s %s", self.address_string(), fmt % args)
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    server.daemon_threads = True
-    return server
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cloud = Cloud.load(Path(sys.argv[1]) if len(sys.argv) > 1 else CONFIG)
-    serve(Store(cloud.redis), int(cloud.broker.rsplit(":", 1)[1])).serve_forever()
+    def reply(method, path, query, headers, body):
+        parts = path.strip("/").split("/")
+        if len(parts) != 3 or parts[0] != "ctx":
+            return 404, "text/plain", b"not found\n"
+        status, text = answer(store, parts[1], parts[2], {k: v[0] for k, v in parse_qs(query).items()})
+        return status, "text/plain", text.encode()
+    return web.serve(reply, port, log)
 
 
 if __name__ == "__main__":
-    main()
+    web.main(lambda cloud: serve(Store(cloud.redis), int(cloud.broker.rsplit(":", 1)[1])))

@@ -34,6 +34,7 @@ class Cloud:
     ssh_key: str = "/root/.ssh/nimbus_id"
     bridge: str = "br0"
     repository: str = str(LIB / "repository")
+    context_timeout_s: int = 300          # a guest not contextualized by then is stopped
 
     @classmethod
     def load(cls, path: Path = CONFIG) -> "Cloud":

@@ -86,9 +86,9 @@ def configure(plans: list[CloudPlan], image: GuestImage, home: Path, vmm_memory_
     key = cloud_key(home)
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-nimbus-") as tmp:
         sums = Path(tmp) / "SHA256SUMS"
-        sums.write_text(subprocess.run(["sha256sum", str(image.vmlinuz), str(image.initrd)], check=True,
+        sums.write_text(subprocess.run(["sha256sum", str(image.kernel_gz), str(image.initrd)], check=True,
                                        capture_output=True, text=True).stdout)
-        files = {"nimbus_id": key, "nimbus_id.pub": key.with_suffix(".pub"), "boot/vmlinuz": image.vmlinuz,
+        files = {"nimbus_id": key, "nimbus_id.pub": key.with_suffix(".pub"), "boot/vmlinux.gz": image.kernel_gz,
                  "boot/initrd.cpio.gz": image.initrd, "boot/SHA256SUMS": sums}
         return chef.apply(assignments(plans, vmm_memory_mb, propagation), files, runner, logdir)
 

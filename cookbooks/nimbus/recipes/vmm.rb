@@ -17,8 +17,7 @@ package "taktuk"
 end
 
 execute "install the guest kernel" do
-  command "PYTHONPATH=/opt/g5kdeploy/src /usr/bin/python3 -m g5kdeploy.vm.image unpack-kernel " \
-          "#{bundle}/files/boot/vmlinuz /var/lib/nimbus/boot/vmlinux && " \
+  command "gunzip -c #{bundle}/files/boot/vmlinux.gz > /var/lib/nimbus/boot/vmlinux && " \
           "cp #{bundle}/files/boot/initrd.cpio.gz /var/lib/nimbus/boot/ && " \
           "cp #{bundle}/files/boot/SHA256SUMS /var/lib/nimbus/boot/"
   not_if "cmp -s #{bundle}/files/boot/SHA256SUMS /var/lib/nimbus/boot/SHA256SUMS"
