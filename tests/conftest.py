@@ -1,6 +1,9 @@
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,30 @@ def invoke(*args, user=None, timeout=300) -> subprocess.CompletedProcess:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
         env["HOME"] = "/tmp"
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_address(tmp_path_factory):
+    """A real redis-server of our own on a free local port."""
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed: run ./bootstrap.sh")
+    port = free_port()
+    d = tmp_path_factory.mktemp("redis")
+    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                          "--dir", str(d)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    p.terminate()
+    p.wait()

@@ -64,7 +64,7 @@ def fetch(address, path, timeout=20):
 def vmm_leftovers(vmms, ids) -> str:
     """What is left of these guests on the VMMs: processes, run dirs, RAM files, taps."""
     pattern = "|".join(ids)
-    r = remote.run(f"ps -eo args | grep -E '{pattern}' | grep -v grep; ls /var/lib/nimbus/vms /dev/shm "
+    r = remote.run(f"ps -eo args | grep -E '{pattern}' | grep -v grep; ls /var/lib/g5kdeploy/vms /dev/shm "
                    f"/var/lib/nimbus/incoming; ip -br link | grep -E '^t' || true", vmms)
     return "".join(x.stdout for x in r)
 

@@ -1,10 +1,6 @@
 """The EC2 API on a real Redis, driven by boto3: signatures, images, errors, capacity.
 (Guests that boot are covered on the testbed in test_nimbus.py.)"""
-import shutil
-import socket
-import subprocess
 import threading
-import time
 
 import boto3
 import botocore.exceptions
@@ -15,32 +11,6 @@ from g5kdeploy.nimbus.config import Cloud, Vmm
 from g5kdeploy.nimbus.store import Store
 
 KEY, SECRET = "AKIDTEST", "s3cr3t"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_address(tmp_path_factory):
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed: run ./bootstrap.sh")
-    port = free_port()
-    d = tmp_path_factory.mktemp("redis")
-    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--dir", str(d)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    p.terminate()
-    p.wait()
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from g5kdeploy.nimbus import ec2, propagation, sigv4, ssh, web
-from g5kdeploy.nimbus.config import INSTANCE_TYPES, LIB, PROPAGATION_MODES, Cloud
+from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
 from g5kdeploy.nimbus.ec2 import EC2Error
 from g5kdeploy.nimbus.store import Store
+from g5kdeploy.vm.qemu import VMS
 
 log = logging.getLogger("nimbus.api")
 SOURCE = "/opt/g5kdeploy/src"
@@ -175,7 +176,7 @@ class Service:
             time.sleep(1)
         for i in pending:
             self.store.update(i["id"], state="shutting-down")
-            console = ssh.run(self.cloud.ssh_key, i["vmm"], f"tail -c 200 {LIB}/vms/{i['id']}/serial.log || true")
+            console = ssh.run(self.cloud.ssh_key, i["vmm"], f"tail -c 200 {VMS}/{i['id']}/serial.log || true")
             ssh.run(self.cloud.ssh_key, i["vmm"], f"{VMM} stop {i['id']}")
             self.store.update(i["id"], state="terminated", error=f"not contextualized after "
                               f"{self.cloud.context_timeout_s} s; console ends with: {console.strip()!r}")

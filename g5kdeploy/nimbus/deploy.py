@@ -15,6 +15,7 @@ from pathlib import Path
 from g5kdeploy import chef, remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.testbed.model import Node, NodeSet
+from g5kdeploy.vm import image as vm_image
 from g5kdeploy.vm.image import GuestImage
 
 API_PORT = 8773
@@ -85,11 +86,7 @@ def configure(plans: list[CloudPlan], image: GuestImage, home: Path, vmm_memory_
     """Converge every cloud node in parallel with its role (a second run changes nothing)."""
     key = cloud_key(home)
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-nimbus-") as tmp:
-        sums = Path(tmp) / "SHA256SUMS"
-        sums.write_text(subprocess.run(["sha256sum", str(image.kernel_gz), str(image.initrd)], check=True,
-                                       capture_output=True, text=True).stdout)
-        files = {"nimbus_id": key, "nimbus_id.pub": key.with_suffix(".pub"), "boot/vmlinux.gz": image.kernel_gz,
-                 "boot/initrd.cpio.gz": image.initrd, "boot/SHA256SUMS": sums}
+        files = {"nimbus_id": key, "nimbus_id.pub": key.with_suffix(".pub"), **vm_image.boot_files(image, tmp)}
         return chef.apply(assignments(plans, vmm_memory_mb, propagation), files, runner, logdir)
 
 

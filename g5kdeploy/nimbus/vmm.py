@@ -1,30 +1,17 @@
 """Hypervisor agent, run on a VMM node by the service over ssh (as Nimbus' workspace-control):
 `python3 -m g5kdeploy.nimbus.vmm start|stop|list ...`. Each guest gets a disk (its own copy,
 or a qcow2 copy-on-write volume over the node's image cache), a tap on the node's bridge,
-file-backed RAM and a QMP socket; its files live in /var/lib/nimbus/vms/<id>/."""
+file-backed RAM and a QMP socket; its files live in /var/lib/g5kdeploy/vms/<id>/."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-from g5kdeploy.nimbus.config import LIB
-from g5kdeploy.vm.qemu import QMP, Guest, mac_for
-
-VMS = LIB / "vms"
-BOOT = LIB / "boot"
-
-
-def guest(instance: str) -> Guest:
-    spec = json.loads((VMS / instance / "spec.json").read_text())
-    return Guest(**{**spec, "kernel": Path(spec["kernel"]), "initrd": Path(spec["initrd"]), "disk": Path(spec["disk"])})
-
+from g5kdeploy.vm import qemu
+from g5kdeploy.vm.qemu import Guest, mac_for
 
 def tap_name(instance: str) -> str:
     return "t" + instance[2:14]       # i-0123abcd... -> t0123abcd (IFNAMSIZ 15)
@@ -35,7 +22,7 @@ def _ip(*args: str, check: bool = True) -> None:
 
 
 def start(a: argparse.Namespace) -> dict:
-    rundir = VMS / a.id
+    rundir = qemu.VMS / a.id
     if (rundir / "spec.json").exists():
         raise SystemExit(f"{a.id} exists already on this VMM")
     rundir.mkdir(parents=True)
@@ -50,12 +37,11 @@ def start(a: argparse.Namespace) -> dict:
         disk, fmt = rundir / "disk.img", "raw"
         subprocess.run(["cp", "--sparse=always", a.copy, str(disk)], check=True)
     address = a.ip.split("/")[0]
-    g = Guest(a.id, BOOT / "vmlinux", BOOT / "initrd.cpio.gz", disk, rundir, memory_mb=a.memory, cpus=a.cpus,
+    g = Guest(a.id, qemu.BOOT / "vmlinux", qemu.BOOT / "initrd.cpio.gz", disk, rundir, memory_mb=a.memory, cpus=a.cpus,
               tap=tap_name(a.id), mac=mac_for(address), disk_format=fmt,
               cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway, "g5k_name": a.name,
                        "g5k_broker": a.broker, "g5k_ctx": a.ctx})
-    spec = {k: str(v) if isinstance(v, Path) else v for k, v in vars(g).items()}
-    (rundir / "spec.json").write_text(json.dumps(spec))
+    g.save()
     _ip("tuntap", "add", "dev", g.tap, "mode", "tap")
     _ip("link", "set", g.tap, "master", a.bridge, "up")
     try:
@@ -67,33 +53,16 @@ def start(a: argparse.Namespace) -> dict:
 
 
 def stop_guest(instance: str) -> dict:
-    """Quit QEMU (QMP, then SIGKILL), remove its tap, volume, RAM file and run directory."""
-    rundir = VMS / instance
-    if not rundir.exists():
-        return {"id": instance, "stopped": False}
-    g = guest(instance) if (rundir / "spec.json").exists() else None
-    if g and (pid := g.pid()):
-        try:
-            with QMP(g.qmp_path, timeout=3) as q:
-                q.execute("quit")
-        except (OSError, RuntimeError, ValueError):
-            pass
-        deadline = time.monotonic() + 5
-        while g.pid() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if g.pid():
-            os.kill(pid, signal.SIGKILL)
+    """Quit the guest, remove its tap, volume, RAM file and run directory."""
+    stopped = qemu.stop(instance)
     _ip("link", "del", tap_name(instance), check=False)
-    if g:
-        Path(g.ram_path).unlink(missing_ok=True)
-    shutil.rmtree(rundir, ignore_errors=True)
-    return {"id": instance, "stopped": True}
+    return {"id": instance, "stopped": stopped}
 
 
 def running() -> list[dict]:
     out = []
-    for spec in sorted(VMS.glob("*/spec.json")):
-        g = guest(spec.parent.name)
+    for spec in sorted(qemu.VMS.glob("*/spec.json")):
+        g = Guest.load(spec.parent.name)
         out.append({"id": g.name, "pid": g.pid(), "disk": str(g.disk), "memory_mb": g.memory_mb})
     return out
 

@@ -56,6 +56,14 @@ def _latest_kernel_package() -> str:
     return names[-1]
 
 
+def boot_files(image: GuestImage, workdir: Path) -> dict[str, Path]:
+    """What hypervisor nodes need to boot guests (the g5kdeploy::qemu recipe installs it):
+    bundle file name -> path; SHA256SUMS is written into workdir."""
+    sums = Path(workdir) / "SHA256SUMS"
+    sums.write_text(_sh("sha256sum", str(image.kernel_gz), str(image.initrd)))
+    return {"boot/vmlinux.gz": image.kernel_gz, "boot/initrd.cpio.gz": image.initrd, "boot/SHA256SUMS": sums}
+
+
 def fetch_packages(cache: Path) -> dict[str, Path]:
     """The kernel and busybox .debs, downloaded once with apt-get into cache/debs."""
     debs = cache / "debs"
@@ -169,8 +177,9 @@ def build(cache: Path, size_mb: int = 64, payload: Path | None = None) -> GuestI
         for ko in order:
             shutil.copy2(ko, initramfs / "modules" / ko.name)
         (initramfs / "modules.order").write_text("\n".join(ko.stem for ko in order) + "\n")
-        (initramfs / "init").write_bytes(GUEST.joinpath("initramfs-init").read_bytes())
-        (initramfs / "init").chmod(0o755)
+        for name, target in (("initramfs-init", "init"), ("workload", "workload")):
+            (initramfs / target).write_bytes(GUEST.joinpath(name).read_bytes())
+            (initramfs / target).chmod(0o755)
         _sh("mknod", str(initramfs / "dev/console"), "c", "5", "1")
         _cpio(initramfs, work / "initrd.cpio.gz", busybox)
         # disk: busybox userland, the agent as /sbin/init (sbin -> bin), the payload in /data

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+VMS = Path("/var/lib/g5kdeploy/vms")        # on hypervisor nodes: one directory per guest
+BOOT = Path("/var/lib/g5kdeploy/boot")      # the guest kernel and initramfs (g5kdeploy::qemu recipe)
 
 
 def accelerator() -> str:
@@ -29,7 +35,7 @@ class Guest:
     name: str
     kernel: Path
     initrd: Path
-    disk: Path
+    disk: Path | None            # None: a disk-less guest (its workload runs from the initramfs)
     rundir: Path
     memory_mb: int = 128
     cpus: int = 1
@@ -38,6 +44,7 @@ class Guest:
     mac: str | None = None
     cmdline: dict[str, str] = field(default_factory=dict)
     disk_format: str = "raw"
+    incoming: str | None = None          # "defer": wait for migrate-incoming
 
     def __post_init__(self):
         self.rundir = Path(self.rundir)
@@ -63,14 +70,29 @@ class Guest:
                 "-object", f"memory-backend-file,id=mem,size={self.memory_mb}M,mem-path={self.ram_path},share=on",
                 "-machine", "pc,memory-backend=mem", "-kernel", str(self.kernel), "-initrd", str(self.initrd),
                 "-append", append,
-                "-drive", f"file={self.disk},format={self.disk_format},if=virtio,cache=unsafe",
                 "-chardev", f"file,id=ser0,path={self.serial_path}", "-serial", "chardev:ser0",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-daemonize", "-pidfile", str(self.pid_path)]
+        if self.incoming:
+            argv += ["-incoming", self.incoming]
+        if self.disk:
+            argv += ["-drive", f"file={self.disk},format={self.disk_format},if=virtio,cache=unsafe"]
         if self.tap:
             argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
                      "-device", f"virtio-net-pci,netdev=net0,mac={self.mac}"]
         return argv
+
+    def save(self) -> None:
+        """Write the spec to rundir/spec.json (what `load` and `stop` read back)."""
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        spec = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items()}
+        (self.rundir / "spec.json").write_text(json.dumps(spec))
+
+    @classmethod
+    def load(cls, name: str, vms: Path = VMS) -> "Guest":
+        spec = json.loads((vms / name / "spec.json").read_text())
+        paths = {k: Path(spec[k]) if spec.get(k) else None for k in ("kernel", "initrd", "disk")}
+        return cls(**{**spec, **paths})
 
     def start(self) -> int:
         """Start QEMU (daemonized); returns its pid."""
@@ -93,6 +115,29 @@ class Guest:
             return self.serial_path.read_text(errors="replace")
         except OSError:
             return ""
+
+
+def stop(name: str, vms: Path = VMS) -> bool:
+    """Quit a guest's QEMU (QMP, then SIGKILL) and remove its RAM file and run directory."""
+    rundir = vms / name
+    if not rundir.exists():
+        return False
+    g = Guest.load(name, vms) if (rundir / "spec.json").exists() else None
+    if g and (pid := g.pid()):
+        try:
+            with QMP(g.qmp_path, timeout=3) as q:
+                q.execute("quit")
+        except (OSError, RuntimeError, ValueError):
+            pass
+        deadline = time.monotonic() + 5
+        while g.pid() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if g.pid():
+            os.kill(pid, signal.SIGKILL)
+    if g:
+        Path(g.ram_path).unlink(missing_ok=True)
+    shutil.rmtree(rundir, ignore_errors=True)
+    return True
 
 
 class QMP:

@@ -3,6 +3,7 @@
 bundle = node["g5kdeploy"]["bundle"]
 
 package "python3"
+package "python3-redis"      # the cloud and Shrinker agents talk to the site's Redis
 
 directory "/opt/g5kdeploy" do
   mode "755"

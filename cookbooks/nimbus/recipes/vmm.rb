@@ -1,27 +1,11 @@
-# A VMM node: QEMU, the guest kernel, guest networking (a bridge holding the node's
-# interface, guests' taps join it), the image cache and the guests' directory.
+# A VMM node of a cloud (QEMU and the guest kernel come from g5kdeploy::qemu): guest
+# networking (a bridge holding the node's interface, guests' taps join it), the image cache.
 include_recipe "nimbus::ssh"
 
-bundle = node["g5kdeploy"]["bundle"]
 bridge = node["nimbus"]["bridge"]
 address = node["g5kdeploy"]["address"]
 
-package "qemu-system-x86"
-package "qemu-utils"
 package "taktuk"
-
-%w(/var/lib/nimbus/boot /var/lib/nimbus/vms).each do |d|
-  directory d do
-    mode "755"
-  end
-end
-
-execute "install the guest kernel" do
-  command "gunzip -c #{bundle}/files/boot/vmlinux.gz > /var/lib/nimbus/boot/vmlinux && " \
-          "cp #{bundle}/files/boot/initrd.cpio.gz /var/lib/nimbus/boot/ && " \
-          "cp #{bundle}/files/boot/SHA256SUMS /var/lib/nimbus/boot/"
-  not_if "cmp -s #{bundle}/files/boot/SHA256SUMS /var/lib/nimbus/boot/SHA256SUMS"
-end
 
 execute "guest bridge #{bridge}" do
   command "set -e; dev=$(ip -o -4 addr show | awk '$4 ~ /^#{address}\\// {print $2}'); " \

@@ -198,6 +198,16 @@ class LocalTestbed(Testbed):
         self._write_rates(rates)
         self._apply_rates({a, b})
 
+    def wan_bytes(self) -> dict[str, dict[str, int]]:
+        """Bytes that left (tx) and entered (rx) each site through its WAN uplink so far,
+        read from the interface counters of the site router."""
+        out = {}
+        for site in self.description.sites:
+            stats = json.loads(sh("ip", "-n", network.router(site), "-s", "-j", "link", "show", "wan0").stdout)
+            s64 = stats[0]["stats64"]
+            out[site] = {"tx": s64["tx"]["bytes"], "rx": s64["rx"]["bytes"]}
+        return out
+
     def rates(self) -> dict:
         """Configured rates in bit/s: {'lan': {site: r}, 'wan': {'a|b': r}}."""
         return json.loads((self.workdir / "rates.json").read_text())

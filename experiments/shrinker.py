@@ -1,0 +1,207 @@
+"""shrinker: live migration of a virtual cluster from one site to another over the shaped
+WAN (thesis ch. 6): stock QEMU pre-copy, Shrinker (distributed deduplication + content-based
+addressing, QEMU moving only device state) and Shrinker without deduplication.
+
+Trials: every workload x cluster size x method at the first WAN rate and the largest chunk
+size; then the first workload at the largest size for each other WAN rate (Fig 6.7) and,
+Shrinker only, for each other chunk size (Fig 6.8). `--param full=true` runs the full grid.
+
+Rows (one per guest and trial; level = guest) and one per trial (level = cluster):
+  trial, method, workload, cluster_size, wan_mbit, chunk, guest, total_time_s, downtime_s,
+  bytes_sent (self-reported), wan_bytes (cluster rows: the source site's uplink counters),
+  rounds, chunks_full, chunks_dedup, chunks_uniform, chunks_pulled, chunks_peer, chunks_local,
+  ram_verified, runs_at_destination, source_gone, ok"""
+from __future__ import annotations
+
+import itertools
+import time
+
+from g5kdeploy.engine import stage
+from g5kdeploy.errors import UserError
+from g5kdeploy.results import Run
+from g5kdeploy.shrinker import cluster
+from g5kdeploy.testbed import Testbed
+from g5kdeploy.testbed.description import parse_rate
+from g5kdeploy.vm import image as vm_image
+
+NAME = "shrinker"
+PARAMS = {"source": "rennes", "destination": "nancy", "hypervisors_per_site": 2,
+          "methods": ["stock", "shrinker", "shrinker-nodedup"], "workloads": ["idle"], "cluster_sizes": [1, 2],
+          "wan_rates": ["100mbit"], "chunk_sizes": [4096], "repeats": 1, "memory_mb": 128, "workload_mb": 48,
+          "dirty_rate_mb": 4, "digest": "sha1", "warmup_s": 3, "walltime": "1:00", "full": False}
+FULL = {"methods": ["stock", "stock-multifd", "shrinker", "shrinker-nodedup"],
+        "workloads": ["idle", "memory", "dirty", "pagecache"], "cluster_sizes": [1, 2, 4, 8],
+        "wan_rates": ["100mbit", "250mbit", "500mbit", "1000mbit"], "chunk_sizes": [4096, 512, 1024, 2048],
+        "repeats": 3}
+WORKLOADS = ("idle", "memory", "dirty", "pagecache")
+
+
+def trials(p: dict) -> list[dict]:
+    """The grid: main trials, then the bandwidth and granularity sweeps."""
+    main = [dict(workload=w, cluster_size=n, method=m, wan_rate=p["wan_rates"][0], chunk=max(p["chunk_sizes"]))
+            for w, n, m in itertools.product(p["workloads"], p["cluster_sizes"], p["methods"])]
+    big, w0 = max(p["cluster_sizes"]), p["workloads"][0]
+    rates = [dict(workload=w0, cluster_size=big, method=m, wan_rate=r, chunk=max(p["chunk_sizes"]))
+             for r in p["wan_rates"][1:] for m in p["methods"]]
+    chunks = [dict(workload=w0, cluster_size=big, method="shrinker", wan_rate=p["wan_rates"][0], chunk=c)
+              for c in sorted(p["chunk_sizes"]) if c != max(p["chunk_sizes"])]
+    return [dict(t, repeat=r) for r in range(p["repeats"]) for t in main + rates + chunks]
+
+
+def check_params(p: dict) -> None:
+    for m in p["methods"]:
+        if m not in cluster.METHODS:
+            raise UserError(f"unknown method {m!r}: use {', '.join(cluster.METHODS)}")
+    for w in p["workloads"]:
+        if w not in WORKLOADS:
+            raise UserError(f"unknown workload {w!r}: use {', '.join(WORKLOADS)}")
+    for c in p["chunk_sizes"]:
+        if c < 64 or c & (c - 1) or c > 65536:
+            raise UserError(f"chunk size {c} is not a power of two between 64 and 65536")
+    for r in p["wan_rates"]:
+        parse_rate(r)
+
+
+def main(run: Run, testbed: Testbed, **p) -> None:
+    if p.pop("full"):
+        p.update(FULL)
+    check_params(p)
+    hvs = int(p["hypervisors_per_site"])
+    with stage(run, "reserve"):
+        res = testbed.reserve({p["source"]: 1 + hvs, p["destination"]: 1 + hvs}, p["walltime"], name="shrinker")
+    failures = []
+    try:
+        with stage(run, "deploy"):
+            testbed.deploy(res.nodes)
+        src, dst = cluster.sites(res.nodes, p["source"], p["destination"])
+        with stage(run, "configure"):
+            cluster.configure(src, dst, vm_image.build(_cache(testbed), size_mb=32), run.dir / "logs")
+        before = testbed.rates()["wan"].get("|".join(sorted((p["source"], p["destination"]))))
+        try:
+            for k, t in enumerate(trials(p)):
+                with stage(run, f"trial {k}: {t['method']} {t['workload']} x{t['cluster_size']} "
+                                f"{t['wan_rate']} {t['chunk']} B"):
+                    failures += _trial(run, testbed, src, dst, k, t, p)
+        finally:
+            if before:
+                testbed.shape(p["source"], p["destination"], f"{before}bit")
+    finally:
+        testbed.release(res)
+    if failures:
+        raise RuntimeError("correctness checks failed: " + "; ".join(failures))
+
+
+def _cache(testbed: Testbed):
+    from pathlib import Path
+    return Path(getattr(testbed, "workdir", "/var/tmp/g5kdeploy")) / "cache"
+
+
+def _trial(run: Run, testbed: Testbed, src, dst, k: int, t: dict, p: dict) -> list[str]:
+    testbed.shape(p["source"], p["destination"], t["wan_rate"])
+    cluster.flush_redis(src, dst)
+    plans = cluster.start_cluster(src, dst, t["cluster_size"], t["workload"], p["memory_mb"], p["workload_mb"],
+                                  p["dirty_rate_mb"], f"t{k}g")
+    shrinker = t["method"].startswith("shrinker")
+    try:
+        time.sleep(p["warmup_s"])            # the workload reaches its steady state (thesis: 30 s)
+        if shrinker:
+            cluster.start_agents(dst)
+        counters = testbed.wan_bytes() if hasattr(testbed, "wan_bytes") else None
+        t0 = time.time()
+        reports = cluster.migrate(plans, t["method"], src, dst, chunk=t["chunk"], digest=p["digest"],
+                                  rate_mbit=parse_rate(t["wan_rate"]) / 1e6)
+        t1 = time.time()
+        after = testbed.wan_bytes() if counters else None
+        checks = {c["guest"]: c for c in cluster.check(plans)}
+    finally:
+        if shrinker:
+            cluster.stop_agents(dst)
+        cluster.stop_cluster(plans)
+    common = dict(trial=k, repeat=t["repeat"], method=t["method"], workload=t["workload"],
+                  cluster_size=t["cluster_size"], wan_mbit=parse_rate(t["wan_rate"]) / 1e6, chunk=t["chunk"])
+    failures = []
+    for r in reports:
+        row = {**common, "level": "guest", **_guest_metrics(r, shrinker), **checks[r["guest"]]}
+        row["ok"] = bool(row["ram_verified"] and row["runs_at_destination"] and row["source_gone"])
+        if not row["ok"]:
+            failures.append(f"trial {k} {r['guest']}")
+        run.row(**row)
+    wan = after[p["source"]]["tx"] - counters[p["source"]]["tx"] if counters else None
+    run.row(**common, level="cluster", guest="", total_time_s=round(t1 - t0, 4),
+            downtime_s=max(r["downtime_s"] for r in run.rows[-len(reports):]), wan_bytes=wan,
+            bytes_sent=sum(r["bytes_sent"] for r in run.rows[-len(reports):]), ok=not failures)
+    return failures
+
+
+def _guest_metrics(r: dict, shrinker: bool) -> dict:
+    if not shrinker:   # QEMU's query-migrate: times in ms
+        ram = r.get("ram", {})
+        return dict(guest=r["guest"], total_time_s=r.get("total-time", 0) / 1000,
+                    downtime_s=r.get("downtime", 0) / 1000, bytes_sent=ram.get("transferred", 0),
+                    rounds=ram.get("dirty-sync-count", 0), chunks_full=ram.get("normal", 0),
+                    chunks_uniform=ram.get("duplicate", 0), chunks_dedup=0, chunks_pulled=0, chunks_peer=0,
+                    chunks_local=0, ram_verified=r.get("status") == "completed")
+    d = r["destination"]
+    rounds = r["rounds"]
+    return dict(guest=r["guest"], total_time_s=r["total_time_s"], downtime_s=r["downtime_s"],
+                bytes_sent=r["bytes_sent"], rounds=len(rounds), ram_chunks=r["ram_bytes"] // rounds[0]["chunk_size"],
+                first_round_chunks=rounds[0]["full"] + rounds[0]["dedup"] + rounds[0]["uniform"], chunks_full=sum(x["full"] for x in rounds),
+                chunks_dedup=sum(x["dedup"] for x in rounds), chunks_uniform=sum(x["uniform"] for x in rounds),
+                chunks_pulled=d.get("pulled", 0), chunks_peer=d.get("peer", 0), chunks_local=d.get("local", 0),
+                ram_verified=True, **{f"downtime_{k}": v for k, v in r.get("downtime_phases", {}).items()})
+
+
+def summary(rows) -> list[str]:
+    c = rows[rows.level == "cluster"]
+    out = []
+    for (w, n, rate, chunk), g in c.groupby(["workload", "cluster_size", "wan_mbit", "chunk"]):
+        med = g.groupby("method")[["total_time_s", "wan_bytes", "downtime_s"]].median()
+        line = f"{w:9} x{n:<2} {rate:5.0f} Mbit/s {chunk:5d} B |"
+        for m, r in med.iterrows():
+            line += f" {m}: {r.total_time_s:5.1f} s {r.wan_bytes / 1e6:6.1f} MB down {r.downtime_s * 1000:4.0f} ms |"
+        if {"stock", "shrinker"} <= set(med.index):
+            s, k = med.loc["stock"], med.loc["shrinker"]
+            line += f" shrinker/stock: time {k.total_time_s / s.total_time_s:.2f} WAN {k.wan_bytes / s.wan_bytes:.2f}"
+        out.append(line)
+    ok = rows[rows.level == "guest"]["ok"]
+    return out + [f"correctness: {int(ok.sum())}/{len(ok)} guests verified (RAM equal at stop, running at the "
+                  f"destination, gone at the source)"]
+
+
+def figures(df, outdir) -> list:
+    """Fig 6.4-6.6 (per workload: time, WAN data, downtime vs cluster size), 6.7 (vs WAN rate),
+    6.8 (WAN data vs chunk size)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    c = df[df.level == "cluster"]
+    paths = []
+    base_rate, base_chunk = c.wan_mbit.min(), c.chunk.max()
+    for w, g in c[(c.wan_mbit == base_rate) & (c.chunk == base_chunk)].groupby("workload"):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        for (col, label, scale), ax in zip([("total_time_s", "total migration time (s)", 1),
+                                            ("wan_bytes", "data on the WAN (MB)", 1e-6),
+                                            ("downtime_s", "max downtime (ms)", 1e3)], axes):
+            (g.groupby(["cluster_size", "method"])[col].median().unstack() * scale).plot(ax=ax, marker="o")
+            ax.set(xlabel="virtual machines", ylabel=label)
+        fig.suptitle(f"{w} guests, {base_rate:.0f} Mbit/s WAN")
+        fig.tight_layout()
+        paths.append(outdir / f"shrinker-{w}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    sweeps = [("wan_mbit", (c.chunk == base_chunk), "WAN rate (Mbit/s)", "bandwidth"),
+              ("chunk", (c.method == "shrinker") & (c.wan_mbit == base_rate), "chunk size (bytes)", "granularity")]
+    for col, mask, label, name in sweeps:
+        g = c[mask & (c.cluster_size == c.cluster_size.max()) & (c.workload == c.workload.iloc[0])]
+        if g[col].nunique() < 2:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for (m, ylabel, scale), ax in zip([("total_time_s", "total migration time (s)", 1),
+                                           ("wan_bytes", "data on the WAN (MB)", 1e-6)], axes):
+            (g.groupby([col, "method"])[m].median().unstack() * scale).plot(ax=ax, marker="o")
+            ax.set(xlabel=label, ylabel=ylabel)
+        fig.tight_layout()
+        paths.append(outdir / f"shrinker-{name}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths

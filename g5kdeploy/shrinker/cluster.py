@@ -1,0 +1,158 @@
+"""The frontend side of Shrinker experiments: configure hypervisors and one Redis per site,
+start a virtual cluster on source-site hypervisors, migrate it to the destination site
+(stock QEMU, Shrinker, or Shrinker without deduplication), measure it and check it."""
+from __future__ import annotations
+
+import json
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from g5kdeploy import chef, remote
+from g5kdeploy.errors import UserError
+from g5kdeploy.progress import parallel
+from g5kdeploy.testbed.model import Node, NodeSet
+from g5kdeploy.vm import image as vm_image
+
+PY = "env PYTHONPATH=/opt/g5kdeploy/src /usr/bin/python3 -m g5kdeploy.shrinker"
+AGENT_PORT, QEMU_PORT, REDIS_PORT = 7700, 7800, 6379
+METHODS = ("stock", "stock-multifd", "shrinker", "shrinker-nodedup")
+DEST_PID = "/run/shrinker-destination.pid"
+
+
+@dataclass
+class Site:
+    redis: Node
+    hypervisors: list[Node]
+
+
+@dataclass
+class GuestPlan:
+    id: str
+    source: Node
+    destination: Node
+
+
+def sites(nodes: NodeSet, source: str, destination: str) -> tuple[Site, Site]:
+    """Per site: the first node runs Redis, the others are hypervisors."""
+    by_site = nodes.by_site()
+    out = []
+    for name in (source, destination):
+        ordered = sorted(by_site.get(name, []), key=lambda n: n.address)
+        if len(ordered) < 2:
+            raise UserError(f"site {name} needs at least 2 nodes (Redis + a hypervisor)")
+        out.append(Site(ordered[0], ordered[1:]))
+    return out[0], out[1]
+
+
+def configure(src: Site, dst: Site, image, logdir: Path | None = None) -> None:
+    """Converge the roles in parallel; raise with each failed node's reason."""
+    roles = {n: ("shrinker-redis", {"g5kdeploy": {"address": n.address}}) for n in (src.redis, dst.redis)}
+    roles.update({n: ("shrinker-hypervisor", {"g5kdeploy": {"address": n.address}})
+                  for n in src.hypervisors + dst.hypervisors})
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-shrinker-") as tmp:
+        done = chef.apply(roles, vm_image.boot_files(image, Path(tmp)), logdir=logdir)
+    if failed := [f"{c.host}: {c.error}" for c in done if not c.ok]:
+        raise RuntimeError("configuration failed on " + "; ".join(failed))
+
+
+def _one(node: Node, command: str, timeout: float = 600) -> dict:
+    """Run a g5kdeploy.shrinker command on a node; its JSON output."""
+    r = remote.run(f"{PY}.{command}", [node], timeout=timeout)[0]
+    try:
+        out = json.loads(r.stdout) if r.stdout.strip() else {}
+    except json.JSONDecodeError:
+        out = {}
+    if not r.ok:
+        raise RuntimeError(f"{node.short}: {out.get('error') or r.error or r.stderr.strip()[-300:]}")
+    return out
+
+
+def _each(fn, items, what: str) -> list:
+    outcomes = parallel(fn, items, what)
+    if failed := [f"{o.error}" for o in outcomes if not o.ok]:
+        raise RuntimeError(f"{what}: " + "; ".join(failed))
+    return [o.value for o in outcomes]
+
+
+def start_cluster(src: Site, dst: Site, count: int, workload: str, memory_mb: int, mb: int, rate: int,
+                  prefix: str) -> list[GuestPlan]:
+    """Guests round-robin on the source hypervisors, each with a destination hypervisor."""
+    plans = [GuestPlan(f"{prefix}{k}", src.hypervisors[k % len(src.hypervisors)],
+                       dst.hypervisors[k % len(dst.hypervisors)]) for k in range(count)]
+    args = f"--memory {memory_mb} --workload {workload} --mb {mb} --rate {rate}"
+    _each(lambda g: _one(g.source, f"hv start --id {g.id} {args}"), plans, "starting guests")
+    _each(lambda g: _one(g.source, f"hv ready --id {g.id}"), plans, "waiting for the workloads")
+    _each(lambda g: _one(g.destination, f"hv start --id {g.id} {args} --incoming"), plans, "destination twins")
+    return plans
+
+
+def start_agents(dst: Site, options: str = "") -> None:
+    """One destination agent per destination hypervisor, in the background."""
+    def start(n: Node):
+        cmd = (f"exec {PY}.destination --listen {n.address}:{AGENT_PORT} --redis {dst.redis.address}:{REDIS_PORT} "
+               f"{options}")
+        r = remote.run(f"setsid sh -c {shlex.quote(cmd + ' > /var/log/shrinker-destination.log 2>&1')} "
+                       f"< /dev/null & echo $! > {DEST_PID}; sleep 0.5; kill -0 $(cat {DEST_PID})", [n])[0]
+        if not r.ok:
+            raise RuntimeError(f"{n.short}: destination agent did not start")
+    _each(start, dst.hypervisors, "destination agents")
+
+
+def stop_agents(dst: Site) -> None:
+    remote.run(f"[ -f {DEST_PID} ] && kill $(cat {DEST_PID}); rm -f {DEST_PID}; true", dst.hypervisors)
+
+
+def flush_redis(*sites_: Site) -> None:
+    remote.run(f"redis-cli -p {REDIS_PORT} flushall", [s.redis for s in sites_])
+
+
+def migrate(plans: list[GuestPlan], method: str, src: Site, dst: Site, chunk: int = 4096, digest: str = "sha1",
+            rate_mbit: float = 100, max_rounds: int = 8) -> list[dict]:
+    """Migrate every guest at once; per guest the agent's (or QEMU's) report."""
+    if method not in METHODS:
+        raise UserError(f"unknown migration method {method!r}: use one of {', '.join(METHODS)}")
+    shrinker = method.startswith("shrinker")
+    port = {g.id: QEMU_PORT + k for k, g in enumerate(plans)}
+    multifd = "--multifd 4" if method == "stock-multifd" else ""
+    flags = "--ignore-shared" if shrinker else multifd
+    _each(lambda g: _one(g.destination, f"hv incoming --id {g.id} --port {port[g.id]} {flags}"), plans,
+          "destination QEMUs listening")
+
+    def one(g: GuestPlan) -> dict:
+        t0 = time.time()
+        if shrinker:
+            redis = f"--redis {src.redis.address}:{REDIS_PORT}" if method == "shrinker" else ""
+            out = _one(g.source, f"source --guest {g.id} --ram /dev/shm/g5kvm-{g.id} "
+                                 f"--qmp /var/lib/g5kdeploy/vms/{g.id}/qmp.sock "
+                                 f"--to {g.destination.address}:{AGENT_PORT} "
+                                 f"--device-to {g.destination.address}:{port[g.id]} {redis} "
+                                 f"--chunk {chunk} --digest {digest} --rate-mbit {rate_mbit} --max-rounds {max_rounds}")
+        else:
+            out = _one(g.source, f"hv stock-migrate --id {g.id} --to {g.destination.address}:{port[g.id]} {multifd}")
+        return {**out, "guest": g.id, "start": t0, "end": time.time()}
+
+    return _each(one, plans, f"migrating {len(plans)} guests ({method})")
+
+
+def check(plans: list[GuestPlan], timeout: float = 10) -> list[dict]:
+    """Every guest runs at the destination (its tick counter, one a second, advances) and
+    no longer at the source."""
+    def one(g: GuestPlan) -> dict:
+        first = _one(g.destination, f"hv ticks --id {g.id}")
+        deadline, later = time.monotonic() + timeout, first
+        while later["running"] and later["tick"] <= first["tick"] and time.monotonic() < deadline:
+            time.sleep(0.25)
+            later = _one(g.destination, f"hv ticks --id {g.id}")
+        pid = f"/var/lib/g5kdeploy/vms/{g.id}/qemu.pid"
+        at_source = remote.run(f"test -e {pid} && kill -0 $(cat {pid})", [g.source])[0].ok
+        return {"guest": g.id, "runs_at_destination": later["running"] and later["tick"] > first["tick"],
+                "source_gone": not at_source}
+    return _each(one, plans, "checking the migrated guests")
+
+
+def stop_cluster(plans: list[GuestPlan]) -> None:
+    remote.run(f"for d in /var/lib/g5kdeploy/vms/*; do [ -d $d ] && {PY}.hv stop --id $(basename $d); done; true",
+               {n.hostname: n for g in plans for n in (g.source, g.destination)}.values())

@@ -1,0 +1,325 @@
+"""Destination agent, one per destination hypervisor: receives migrations (chunks written
+in place into each guest's RAM file), resolves digests through the destination-site index
+(Redis SADD/SRANDMEMBER/SREM), fetches chunks from peers and verifies them, pulls from the
+source when no peer has them, and serves its own chunks to peers.
+`python3 -m g5kdeploy.shrinker.destination --listen ADDR:PORT --redis HOST:PORT ...`"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections import defaultdict
+
+from g5kdeploy.shrinker import chunks as C
+from g5kdeploy.vm.qemu import QMP
+
+RAM = "/dev/shm/g5kvm-{guest}"
+QMP_PATH = "/var/lib/g5kdeploy/vms/{guest}/qmp.sock"
+BATCH = 1024
+
+
+class Index:
+    """What this host holds, by digest (to serve peers), mirrored in the site's Redis."""
+
+    def __init__(self, redis_address: str, me: str, prefix: str):
+        import redis
+        host, port = redis_address.rsplit(":", 1)
+        self.redis, self.me, self.prefix = redis.Redis(host=host, port=int(port)), me, prefix
+        self.holders: dict[bytes, set] = defaultdict(set)     # digest -> {(guest, index)}
+        self.content: dict[tuple, bytes] = {}                # (guest, index) -> digest
+        self.files: dict[str, tuple[int, int]] = {}          # guest -> (fd, chunk size)
+        self.lock = threading.Lock()
+        self.added: set[bytes] = set()
+        self.removed: set[bytes] = set()
+
+    def record(self, guest: str, index: int, digest: bytes | None) -> None:
+        with self.lock:
+            old = self.content.pop((guest, index), None)
+            if old is not None:
+                self.holders[old].discard((guest, index))
+                if not self.holders[old]:
+                    del self.holders[old]
+                    self.removed.add(old)
+                    self.added.discard(old)
+            if digest is not None:
+                if digest not in self.holders:
+                    self.added.add(digest)
+                    self.removed.discard(digest)
+                self.holders[digest].add((guest, index))
+                self.content[(guest, index)] = digest
+
+    def flush(self) -> None:
+        with self.lock:
+            added, removed, self.added, self.removed = self.added, self.removed, set(), set()
+        if added or removed:
+            pipe = self.redis.pipeline(transaction=False)
+            for d in added:
+                pipe.sadd(self.prefix + d.hex(), self.me)
+            for d in removed:
+                pipe.srem(self.prefix + d.hex(), self.me)
+            pipe.execute()
+
+    def locate(self, digests: list[bytes]) -> list[str | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for d in digests:
+            pipe.srandmember(self.prefix + d.hex())
+        return [h.decode() if h else None for h in pipe.execute()]
+
+    def read(self, digest: bytes) -> bytes | None:
+        with self.lock:
+            where = next(iter(self.holders.get(digest, ())), None)
+            if where is None:
+                return None
+            fd, chunk = self.files[where[0]]
+        return os.pread(fd, chunk, where[1] * chunk)
+
+    def forget(self, guest: str) -> None:
+        with self.lock:
+            mine = [k for k in self.content if k[0] == guest]
+        for guest_index in mine:
+            self.record(*guest_index, None)
+        self.flush()
+
+
+class Peers:
+    """Connections to other destination agents, to fetch chunks by digest (pipelined)."""
+
+    def __init__(self):
+        self.conns: dict[str, tuple] = {}
+
+    def fetch(self, host: str, digests: list[bytes]) -> list[bytes]:
+        if host not in self.conns:
+            s = socket.create_connection(C_hostport(host), timeout=30)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.conns[host] = (s.makefile("rb"), s.makefile("wb"))
+        inp, out = self.conns[host]
+        for d in digests:
+            C.send(out, C.PULL, 0, d)
+        out.flush()
+        return [C.receive(inp)[2] for _ in digests]
+
+
+def C_hostport(text: str) -> tuple[str, int]:
+    host, port = text.rsplit(":", 1)
+    return host, int(port)
+
+
+class Migration:
+    """One incoming guest: writes, digest resolution, the final check, `cont`."""
+
+    def __init__(self, agent: "Agent", inp, out, hello: dict):
+        self.agent, self.inp, self.out = agent, inp, out
+        self.guest, self.chunk = hello["guest"], hello["chunk"]
+        self.hash, self.dsize = C.digest_fn(hello["digest"]), C.ALGORITHMS[hello["digest"]]
+        self.path = RAM.format(guest=self.guest)
+        self.fd = os.open(self.path, os.O_RDWR)
+        if os.fstat(self.fd).st_size != hello["size"]:
+            raise RuntimeError(f"{self.path} is not {hello['size']} bytes: is the destination QEMU started?")
+        agent.index.files[self.guest] = (self.fd, self.chunk)
+        self.latest: dict[int, int] = {}
+        self.seq = 0
+        self.queue: list[tuple[int, bytes, int]] = []
+        self.pulled: dict[int, bytes] = {}
+        self.pull_ready = threading.Condition()
+        self.wlock = threading.Lock()            # the channel's writer
+        self.state = threading.Lock()            # latest message per chunk, and its write
+        self.stats = defaultdict(int)
+        self.peers = Peers()
+
+    def send(self, kind: int, index: int = 0, payload: bytes = b"") -> None:
+        with self.wlock:
+            C.send(self.out, kind, index, payload)
+            self.out.flush()
+
+    def write(self, index: int, data: bytes, digest: bytes | None) -> None:
+        os.pwrite(self.fd, data, index * self.chunk)
+        self.agent.index.record(self.guest, index, digest)
+
+    def write_if_current(self, index: int, seq: int, data: bytes, digest: bytes) -> bool:
+        """Write unless a later message for this chunk came meanwhile (its data is newer)."""
+        with self.state:
+            if self.latest.get(index) != seq:
+                return False
+            self.write(index, data, digest)
+            return True
+
+    def run(self) -> None:
+        """Read the channel; digests go, a round at a time, to one resolver thread (the reader
+        never waits for it: pull replies arrive on this same channel)."""
+        self.qmp = QMP(QMP_PATH.format(guest=self.guest))      # opened now: `cont` must be quick
+        self.send(C.HELLO)
+        work: queue.Queue = queue.Queue()
+        threading.Thread(target=self.resolver, args=(work,), daemon=True).start()
+        while True:
+            kind, index, payload = C.receive(self.inp)
+            if kind in (C.FULL, C.UNIFORM, C.DIGEST):
+                with self.state:
+                    self.seq += 1
+                    self.latest[index] = self.seq
+                    if kind == C.FULL:
+                        self.write(index, payload[self.dsize:], payload[:self.dsize])
+                    elif kind == C.UNIFORM:
+                        self.write(index, payload * self.chunk, None)
+                    else:
+                        self.queue.append((index, payload, self.seq))
+                self.stats[{C.FULL: "full", C.UNIFORM: "uniform", C.DIGEST: "dedup"}[kind]] += 1
+            elif kind == C.PULL_REPLY:
+                with self.pull_ready:
+                    self.pulled[index] = payload
+                    self.pull_ready.notify_all()
+            elif kind == C.ROUND_END:
+                self.agent.index.flush()
+                work.put(self.queue)
+                self.queue = []
+            elif kind == C.FINAL:
+                work.put(None)
+            elif kind == C.CONT:
+                t = time.monotonic()
+                # `cont` before QEMU has loaded the device state would be lost (a stopped
+                # source makes the destination end `paused`): wait for the incoming to end
+                while self.qmp.execute("query-status")["status"] == "inmigrate":
+                    if time.monotonic() - t > 30:
+                        raise RuntimeError("the destination QEMU did not receive the device state")
+                    time.sleep(0.002)
+                self.qmp.execute("cont")
+                self.qmp.close()
+                self.stats["cont_s"] = round(time.monotonic() - t, 4)
+                self.agent.index.forget(self.guest)
+                self.send(C.CONTINUED, 0, json.dumps(self.stats).encode())
+                return
+
+    def resolver(self, work: queue.Queue) -> None:
+        while True:
+            item = work.get()
+            try:
+                if item is None:                 # FINAL: every digest resolved, the source compares
+                    self.send(C.VERIFIED, 0, json.dumps({"digest": C.file_digest(self.path)}).encode())
+                    return
+                self.resolve(item)
+            except Exception as e:  # noqa: BLE001 - the source resumes its guest
+                self.send(C.ABORT, 0, f"{type(e).__name__}: {e}".encode())
+                return
+
+    def fresh(self, items: list) -> list:
+        """Items not superseded by a later message for their chunk."""
+        return [t for t in items if self.latest.get(t[0]) == t[2]]
+
+    def resolve(self, batch: list[tuple[int, bytes, int]]) -> None:
+        """Digests -> data: from this host, from a peer (verified), else, after a short
+        wait-and-retry, pulled from the source."""
+        todo = self._from_site(self.fresh(batch))
+        for _ in range(self.agent.retries):
+            todo = self.fresh(todo)
+            if not todo:
+                break
+            self.stats["retried"] += len(todo)
+            time.sleep(self.agent.retry_wait)
+            todo = self._from_site(todo)
+        self._pull(self.fresh(todo))
+
+    def _from_site(self, todo: list) -> list:
+        """Resolve through the index; returns what could not be resolved."""
+        missing = []
+        by_holder: dict[str, list] = defaultdict(list)
+        for i in range(0, len(todo), BATCH):
+            part = todo[i:i + BATCH]
+            for item, holder in zip(part, self.agent.index.locate([d for _, d, _ in part])):
+                if holder is None:
+                    missing.append(item)
+                else:
+                    by_holder[holder].append(item)
+        for holder, items in by_holder.items():
+            if holder == self.agent.me:
+                datas = [self.agent.index.read(d) for _, d, _ in items]
+                source = "local"
+            else:
+                try:
+                    datas = self.peers.fetch(holder, [d for _, d, _ in items])
+                except OSError:
+                    datas = [None] * len(items)
+                source = "peer"
+            for (index, d, seq), data in zip(items, datas):
+                if data is None or len(data) != self.chunk or self.hash(data) != d:
+                    self.stats["corrupt" if data else "unavailable"] += 1
+                    missing.append((index, d, seq))
+                elif self.write_if_current(index, seq, data, d):
+                    self.stats[source] += 1
+        self.agent.index.flush()
+        return missing
+
+    def _pull(self, todo: list) -> None:
+        if not todo:
+            return
+        with self.wlock:
+            for index, _, _ in todo:
+                C.send(self.out, C.PULL, index)
+            self.out.flush()
+        with self.pull_ready:
+            self.pull_ready.wait_for(lambda: all(i in self.pulled for i, _, _ in todo), timeout=120)
+            replies = {i: self.pulled.pop(i, None) for i, _, _ in todo}
+        for index, d, seq in todo:
+            data = replies[index]
+            if data is None:
+                raise RuntimeError(f"source did not answer the pull of chunk {index}")
+            if self.write_if_current(index, seq, data, self.hash(data)):
+                self.stats["pulled"] += 1
+
+
+class Agent(socketserver.ThreadingTCPServer):
+    daemon_threads = allow_reuse_address = True
+
+    def __init__(self, a: argparse.Namespace):
+        self.me, self.retries, self.retry_wait = a.listen, a.retries, a.retry_ms / 1000
+        self.index = Index(a.redis, a.listen, a.key_prefix)
+        self.corrupt_every, self.served = a.corrupt_every, 0
+        super().__init__(C_hostport(a.listen), Handler)
+
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        agent: Agent = self.server
+        try:
+            kind, _, payload = C.receive(self.rfile)
+            if kind == C.HELLO:
+                Migration(agent, self.rfile, self.wfile, json.loads(payload)).run()
+                return
+            while kind == C.PULL:                       # a peer fetching chunks by digest
+                data = agent.index.read(payload) or b""
+                agent.served += 1
+                if data and agent.corrupt_every and agent.served % agent.corrupt_every == 0:
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]          # fault injection (tests)
+                C.send(self.wfile, C.PULL_REPLY, 0, data)
+                self.wfile.flush()
+                kind, _, payload = C.receive(self.rfile)
+        except ConnectionError as e:
+            print(f"channel closed: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - reported to the source, then the channel closes
+            try:
+                C.send(self.wfile, C.ABORT, 0, f"{type(e).__name__}: {e}".encode())
+                self.wfile.flush()
+            except OSError:
+                pass
+            import traceback
+            traceback.print_exc()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="g5kdeploy.shrinker.destination")
+    p.add_argument("--listen", required=True, help="this agent's address:port (what peers use)")
+    p.add_argument("--redis", required=True, help="destination-site index Redis host:port")
+    p.add_argument("--key-prefix", default="shrinker-index:")
+    p.add_argument("--retries", type=int, default=2, help="wait-and-retry rounds before pulling from the source")
+    p.add_argument("--retry-ms", type=float, default=50)
+    p.add_argument("--corrupt-every", type=int, default=0, help="serve every Nth chunk corrupted (fault test)")
+    Agent(p.parse_args(argv)).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Hypervisor-side commands for Shrinker experiments, run on nodes over ssh:
+`python3 -m g5kdeploy.shrinker.hv start|ready|ticks|incoming|stock-migrate|stop ...`.
+Guests are disk-less (their workload runs from the initramfs), RAM in /dev/shm/g5kvm-<id>."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+
+from g5kdeploy.vm import qemu
+from g5kdeploy.vm.qemu import BOOT, QMP, VMS, Guest
+
+TICK = re.compile(r"g5kdeploy-tick (\d+)")
+
+
+def guest(a: argparse.Namespace, incoming: str | None = None) -> Guest:
+    return Guest(a.id, BOOT / "vmlinux", BOOT / "initrd.cpio.gz", None, VMS / a.id, memory_mb=a.memory,
+                 incoming=incoming, cmdline={"g5k_workload": a.workload, "g5k_mb": str(a.mb),
+                                             "g5k_rate": str(a.rate)})
+
+
+def start(a) -> dict:
+    """Start the guest, or (--incoming) its twin waiting for a migration."""
+    g = guest(a, "defer" if a.incoming else None)
+    g.save()
+    return {"id": a.id, "pid": g.start()}
+
+
+def ready(a) -> dict:
+    g, deadline = Guest.load(a.id), time.monotonic() + a.timeout
+    while "workload" not in g.serial() or "ready" not in g.serial().split("workload", 1)[1]:
+        if time.monotonic() > deadline or not g.pid():
+            raise SystemExit(f"{a.id} not ready after {a.timeout} s: {g.serial()[-300:]!r}")
+        time.sleep(0.1)
+    return {"id": a.id, "ready": True}
+
+
+def ticks(a) -> dict:
+    """The last tick the guest printed (it advances while the guest runs)."""
+    found = TICK.findall(Guest.load(a.id).serial())
+    return {"id": a.id, "tick": int(found[-1]) if found else -1, "running": Guest.load(a.id).pid() is not None}
+
+
+def capabilities(qmp: QMP, a) -> None:
+    caps = {"x-ignore-shared": a.ignore_shared, "multifd": a.multifd > 0}
+    qmp.execute("migrate-set-capabilities", capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
+    params = {"multifd-channels": a.multifd} if a.multifd else {}
+    if a.compression:
+        params["multifd-compression"] = a.compression
+    if params:
+        qmp.execute("migrate-set-parameters", **params)
+
+
+def incoming(a) -> dict:
+    with QMP(Guest.load(a.id).qmp_path) as qmp:
+        capabilities(qmp, a)
+        qmp.execute("migrate-incoming", uri=f"tcp:0.0.0.0:{a.port}")
+    return {"id": a.id, "incoming": a.port}
+
+
+def stock_migrate(a) -> dict:
+    """QEMU's own pre-copy migration to a twin started with --incoming; query-migrate at the end."""
+    g = Guest.load(a.id)
+    with QMP(g.qmp_path) as qmp:
+        capabilities(qmp, a)
+        qmp.execute("migrate-set-parameters", **{"max-bandwidth": 10 ** 12})    # no 32 MiB/s default cap
+        t0 = time.monotonic()
+        qmp.execute("migrate", uri=f"tcp:{a.to}")
+        while (info := qmp.execute("query-migrate")).get("status") not in ("completed", "failed", "cancelled"):
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        if info.get("status") == "completed":
+            qmp.execute("quit")
+    return {"id": a.id, "wall_s": round(elapsed, 4), **info}
+
+
+def stop(a) -> dict:
+    return {"id": a.id, "stopped": qemu.stop(a.id)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="g5kdeploy.shrinker.hv")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("start", "ready", "ticks", "incoming", "stock-migrate", "stop"):
+        s = sub.add_parser(name)
+        s.add_argument("--id", required=True)
+        if name == "start":
+            s.add_argument("--memory", type=int, default=128)
+            s.add_argument("--workload", default="idle")
+            s.add_argument("--mb", type=int, default=32)
+            s.add_argument("--rate", type=int, default=4)
+            s.add_argument("--incoming", action="store_true")
+        if name == "ready":
+            s.add_argument("--timeout", type=float, default=120)
+        if name in ("incoming", "stock-migrate"):
+            s.add_argument("--ignore-shared", action="store_true", help="device state only (Shrinker)")
+            s.add_argument("--multifd", type=int, default=0)
+            s.add_argument("--compression", default="")
+        if name == "incoming":
+            s.add_argument("--port", type=int, required=True)
+        if name == "stock-migrate":
+            s.add_argument("--to", required=True)
+    a = p.parse_args(argv)
+    json.dump(globals()[a.command.replace("-", "_")](a), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

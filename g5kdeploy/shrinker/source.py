@@ -1,0 +1,214 @@
+"""Source agent: migrates one guest's RAM to a destination agent, then lets QEMU move the
+device state. `python3 -m g5kdeploy.shrinker.source --ram F --qmp S --to HOST:PORT ...`
+prints one JSON object: rounds, chunks (full / dedup / uniform / pulled), bytes, times."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+from g5kdeploy.shrinker import chunks as C
+from g5kdeploy.vm.qemu import QMP
+
+BATCH = 1024          # SETNX queries per pipeline
+
+
+class Source:
+    def __init__(self, a: argparse.Namespace):
+        self.a = a
+        self.hash = C.digest_fn(a.digest)
+        self.fd = os.open(a.ram, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        self.n = (self.size + a.chunk - 1) // a.chunk
+        self.digests: list[bytes | None] = [None] * self.n
+        self.redis = None
+        if a.redis:
+            import redis
+            host, port = a.redis.rsplit(":", 1)
+            self.redis = redis.Redis(host=host, port=int(port))
+        self.sock = socket.create_connection(tuple(_hostport(a.to)), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.out = self.sock.makefile("wb", buffering=1 << 20)
+        self.inp = self.sock.makefile("rb", buffering=1 << 16)
+        self.lock = threading.Lock()
+        self.replies: dict[int, tuple[int, bytes]] = {}
+        self.replied = threading.Condition()
+        self.stats = {"rounds": [], "pulled": 0}
+
+    # -- channel -------------------------------------------------------------------------
+    def send(self, kind: int, index: int = 0, payload: bytes = b"") -> int:
+        with self.lock:
+            return C.send(self.out, kind, index, payload)
+
+    def flush(self) -> None:
+        with self.lock:
+            self.out.flush()
+
+    def reader(self) -> None:
+        """Serve the destination's pulls (current content) and collect its control replies."""
+        try:
+            while True:
+                kind, index, payload = C.receive(self.inp)
+                if kind == C.PULL:
+                    data = os.pread(self.fd, self.a.chunk, index * self.a.chunk)
+                    self.stats["pulled"] += 1
+                    self.send(C.PULL_REPLY, index, data)
+                    self.flush()
+                else:
+                    with self.replied:
+                        self.replies[kind] = (index, payload)
+                        self.replied.notify_all()
+        except (ConnectionError, OSError, ValueError) as e:
+            with self.replied:
+                self.replies.setdefault(C.ABORT, (0, f"channel closed ({type(e).__name__}: {e})".encode()))
+                self.replied.notify_all()
+
+    def wait_reply(self, kind: int, timeout: float = 300) -> bytes:
+        with self.replied:
+            ok = self.replied.wait_for(lambda: kind in self.replies or C.ABORT in self.replies, timeout)
+            if kind in self.replies:                     # arrived, even if the channel closed after
+                return self.replies.pop(kind)[1]
+            reason = self.replies.get(C.ABORT, (0, b"no answer" if ok else b"timeout"))[1]
+            raise RuntimeError(f"destination: {reason.decode(errors='replace')}")
+
+    # -- rounds --------------------------------------------------------------------------
+    def round(self, number: int) -> dict:
+        """Send every chunk whose digest changed since the last round."""
+        t0 = time.monotonic()
+        r = {"round": number, "full": 0, "dedup": 0, "uniform": 0, "bytes": 0, "chunks": 0, "chunk_size": self.a.chunk}
+        pending: list[tuple[int, bytes, bytes]] = []
+        for index, data in C.read_chunks(self.fd, self.size, self.a.chunk):
+            d = self.hash(data)
+            if d == self.digests[index]:
+                continue
+            self.digests[index] = d
+            r["chunks"] += 1
+            byte = C.uniform(data)
+            if byte is not None:
+                r["uniform"] += 1
+                r["bytes"] += self.send(C.UNIFORM, index, bytes([byte]))
+                continue
+            pending.append((index, d, data))
+            if len(pending) >= BATCH:
+                self._send_batch(pending, r)
+                pending = []
+        self._send_batch(pending, r)
+        r["bytes"] += self.send(C.ROUND_END, number)
+        self.flush()
+        r["time_s"] = round(time.monotonic() - t0, 4)
+        self.stats["rounds"].append(r)
+        return r
+
+    def _send_batch(self, pending: list[tuple[int, bytes, bytes]], r: dict) -> None:
+        """First sender of a digest in the source site ships the data, the others the digest
+        (SETNX queries pipelined: one round trip per batch, not per chunk)."""
+        if not pending:
+            return
+        if self.redis is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            for _, d, _ in pending:
+                pipe.setnx(self.a.key_prefix + d.hex(), 1)
+            first = pipe.execute()
+        else:
+            first = [True] * len(pending)
+        for (index, d, data), is_first in zip(pending, first):
+            if is_first:
+                r["full"] += 1
+                r["bytes"] += self.send(C.FULL, index, d + data)
+            else:
+                r["dedup"] += 1
+                r["bytes"] += self.send(C.DIGEST, index, d)
+
+    # -- the whole migration -------------------------------------------------------------
+    def migrate(self) -> dict:
+        a, t0 = self.a, time.monotonic()
+        hello = {"guest": a.guest, "size": self.size, "chunk": a.chunk, "digest": a.digest}
+        self.send(C.HELLO, 0, json.dumps(hello).encode())
+        self.flush()
+        threading.Thread(target=self.reader, daemon=True).start()
+        self.wait_reply(C.HELLO)
+        target_bytes = a.downtime_ms / 1000 * a.rate_mbit * 1e6 / 8
+        for number in range(1, a.max_rounds + 1):
+            r = self.round(number)
+            if number > 1 and r["chunks"] * a.chunk <= target_bytes:
+                break
+        with QMP(a.qmp) as qmp:
+            qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
+            stop = time.monotonic()
+            qmp.execute("stop")
+            phases, handed_over = {}, False
+            try:
+                self.round(0)                                  # the last delta, guest stopped
+                self.send(C.FINAL)
+                self.flush()
+                phases["last_round_s"] = time.monotonic() - stop
+                here = C.file_digest(a.ram)                    # while the destination computes its own
+                verified = json.loads(self.wait_reply(C.VERIFIED))
+                phases["verify_s"] = time.monotonic() - stop - phases["last_round_s"]
+                if verified["digest"] != here:
+                    raise RuntimeError("destination RAM differs from the source RAM")
+                qmp.execute("migrate", uri=f"tcp:{a.device_to}")
+                _wait_migrated(qmp)
+                phases["device_state_s"] = time.monotonic() - stop - phases["last_round_s"] - phases["verify_s"]
+                self.send(C.CONT)
+                self.flush()
+                handed_over = True
+                dest = json.loads(self.wait_reply(C.CONTINUED))
+            except BaseException:
+                if not handed_over:           # the guest keeps running at the source
+                    qmp.execute("cont")       # (never once the destination may own the RAM)
+                raise
+            downtime = time.monotonic() - stop
+            phases["cont_s"] = downtime - sum(phases.values())
+            qmp.execute("quit")
+        return {**self.stats, "guest": a.guest, "total_time_s": round(time.monotonic() - t0, 4),
+                "downtime_s": round(downtime, 4), "downtime_phases": {k: round(v, 4) for k, v in phases.items()},
+                "destination": dest, "ram_bytes": self.size,
+                "bytes_sent": sum(r["bytes"] for r in self.stats["rounds"])}
+
+
+def _wait_migrated(qmp: QMP, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = qmp.execute("query-migrate")
+        if info.get("status") == "completed":
+            return
+        if info.get("status") in ("failed", "cancelled"):
+            raise RuntimeError(f"device state migration {info['status']}: {info.get('error-desc', '')}")
+        time.sleep(0.005)
+    raise RuntimeError("device state migration did not complete")
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, port = text.rsplit(":", 1)
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="g5kdeploy.shrinker.source")
+    p.add_argument("--guest", required=True)
+    p.add_argument("--ram", required=True)
+    p.add_argument("--qmp", required=True)
+    p.add_argument("--to", required=True, help="destination agent host:port")
+    p.add_argument("--device-to", required=True, help="destination QEMU's incoming host:port")
+    p.add_argument("--redis", default="", help="source-site coordination Redis host:port (empty: no dedup)")
+    p.add_argument("--key-prefix", default="shrinker:")
+    p.add_argument("--chunk", type=int, default=4096)
+    p.add_argument("--digest", default="sha1", choices=sorted(C.ALGORITHMS))
+    p.add_argument("--max-rounds", type=int, default=8)
+    p.add_argument("--downtime-ms", type=float, default=300)
+    p.add_argument("--rate-mbit", type=float, default=100)
+    try:
+        result = Source(p.parse_args(argv)).migrate()
+    except Exception as e:  # noqa: BLE001 - one line for the orchestrator
+        json.dump({"error": f"{type(e).__name__}: {e}"}, sys.stdout)
+        sys.exit(1)
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

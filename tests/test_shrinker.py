@@ -1,0 +1,43 @@
+"""Shrinker on the small testbed: 2 idle guests migrated from rennes to nancy with real QEMU
+and real Redis, beside stock QEMU; every correctness check of the experiment must pass."""
+import pandas as pd
+import pytest
+
+from conftest import make_room
+from experiments import shrinker
+from g5kdeploy import engine
+from g5kdeploy.testbed.local import LocalTestbed, leftovers
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture(scope="module")
+def rows(small_description, tmp_path_factory):
+    make_room()
+    tb = LocalTestbed.up(small_description)
+    import os
+    os.environ["G5KDEPLOY_RESULTS"] = str(tmp_path_factory.mktemp("results"))
+    run = engine.execute(shrinker, tb, {"hypervisors_per_site": 1, "methods": ["stock", "shrinker"],
+                                        "cluster_sizes": [2], "warmup_s": 1})
+    yield pd.read_parquet(run.dir / "rows.parquet")
+    tb.destroy()
+    assert leftovers() == []
+
+
+def test_every_guest_passes_the_correctness_checks(rows):
+    guests = rows[rows.level == "guest"]
+    assert len(guests) == 4 and guests.ok.all()
+    assert guests.ram_verified.all() and guests.runs_at_destination.all() and guests.source_gone.all()
+
+
+def test_full_and_deduplicated_chunks_account_for_every_chunk(rows):
+    s = rows[(rows.level == "guest") & (rows.method == "shrinker")]
+    assert (s.first_round_chunks == s.ram_chunks).all()
+    assert (s.chunks_dedup > 0).all()                     # two guests from one image share pages
+    assert (s.chunks_local + s.chunks_peer + s.chunks_pulled >= s.chunks_dedup * 0.5).all()
+
+
+def test_shrinker_sends_less_on_the_wan_than_stock(rows):
+    c = rows[rows.level == "cluster"].set_index("method")
+    assert c.loc["shrinker", "wan_bytes"] < 0.8 * c.loc["stock", "wan_bytes"]
+    assert c.loc["stock", "wan_bytes"] > 2 * 40e6           # ~60 MB of non-zero RAM per idle guest
