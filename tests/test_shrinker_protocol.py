@@ -77,6 +77,27 @@ def test_index_registers_serves_and_unregisters(redis_address, tmp_path):
     idx.record("g", 1, None)                  # no copy of a left: unregistered
     idx.flush()
     assert not r.exists("t:" + h(a).hex())
-    idx.forget("g")
+    idx.forget("g")                           # unregisters everything and closes the RAM file
     assert idx.locate([h(b)]) == [None] and idx.read(h(b)) is None
-    os.close(fd)
+    assert "g" not in idx.files
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_changed_chunks_finds_exactly_the_modified_chunks(tmp_path):
+    data = bytearray(os.urandom(2 * C.READ_BLOCK))
+    path = tmp_path / "ram"
+    path.write_bytes(data)
+    sent = bytearray(data)
+    data[5 * 4096 + 17] ^= 1                      # one byte in chunk 5
+    data[C.READ_BLOCK + 200 * 4096] ^= 1          # chunk 456 (second block)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = list(C.changed_chunks(fd, len(data), 4096, sent))
+        assert [i for i, _ in got] == [5, 256 + 200]
+        assert got[0][1] == bytes(data[5 * 4096:6 * 4096])
+        assert sent == data                       # updated to what is now sent
+        assert list(C.changed_chunks(fd, len(data), 4096, sent)) == []
+    finally:
+        os.close(fd)

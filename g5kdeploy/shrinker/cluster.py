@@ -3,6 +3,7 @@ start a virtual cluster on source-site hypervisors, migrate it to the destinatio
 (stock QEMU, Shrinker, or Shrinker without deduplication), measure it and check it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import tempfile
@@ -122,6 +123,15 @@ def migrate(plans: list[GuestPlan], method: str, src: Site, dst: Site, chunk: in
           "destination QEMUs listening")
 
     def one(g: GuestPlan) -> dict:
+        try:
+            return attempt(g)
+        except Exception:      # the guest goes on at the source; nothing stays at the destination
+            for node, command in ((g.source, "resume"), (g.destination, "stop")):
+                with contextlib.suppress(Exception):
+                    _one(node, f"hv {command} --id {g.id}")
+            raise
+
+    def attempt(g: GuestPlan) -> dict:
         t0 = time.time()
         if shrinker:
             redis = f"--redis {src.redis.address}:{REDIS_PORT}" if method == "shrinker" else ""

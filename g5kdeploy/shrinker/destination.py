@@ -6,6 +6,8 @@ source when no peer has them, and serves its own chunks to peers.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -14,6 +16,7 @@ import socketserver
 import sys
 import threading
 import time
+import traceback
 from collections import defaultdict
 
 from g5kdeploy.shrinker import chunks as C
@@ -22,6 +25,7 @@ from g5kdeploy.vm.qemu import QMP
 RAM = "/dev/shm/g5kvm-{guest}"
 QMP_PATH = "/var/lib/g5kdeploy/vms/{guest}/qmp.sock"
 BATCH = 1024
+PUBLISH_EVERY = 256            # full chunks written between two index updates
 
 
 class Index:
@@ -30,7 +34,9 @@ class Index:
     def __init__(self, redis_address: str, me: str, prefix: str):
         import redis
         host, port = redis_address.rsplit(":", 1)
-        self.redis, self.me, self.prefix = redis.Redis(host=host, port=int(port)), me, prefix
+        self.redis, self.me, self.prefix = redis.Redis(host=host, port=int(port), socket_timeout=5), me, prefix
+        self.unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self.failures = 0
         self.holders: dict[bytes, set] = defaultdict(set)     # digest -> {(guest, index)}
         self.content: dict[tuple, bytes] = {}                # (guest, index) -> digest
         self.files: dict[str, tuple[int, int]] = {}          # guest -> (fd, chunk size)
@@ -55,6 +61,7 @@ class Index:
                 self.content[(guest, index)] = digest
 
     def flush(self) -> None:
+        """Publish what changed; an unreachable index loses the update (peers then pull)."""
         with self.lock:
             added, removed, self.added, self.removed = self.added, self.removed, set(), set()
         if added or removed:
@@ -63,13 +70,21 @@ class Index:
                 pipe.sadd(self.prefix + d.hex(), self.me)
             for d in removed:
                 pipe.srem(self.prefix + d.hex(), self.me)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except self.unavailable:
+                self.failures += 1
 
     def locate(self, digests: list[bytes]) -> list[str | None]:
+        """A holder of each digest, by the index (None for all while it is unreachable)."""
         pipe = self.redis.pipeline(transaction=False)
         for d in digests:
             pipe.srandmember(self.prefix + d.hex())
-        return [h.decode() if h else None for h in pipe.execute()]
+        try:
+            return [h.decode() if h else None for h in pipe.execute()]
+        except self.unavailable:
+            self.failures += 1
+            return [None] * len(digests)
 
     def read(self, digest: bytes) -> bytes | None:
         with self.lock:
@@ -77,14 +92,22 @@ class Index:
             if where is None:
                 return None
             fd, chunk = self.files[where[0]]
-        return os.pread(fd, chunk, where[1] * chunk)
+        try:
+            return os.pread(fd, chunk, where[1] * chunk)
+        except OSError:            # its guest was just forgotten (the reader verifies what it gets)
+            return None
 
     def forget(self, guest: str) -> None:
+        """Unregister a guest's chunks and let its RAM file go."""
         with self.lock:
             mine = [k for k in self.content if k[0] == guest]
         for guest_index in mine:
             self.record(*guest_index, None)
         self.flush()
+        with self.lock:
+            fd = self.files.pop(guest, (None, 0))[0]
+        if fd is not None:
+            os.close(fd)
 
 
 class Peers:
@@ -131,6 +154,8 @@ class Migration:
         self.state = threading.Lock()            # latest message per chunk, and its write
         self.stats = defaultdict(int)
         self.peers = Peers()
+        self.deferred: list[tuple[int, bytes, int]] = []   # digests no host of the site has yet
+        self.unpublished = 0
 
     def send(self, kind: int, index: int = 0, payload: bytes = b"") -> None:
         with self.wlock:
@@ -155,7 +180,8 @@ class Migration:
         self.qmp = QMP(QMP_PATH.format(guest=self.guest))      # opened now: `cont` must be quick
         self.send(C.HELLO)
         work: queue.Queue = queue.Queue()
-        threading.Thread(target=self.resolver, args=(work,), daemon=True).start()
+        resolver = threading.Thread(target=self.resolver, args=(work,), daemon=True)
+        resolver.start()
         while True:
             kind, index, payload = C.receive(self.inp)
             if kind in (C.FULL, C.UNIFORM, C.DIGEST):
@@ -175,34 +201,47 @@ class Migration:
                     self.pull_ready.notify_all()
             elif kind == C.ROUND_END:
                 self.agent.index.flush()
-                work.put(self.queue)
+                work.put((self.queue, index))          # round 0: the last, the guest is stopped
                 self.queue = []
             elif kind == C.FINAL:
                 work.put(None)
             elif kind == C.CONT:
                 t = time.monotonic()
-                # `cont` before QEMU has loaded the device state would be lost (a stopped
-                # source makes the destination end `paused`): wait for the incoming to end
-                while self.qmp.execute("query-status")["status"] == "inmigrate":
+                # QEMU starts the guest once the device state is loaded (the source leaves its
+                # run state out of the stream); `cont` it if it stayed paused
+                while (status := self.qmp.execute("query-status")["status"]) == "inmigrate":
                     if time.monotonic() - t > 30:
                         raise RuntimeError("the destination QEMU did not receive the device state")
-                    time.sleep(0.002)
-                self.qmp.execute("cont")
+                    time.sleep(0.001)
+                if status != "running":
+                    self.qmp.execute("cont")
                 self.qmp.close()
                 self.stats["cont_s"] = round(time.monotonic() - t, 4)
-                self.agent.index.forget(self.guest)
+                self.stats["index_failures"] = self.agent.index.failures
+                self.agent.done.add(self.guest)
                 self.send(C.CONTINUED, 0, json.dumps(self.stats).encode())
+                self.agent.index.forget(self.guest)     # the guest runs: its RAM is no longer ours
+                resolver.join()                         # the digest of the snapshot is still to send
                 return
 
     def resolver(self, work: queue.Queue) -> None:
         while True:
             item = work.get()
             try:
-                if item is None:                 # FINAL: every digest resolved, the source compares
-                    self.send(C.VERIFIED, 0, json.dumps({"digest": C.file_digest(self.path)}).encode())
+                if item is None:
+                    # FINAL: every digest is resolved. Copy the RAM as it is at the stop (a copy
+                    # is ~4x cheaper than a digest, and the copy is all the downtime pays for),
+                    # let the guest go, digest the copy: the source compares.
+                    with open(self.path, "rb") as f:
+                        snapshot = f.read()
+                    self.send(C.SNAPSHOT)
+                    self.send(C.VERIFIED, 0, json.dumps({"digest": hashlib.sha256(snapshot).hexdigest()}).encode())
                     return
-                self.resolve(item)
+                batch, number = item
+                self.resolve(batch, final=number == 0)
+                self.send(C.ROUND_ACK, number, json.dumps({"deferred": len(self.deferred)}).encode())
             except Exception as e:  # noqa: BLE001 - the source resumes its guest
+                traceback.print_exc()
                 self.send(C.ABORT, 0, f"{type(e).__name__}: {e}".encode())
                 return
 
@@ -210,18 +249,22 @@ class Migration:
         """Items not superseded by a later message for their chunk."""
         return [t for t in items if self.latest.get(t[0]) == t[2]]
 
-    def resolve(self, batch: list[tuple[int, bytes, int]]) -> None:
-        """Digests -> data: from this host, from a peer (verified), else, after a short
-        wait-and-retry, pulled from the source."""
-        todo = self._from_site(self.fresh(batch))
-        for _ in range(self.agent.retries):
+    def resolve(self, batch: list[tuple[int, bytes, int]], final: bool = False) -> None:
+        """Digests -> data: from this host, or from a peer (verified). What no host of the
+        site has yet is retried a few times, then deferred to the next round (its first
+        sender's copy is likely on its way) and pulled from the source only in the last
+        round, when the guest is stopped."""
+        todo = self._from_site(self.fresh(self.deferred + batch))
+        for _ in range(0 if final else self.agent.retries):
             todo = self.fresh(todo)
             if not todo:
                 break
             self.stats["retried"] += len(todo)
             time.sleep(self.agent.retry_wait)
             todo = self._from_site(todo)
-        self._pull(self.fresh(todo))
+        self.deferred = [] if final else self.fresh(todo)
+        if final:
+            self._pull(self.fresh(todo))
 
     def _from_site(self, todo: list) -> list:
         """Resolve through the index; returns what could not be resolved."""
@@ -277,7 +320,7 @@ class Agent(socketserver.ThreadingTCPServer):
     def __init__(self, a: argparse.Namespace):
         self.me, self.retries, self.retry_wait = a.listen, a.retries, a.retry_ms / 1000
         self.index = Index(a.redis, a.listen, a.key_prefix)
-        self.corrupt_every, self.served = a.corrupt_every, 0
+        self.corrupt_every, self.served, self.done = a.corrupt_every, 0, set()
         super().__init__(C_hostport(a.listen), Handler)
 
 
@@ -285,10 +328,12 @@ class Handler(socketserver.StreamRequestHandler):
     def handle(self):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         agent: Agent = self.server
+        migration = None
         try:
             kind, _, payload = C.receive(self.rfile)
             if kind == C.HELLO:
-                Migration(agent, self.rfile, self.wfile, json.loads(payload)).run()
+                migration = Migration(agent, self.rfile, self.wfile, json.loads(payload))
+                migration.run()
                 return
             while kind == C.PULL:                       # a peer fetching chunks by digest
                 data = agent.index.read(payload) or b""
@@ -298,16 +343,17 @@ class Handler(socketserver.StreamRequestHandler):
                 C.send(self.wfile, C.PULL_REPLY, 0, data)
                 self.wfile.flush()
                 kind, _, payload = C.receive(self.rfile)
-        except ConnectionError as e:
-            print(f"channel closed: {e}", file=sys.stderr, flush=True)
+        except ConnectionError:
+            if migration and migration.guest not in agent.done:     # its source went away
+                print(f"{migration.guest}: the source closed the channel", file=sys.stderr, flush=True)
+                agent.index.forget(migration.guest)
         except Exception as e:  # noqa: BLE001 - reported to the source, then the channel closes
-            try:
+            traceback.print_exc()
+            with contextlib.suppress(OSError):
                 C.send(self.wfile, C.ABORT, 0, f"{type(e).__name__}: {e}".encode())
                 self.wfile.flush()
-            except OSError:
-                pass
-            import traceback
-            traceback.print_exc()
+            if migration:
+                agent.index.forget(migration.guest)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,9 +15,14 @@ from g5kdeploy.vm.qemu import BOOT, QMP, VMS, Guest
 TICK = re.compile(r"g5kdeploy-tick (\d+)")
 
 
+# The source stops the guest itself before the device state moves; without the run state
+# in the stream the destination starts as soon as the state is loaded (no `cont` round trip)
+NO_RUNSTATE = ["-global", "migration.store-global-state=off"]
+
+
 def guest(a: argparse.Namespace, incoming: str | None = None) -> Guest:
     return Guest(a.id, BOOT / "vmlinux", BOOT / "initrd.cpio.gz", None, VMS / a.id, memory_mb=a.memory,
-                 incoming=incoming, cmdline={"g5k_workload": a.workload, "g5k_mb": str(a.mb),
+                 incoming=incoming, extra=NO_RUNSTATE, cmdline={"g5k_workload": a.workload, "g5k_mb": str(a.mb),
                                              "g5k_rate": str(a.rate)})
 
 
@@ -76,6 +81,15 @@ def stock_migrate(a) -> dict:
     return {"id": a.id, "wall_s": round(elapsed, 4), **info}
 
 
+def resume(a) -> dict:
+    """After a failed migration: the source guest runs again (unless it was handed over)."""
+    with QMP(Guest.load(a.id).qmp_path) as qmp:
+        status = qmp.execute("query-status")["status"]
+        if status == "paused":
+            qmp.execute("cont")
+    return {"id": a.id, "was": status}
+
+
 def stop(a) -> dict:
     return {"id": a.id, "stopped": qemu.stop(a.id)}
 
@@ -83,7 +97,7 @@ def stop(a) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="g5kdeploy.shrinker.hv")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("start", "ready", "ticks", "incoming", "stock-migrate", "stop"):
+    for name in ("start", "ready", "ticks", "incoming", "stock-migrate", "resume", "stop"):
         s = sub.add_parser(name)
         s.add_argument("--id", required=True)
         if name == "start":

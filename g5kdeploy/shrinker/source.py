@@ -23,13 +23,14 @@ class Source:
         self.hash = C.digest_fn(a.digest)
         self.fd = os.open(a.ram, os.O_RDONLY)
         self.size = os.fstat(self.fd).st_size
-        self.n = (self.size + a.chunk - 1) // a.chunk
-        self.digests: list[bytes | None] = [None] * self.n
+        self.sent = bytearray(self.size)         # the RAM as the destination has it (zeros at first)
+        self.first = True
         self.redis = None
         if a.redis:
             import redis
             host, port = a.redis.rsplit(":", 1)
-            self.redis = redis.Redis(host=host, port=int(port))
+            self.redis = redis.Redis(host=host, port=int(port), socket_timeout=5)
+            self.unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self.sock = socket.create_connection(tuple(_hostport(a.to)), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.out = self.sock.makefile("wb", buffering=1 << 20)
@@ -77,26 +78,27 @@ class Source:
 
     # -- rounds --------------------------------------------------------------------------
     def round(self, number: int) -> dict:
-        """Send every chunk whose digest changed since the last round."""
+        """Send every chunk (first round), then every chunk changed since it was sent."""
         t0 = time.monotonic()
         r = {"round": number, "full": 0, "dedup": 0, "uniform": 0, "bytes": 0, "chunks": 0, "chunk_size": self.a.chunk}
         pending: list[tuple[int, bytes, bytes]] = []
-        for index, data in C.read_chunks(self.fd, self.size, self.a.chunk):
-            d = self.hash(data)
-            if d == self.digests[index]:
-                continue
-            self.digests[index] = d
+        chunks = (C.read_chunks(self.fd, self.size, self.a.chunk) if self.first else
+                  C.changed_chunks(self.fd, self.size, self.a.chunk, self.sent))
+        for index, data in chunks:
+            if self.first:
+                self.sent[index * self.a.chunk:index * self.a.chunk + len(data)] = data
             r["chunks"] += 1
             byte = C.uniform(data)
             if byte is not None:
                 r["uniform"] += 1
                 r["bytes"] += self.send(C.UNIFORM, index, bytes([byte]))
                 continue
-            pending.append((index, d, data))
+            pending.append((index, self.hash(data), data))
             if len(pending) >= BATCH:
                 self._send_batch(pending, r)
                 pending = []
         self._send_batch(pending, r)
+        self.first = False
         r["bytes"] += self.send(C.ROUND_END, number)
         self.flush()
         r["time_s"] = round(time.monotonic() - t0, 4)
@@ -108,13 +110,15 @@ class Source:
         (SETNX queries pipelined: one round trip per batch, not per chunk)."""
         if not pending:
             return
+        first = [True] * len(pending)       # no coordination (or unreachable): send the data
         if self.redis is not None:
             pipe = self.redis.pipeline(transaction=False)
             for _, d, _ in pending:
                 pipe.setnx(self.a.key_prefix + d.hex(), 1)
-            first = pipe.execute()
-        else:
-            first = [True] * len(pending)
+            try:
+                first = pipe.execute()
+            except self.unavailable:
+                self.stats["coordination_failures"] = self.stats.get("coordination_failures", 0) + 1
         for (index, d, data), is_first in zip(pending, first):
             if is_first:
                 r["full"] += 1
@@ -131,11 +135,25 @@ class Source:
         self.flush()
         threading.Thread(target=self.reader, daemon=True).start()
         self.wait_reply(C.HELLO)
+        # pre-copy until what is left (dirtied chunks, and digests the destination site
+        # cannot resolve yet) fits the downtime target, or the rounds or time run out
         target_bytes = a.downtime_ms / 1000 * a.rate_mbit * 1e6 / 8
-        for number in range(1, a.max_rounds + 1):
+        deadline, number, dirty_rounds = time.monotonic() + a.precopy_s, 0, 0
+        while True:
+            number += 1
             r = self.round(number)
-            if number > 1 and r["chunks"] * a.chunk <= target_bytes:
+            r["deferred"] = json.loads(self.wait_reply(C.ROUND_ACK))["deferred"]
+            converged = number > 1 and r["chunks"] * a.chunk <= target_bytes
+            if converged and r["deferred"] * a.chunk <= target_bytes:
                 break
+            if not converged:
+                dirty_rounds += 1
+                if dirty_rounds >= a.max_rounds:
+                    break
+            elif time.monotonic() > deadline:                # waited long enough for other guests
+                break
+            else:
+                time.sleep(a.poll_ms / 1000)
         with QMP(a.qmp) as qmp:
             qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
             stop = time.monotonic()
@@ -146,14 +164,11 @@ class Source:
                 self.send(C.FINAL)
                 self.flush()
                 phases["last_round_s"] = time.monotonic() - stop
-                here = C.file_digest(a.ram)                    # while the destination computes its own
-                verified = json.loads(self.wait_reply(C.VERIFIED))
-                phases["verify_s"] = time.monotonic() - stop - phases["last_round_s"]
-                if verified["digest"] != here:
-                    raise RuntimeError("destination RAM differs from the source RAM")
+                self.wait_reply(C.SNAPSHOT)                    # every chunk is in place there
+                phases["resolve_s"] = time.monotonic() - stop - phases["last_round_s"]
                 qmp.execute("migrate", uri=f"tcp:{a.device_to}")
                 _wait_migrated(qmp)
-                phases["device_state_s"] = time.monotonic() - stop - phases["last_round_s"] - phases["verify_s"]
+                phases["device_state_s"] = time.monotonic() - stop - phases["last_round_s"] - phases["resolve_s"]
                 self.send(C.CONT)
                 self.flush()
                 handed_over = True
@@ -165,6 +180,9 @@ class Source:
             downtime = time.monotonic() - stop
             phases["cont_s"] = downtime - sum(phases.values())
             qmp.execute("quit")
+        # the check: this (frozen) RAM against the destination's copy taken at the stop
+        if json.loads(self.wait_reply(C.VERIFIED))["digest"] != C.file_digest(a.ram):
+            raise RuntimeError("the destination RAM differed from the source RAM at the stop")
         return {**self.stats, "guest": a.guest, "total_time_s": round(time.monotonic() - t0, 4),
                 "downtime_s": round(downtime, 4), "downtime_phases": {k: round(v, 4) for k, v in phases.items()},
                 "destination": dest, "ram_bytes": self.size,
@@ -202,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-rounds", type=int, default=8)
     p.add_argument("--downtime-ms", type=float, default=300)
     p.add_argument("--rate-mbit", type=float, default=100)
+    p.add_argument("--precopy-s", type=float, default=60, help="longest wait for other guests' chunks")
+    p.add_argument("--poll-ms", type=float, default=200)
     try:
         result = Source(p.parse_args(argv)).migrate()
     except Exception as e:  # noqa: BLE001 - one line for the orchestrator

@@ -45,6 +45,7 @@ class Guest:
     cmdline: dict[str, str] = field(default_factory=dict)
     disk_format: str = "raw"
     incoming: str | None = None          # "defer": wait for migrate-incoming
+    extra: list[str] = field(default_factory=list)     # more QEMU arguments
 
     def __post_init__(self):
         self.rundir = Path(self.rundir)
@@ -73,6 +74,7 @@ class Guest:
                 "-chardev", f"file,id=ser0,path={self.serial_path}", "-serial", "chardev:ser0",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-daemonize", "-pidfile", str(self.pid_path)]
+        argv += self.extra
         if self.incoming:
             argv += ["-incoming", self.incoming]
         if self.disk:

@@ -1,0 +1,37 @@
+"""Shrinker vs stock QEMU on the default testbed, measured side by side in one run: idle
+guests, 100 Mbit/s WAN, 4 hypervisors per site, median of 3 (sizes and methods interleaved).
+Goals: 8 guests: WAN bytes <= 0.4 x stock, total time <= 0.5 x stock, downtime <= stock's;
+1 guest: total time <= 1.05 x stock."""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/
+
+from experiments import shrinker  # noqa: E402
+from g5kdeploy import engine  # noqa: E402
+from g5kdeploy.results import load  # noqa: E402
+from g5kdeploy.testbed.local import LocalTestbed, is_up  # noqa: E402
+
+
+def main() -> None:
+    tb = LocalTestbed.attach() if is_up() else LocalTestbed.up()
+    os.environ["G5KDEPLOY_RESULTS"] = tempfile.mkdtemp(prefix="g5kdeploy-bench-")
+    run = engine.execute(shrinker, tb, {"hypervisors_per_site": 4, "methods": ["stock", "shrinker"],
+                                        "cluster_sizes": [1, 8], "repeats": 3, "warmup_s": 5})
+    c = load(run.dir)
+    c = c[c.level == "cluster"]
+    for n, goals in ((8, {"wan_bytes": 0.4, "total_time_s": 0.5, "downtime_s": 1.0}), (1, {"total_time_s": 1.05})):
+        med = c[c.cluster_size == n].groupby("method")[["total_time_s", "wan_bytes", "downtime_s"]].median()
+        print(f"{n} idle guest(s), medians of 3: " + "; ".join(
+            f"{m}: {r.total_time_s:.1f} s, {r.wan_bytes / 1e6:.1f} MB, downtime {r.downtime_s * 1000:.0f} ms"
+            for m, r in med.iterrows()))
+        for metric, goal in goals.items():
+            ratio = med.loc["shrinker", metric] / med.loc["stock", metric]
+            print(f"  shrinker/stock {metric}: {ratio:.2f} (goal <= {goal})")
+    print(f"rows: {run.dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Shrinker under faults, on a testbed with two destination hypervisors: a peer serving
+corrupted chunks, the destination index restarted mid-migration, the source agent killed."""
+import json
+import threading
+
+import pytest
+
+from conftest import ROOT, make_room
+from g5kdeploy import remote
+from g5kdeploy.shrinker import cluster
+from g5kdeploy.testbed import description
+from g5kdeploy.testbed.local import LocalTestbed, leftovers
+from g5kdeploy.vm import image
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture(scope="module")
+def sites():
+    make_room()
+    tb = LocalTestbed.up(description.load(ROOT / "tests" / "faults.toml"))
+    res = tb.reserve({"rennes": 2, "nancy": 3}, walltime="0:30", name="shrinker-faults")
+    tb.deploy(res.nodes)
+    src, dst = cluster.sites(res.nodes, "rennes", "nancy")
+    cluster.configure(src, dst, image.build(tb.workdir / "cache", size_mb=32))
+    yield src, dst
+    tb.release(res)
+    tb.destroy()
+    assert leftovers() == []
+
+
+@pytest.fixture
+def guests(sites):
+    src, dst = sites
+    cluster.flush_redis(src, dst)
+    plans = cluster.start_cluster(src, dst, 2, "idle", 128, 32, 4, "f")
+    yield plans
+    cluster.stop_agents(dst)
+    cluster.stop_cluster(plans)
+
+
+def redis_keys(node) -> int:
+    r = remote.run("redis-cli -p 6379 dbsize", [node])[0]
+    return int(r.stdout.strip() or 0)
+
+
+def wait_until(condition, timeout=60):
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.1)
+
+
+def in_background(fn):
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except Exception as e:  # noqa: BLE001 - checked by the test
+            out["error"] = e
+    t = threading.Thread(target=target)
+    t.start()
+    return t, out
+
+
+def test_a_peer_serving_corrupted_chunks_is_caught(sites, guests):
+    src, dst = sites
+    assert guests[0].destination != guests[1].destination          # they are each other's peers
+    cluster.start_agents(dst, "--corrupt-every 5")
+    reports = cluster.migrate(guests, "shrinker", src, dst)
+    assert sum(r["destination"].get("corrupt", 0) for r in reports) > 0
+    assert all(c["runs_at_destination"] and c["source_gone"] for c in cluster.check(guests))
+
+
+def test_index_restarted_mid_migration_still_migrates_correctly(sites, guests):
+    src, dst = sites
+    cluster.start_agents(dst)
+    t, out = in_background(lambda: cluster.migrate(guests, "shrinker", src, dst))
+    wait_until(lambda: redis_keys(src.redis) > 0)                   # the migration is under way
+    restart = remote.run("redis-cli -p 6379 shutdown nosave; redis-server /etc/redis/g5kdeploy.conf", [dst.redis])
+    assert restart.ok, restart.summary()
+    t.join(300)
+    assert "error" not in out, out.get("error")                     # RAM verified equal at the stop
+    assert all(c["runs_at_destination"] and c["source_gone"] for c in cluster.check(guests))
+
+
+def test_killed_source_agent_fails_cleanly(sites, guests):
+    src, dst = sites
+    cluster.start_agents(dst)
+    victim = guests[0]
+    t, out = in_background(lambda: cluster.migrate(guests, "shrinker", src, dst))
+    wait_until(lambda: redis_keys(src.redis) > 0)
+    agent = f"^/usr/bin/python3 -m g5kdeploy.shrinker.source --guest {victim.id} "   # not its ssh/sh parents
+    pid = remote.run(f"pgrep -f '{agent}'", [victim.source])[0].stdout.split()
+    assert len(pid) == 1, f"the source agent was not found: {pid}"
+    remote.run(f"kill -9 {pid[0]}", [victim.source])
+    t.join(300)
+    assert "error" in out and victim.source.short in str(out["error"])
+    def ticks() -> int:
+        return json.loads(remote.run(f"{cluster.PY}.hv ticks --id {victim.id}", [victim.source])[0].stdout)["tick"]
+    first = ticks()
+    wait_until(lambda: ticks() > first, timeout=10)                 # the guest goes on at the source
+    left = remote.run("ls /var/lib/g5kdeploy/vms /dev/shm", [victim.destination])[0].stdout
+    assert victim.id not in left                                    # nothing left at the destination
