@@ -195,6 +195,9 @@ class Migration:
                     else:
                         self.queue.append((index, payload, self.seq))
                 self.stats[{C.FULL: "full", C.UNIFORM: "uniform", C.DIGEST: "dedup"}[kind]] += 1
+                if len(self.queue) >= BATCH:       # resolve while the round goes on: the other
+                    work.put((self.queue, None))   # guests' copies are in the index now
+                    self.queue = []
             elif kind == C.PULL_REPLY:
                 with self.pull_ready:
                     self.pulled[index] = payload
@@ -220,7 +223,8 @@ class Migration:
                 self.stats["index_failures"] = self.agent.index.failures
                 self.agent.done.add(self.guest)
                 self.send(C.CONTINUED, 0, json.dumps(self.stats).encode())
-                self.agent.index.forget(self.guest)     # the guest runs: its RAM is no longer ours
+                # its chunks stay indexed for the guests still migrating: most of a running
+                # guest's pages do not change, and whoever fetches one verifies it
                 resolver.join()                         # the digest of the snapshot is still to send
                 return
 
@@ -239,7 +243,8 @@ class Migration:
                     return
                 batch, number = item
                 self.resolve(batch, final=number == 0)
-                self.send(C.ROUND_ACK, number, json.dumps({"deferred": len(self.deferred)}).encode())
+                if number is not None:
+                    self.send(C.ROUND_ACK, number, json.dumps({"deferred": len(self.deferred)}).encode())
             except Exception as e:  # noqa: BLE001 - the source resumes its guest
                 traceback.print_exc()
                 self.send(C.ABORT, 0, f"{type(e).__name__}: {e}".encode())

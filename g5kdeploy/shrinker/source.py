@@ -144,7 +144,9 @@ class Source:
             r = self.round(number)
             r["deferred"] = json.loads(self.wait_reply(C.ROUND_ACK))["deferred"]
             converged = number > 1 and r["chunks"] * a.chunk <= target_bytes
-            if converged and r["deferred"] * a.chunk <= target_bytes:
+            # deferred digests are pulled over the WAN once stopped, while every other guest
+            # of the cluster migrates too: wait until peers hold (nearly) all of them
+            if converged and r["deferred"] <= a.max_deferred:
                 break
             if not converged:
                 dirty_rounds += 1
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate-mbit", type=float, default=100)
     p.add_argument("--precopy-s", type=float, default=60, help="longest wait for other guests' chunks")
     p.add_argument("--poll-ms", type=float, default=200)
+    p.add_argument("--max-deferred", type=int, default=16, help="unresolved digests the stop may leave to pulls")
     try:
         result = Source(p.parse_args(argv)).migrate()
     except Exception as e:  # noqa: BLE001 - one line for the orchestrator
