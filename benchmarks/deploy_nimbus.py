@@ -28,7 +28,7 @@ SIZES = {2: (["rennes"], 1), 4: (["rennes", "nancy"], 1), 8: (["rennes", "nancy"
 def main() -> None:
     tb = LocalTestbed.attach() if is_up() else LocalTestbed.up()
     os.environ["G5KDEPLOY_RESULTS"] = tempfile.mkdtemp(prefix="g5kdeploy-bench-")
-    image.build(deploy_nimbus.HOME / "cache", size_mb=deploy_nimbus.PARAMS["image_size_mb"])
+    image.build(size_mb=deploy_nimbus.PARAMS["image_size_mb"])
     times = {n: [] for n in SIZES}
     stages = {n: {} for n in SIZES}
     for _ in range(REPEATS):

@@ -9,10 +9,10 @@ The clouds file (endpoints, credentials) is written to $G5KDEPLOY_HOME/nimbus/cl
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
+from g5kdeploy import HOME
 from g5kdeploy.engine import stage
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus import deploy
@@ -24,7 +24,6 @@ from g5kdeploy.vm import image as vm_image
 NAME = "deploy-nimbus"
 PARAMS = {"sites": ["rennes", "nancy"], "vmms_per_site": 1, "vmm_memory_mb": 512, "propagation": "qcow",
           "image": "debian", "image_size_mb": 32, "payload": None, "walltime": "2:00", "runner": "itamae"}
-HOME = Path(os.environ.get("G5KDEPLOY_HOME", "/var/tmp/g5kdeploy"))
 CLOUDS = HOME / "nimbus" / "clouds.json"
 
 
@@ -59,7 +58,7 @@ def main(run: Run, testbed: Testbed, sites, vmms_per_site, vmm_memory_mb, propag
         rows.fail_if("deployment")
         with stage(run, "configure"):
             t = time.time()
-            guest = vm_image.build(HOME / "cache", size_mb=int(image_size_mb), payload=payload and Path(payload))
+            guest = vm_image.build(size_mb=int(image_size_mb), payload=payload and Path(payload))
             rows.add("frontend", "image", t, time.time(), True)
             converged = deploy.configure(plans, guest, CLOUDS.parent, int(vmm_memory_mb), propagation, runner,
                                          run.dir / "logs")

@@ -75,7 +75,7 @@ def main(run: Run, testbed: Testbed, **p) -> None:
             testbed.deploy(res.nodes)
         src, dst = cluster.sites(res.nodes, p["source"], p["destination"])
         with stage(run, "configure"):
-            cluster.configure(src, dst, vm_image.build(_cache(testbed), size_mb=32), run.dir / "logs")
+            cluster.configure(src, dst, vm_image.build(), run.dir / "logs")
         before = testbed.rates()["wan"].get("|".join(sorted((p["source"], p["destination"]))))
         try:
             for k, t in enumerate(trials(p)):
@@ -89,11 +89,6 @@ def main(run: Run, testbed: Testbed, **p) -> None:
         testbed.release(res)
     if failures:
         raise RuntimeError("correctness checks failed: " + "; ".join(failures))
-
-
-def _cache(testbed: Testbed):
-    from pathlib import Path
-    return Path(getattr(testbed, "workdir", "/var/tmp/g5kdeploy")) / "cache"
 
 
 def _trial(run: Run, testbed: Testbed, src, dst, k: int, t: dict, p: dict) -> list[str]:
@@ -119,17 +114,15 @@ def _trial(run: Run, testbed: Testbed, src, dst, k: int, t: dict, p: dict) -> li
         cluster.stop_cluster(plans)
     common = dict(trial=k, repeat=t["repeat"], method=t["method"], workload=t["workload"],
                   cluster_size=t["cluster_size"], wan_mbit=parse_rate(t["wan_rate"]) / 1e6, chunk=t["chunk"])
-    failures = []
-    for r in reports:
-        row = {**common, "level": "guest", **_guest_metrics(r, shrinker), **checks[r["guest"]]}
-        row["ok"] = bool(row["ram_verified"] and row["runs_at_destination"] and row["source_gone"])
-        if not row["ok"]:
-            failures.append(f"trial {k} {r['guest']}")
-        run.row(**row)
+    guests = [{**common, "level": "guest", **_guest_metrics(r, shrinker), **checks[r["guest"]]} for r in reports]
+    for g in guests:
+        g["ok"] = bool(g["ram_verified"] and g["runs_at_destination"] and g["source_gone"])
+        run.row(**g)
+    failures = [f"trial {k} {g['guest']}" for g in guests if not g["ok"]]
     wan = after[p["source"]]["tx"] - counters[p["source"]]["tx"] if counters else None
     run.row(**common, level="cluster", guest="", total_time_s=round(t1 - t0, 4),
-            downtime_s=max(r["downtime_s"] for r in run.rows[-len(reports):]), wan_bytes=wan,
-            bytes_sent=sum(r["bytes_sent"] for r in run.rows[-len(reports):]), ok=not failures)
+            downtime_s=max(g["downtime_s"] for g in guests), wan_bytes=wan,
+            bytes_sent=sum(g["bytes_sent"] for g in guests), ok=not failures)
     return failures
 
 

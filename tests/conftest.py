@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,26 @@ def make_room() -> None:
         assert destroy() == []
 
 
+@contextmanager
+def own_testbed(desc):
+    """This machine's one local testbed, for a test module: made room for, brought up,
+    destroyed afterwards with nothing left over."""
+    from g5kdeploy.testbed.local import LocalTestbed, leftovers
+    make_room()
+    tb = LocalTestbed.up(desc)
+    yield tb
+    tb.destroy()
+    assert leftovers() == []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_dir(tmp_path_factory):
+    """Run directories of the tests go to a temporary directory, never into results/."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("G5KDEPLOY_RESULTS", str(tmp_path_factory.mktemp("results")))
+        yield
+
+
 @pytest.fixture
 def no_testbed_up():
     """Tests that bring up their own testbed need the machine free of another one."""
@@ -43,7 +64,7 @@ def no_testbed_up():
 def invoke(*args, user=None, timeout=300) -> subprocess.CompletedProcess:
     """Run `invoke ARGS` like a user would, from the project directory."""
     argv = [sys.executable, "-m", "invoke", *args]
-    env = {**os.environ, "G5KDEPLOY_RESULTS": os.environ.get("G5KDEPLOY_RESULTS", "/tmp/g5kdeploy-test-results")}
+    env = dict(os.environ)
     if user:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
         env["HOME"] = "/tmp"

@@ -10,11 +10,10 @@ import botocore.exceptions
 import pandas as pd
 import pytest
 
-from conftest import invoke, make_room
+from conftest import invoke, own_testbed
 from experiments import deploy_nimbus
 from g5kdeploy import engine, remote
 from g5kdeploy.nimbus import deploy
-from g5kdeploy.testbed.local import LocalTestbed, leftovers
 from g5kdeploy.vm import image as vm_image
 
 pytestmark = pytest.mark.testbed
@@ -22,17 +21,12 @@ USER_DATA = "#!/bin/sh\necho \"hello from $(hostname)\" > /www/hello\n"
 
 
 @pytest.fixture(scope="module")
-def clouds(small_description, tmp_path_factory):
+def clouds(small_description):
     """rennes: service + 2 VMMs, nancy: service + 1 VMM (the small testbed's 5 nodes)."""
-    make_room()
-    tb = LocalTestbed.up(small_description)
-    import os
-    os.environ["G5KDEPLOY_RESULTS"] = str(tmp_path_factory.mktemp("results"))
-    run = engine.execute(deploy_nimbus, tb, {"vmms_per_site": {"rennes": 2, "nancy": 1}})
-    yield tb, run, json.loads(deploy_nimbus.CLOUDS.read_text())
-    assert deploy.teardown(deploy_nimbus.CLOUDS, tb) == []
-    tb.destroy()
-    assert leftovers() == []
+    with own_testbed(small_description) as tb:
+        run = engine.execute(deploy_nimbus, tb, {"vmms_per_site": {"rennes": 2, "nancy": 1}})
+        yield tb, run, json.loads(deploy_nimbus.CLOUDS.read_text())
+        assert deploy.teardown(deploy_nimbus.CLOUDS, tb) == []
 
 
 def guests(ec2, ids):
@@ -93,7 +87,7 @@ def test_second_converge_changes_nothing(clouds):
     plans = deploy.plan(res_nodes, tb.description)
     for p in plans:                     # the same credentials as the running clouds
         p.access_key, p.secret_key = info[p.site]["access_key"], info[p.site]["secret_key"]
-    guest = vm_image.build(deploy_nimbus.HOME / "cache", size_mb=deploy_nimbus.PARAMS["image_size_mb"])
+    guest = vm_image.build(size_mb=deploy_nimbus.PARAMS["image_size_mb"])
     again = deploy.configure(plans, guest, deploy_nimbus.CLOUDS.parent)
     assert all(c.ok for c in again), [c.error for c in again]
     assert {c.host: c.changed for c in again} == {c.host: 0 for c in again}
@@ -178,7 +172,6 @@ def test_readme_boto3_snippet_works_verbatim(clouds):
 def test_interrupted_deploy_gives_its_nodes_back(clouds):
     """SIGTERM (as oardel or kill would send) once its OAR job runs: the job is ended.
     Runs last: a new deploy-nimbus replaces the module's clouds."""
-    import os
     import signal
     import subprocess
     import sys
@@ -186,8 +179,7 @@ def test_interrupted_deploy_gives_its_nodes_back(clouds):
     tb, run, info = clouds
     before = set(tb.oar.jobs())
     p = subprocess.Popen([sys.executable, "-m", "invoke", "deploy-nimbus", "--sites", "nancy"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "G5KDEPLOY_RESULTS": str(run.dir.parent.parent)})
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (set(tb.oar.jobs()) - before) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -3,25 +3,19 @@ and real Redis, beside stock QEMU; every correctness check of the experiment mus
 import pandas as pd
 import pytest
 
-from conftest import make_room
+from conftest import own_testbed
 from experiments import shrinker
 from g5kdeploy import engine
-from g5kdeploy.testbed.local import LocalTestbed, leftovers
 
 pytestmark = pytest.mark.testbed
 
 
 @pytest.fixture(scope="module")
-def rows(small_description, tmp_path_factory):
-    make_room()
-    tb = LocalTestbed.up(small_description)
-    import os
-    os.environ["G5KDEPLOY_RESULTS"] = str(tmp_path_factory.mktemp("results"))
-    run = engine.execute(shrinker, tb, {"hypervisors_per_site": 1, "methods": ["stock", "shrinker"],
-                                        "cluster_sizes": [2], "warmup_s": 1})
-    yield pd.read_parquet(run.dir / "rows.parquet")
-    tb.destroy()
-    assert leftovers() == []
+def rows(small_description):
+    with own_testbed(small_description) as tb:
+        run = engine.execute(shrinker, tb, {"hypervisors_per_site": 1, "methods": ["stock", "shrinker"],
+                                            "cluster_sizes": [2], "warmup_s": 1})
+        yield pd.read_parquet(run.dir / "rows.parquet")
 
 
 def test_every_guest_passes_the_correctness_checks(rows):

@@ -5,11 +5,10 @@ import threading
 
 import pytest
 
-from conftest import ROOT, make_room
+from conftest import ROOT, own_testbed
 from g5kdeploy import remote
 from g5kdeploy.shrinker import cluster
 from g5kdeploy.testbed import description
-from g5kdeploy.testbed.local import LocalTestbed, leftovers
 from g5kdeploy.vm import image
 
 pytestmark = pytest.mark.testbed
@@ -17,16 +16,13 @@ pytestmark = pytest.mark.testbed
 
 @pytest.fixture(scope="module")
 def sites():
-    make_room()
-    tb = LocalTestbed.up(description.load(ROOT / "tests" / "faults.toml"))
-    res = tb.reserve({"rennes": 2, "nancy": 3}, walltime="0:30", name="shrinker-faults")
-    tb.deploy(res.nodes)
-    src, dst = cluster.sites(res.nodes, "rennes", "nancy")
-    cluster.configure(src, dst, image.build(tb.workdir / "cache", size_mb=32))
-    yield src, dst
-    tb.release(res)
-    tb.destroy()
-    assert leftovers() == []
+    with own_testbed(description.load(ROOT / "tests" / "faults.toml")) as tb:
+        res = tb.reserve({"rennes": 2, "nancy": 3}, walltime="0:30", name="shrinker-faults")
+        tb.deploy(res.nodes)
+        src, dst = cluster.sites(res.nodes, "rennes", "nancy")
+        cluster.configure(src, dst, image.build())
+        yield src, dst
+        tb.release(res)
 
 
 @pytest.fixture

@@ -5,22 +5,18 @@ import subprocess
 
 import pytest
 
-from conftest import invoke, make_room
+from conftest import invoke, own_testbed
 from g5kdeploy import remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.remote import probe
-from g5kdeploy.testbed.local import LocalTestbed, leftovers
 
 pytestmark = pytest.mark.testbed
 
 
 @pytest.fixture(scope="module")
 def tb(small_description):
-    make_room()
-    testbed = LocalTestbed.up(small_description)
-    yield testbed
-    testbed.destroy()
-    assert leftovers() == []
+    with own_testbed(small_description) as testbed:
+        yield testbed
 
 
 def _active_jobs(tb) -> dict:

@@ -81,9 +81,13 @@ def recipes(run_list: list[str]) -> list[str]:
 
 
 def _add_tree(tar: tarfile.TarFile, src: Path, arcname: str) -> None:
+    """The files of a tree, reproducibly (same files, same bytes: no mtime, no owner)."""
     for p in sorted(src.rglob("*")):
         if p.is_file() and "__pycache__" not in p.parts:
-            tar.add(p, f"{arcname}/{p.relative_to(src)}")
+            info = tar.gettarinfo(p, f"{arcname}/{p.relative_to(src)}")
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
+            with open(p, "rb") as f:
+                tar.addfile(info, f)
 
 
 def _link(tar: tarfile.TarFile, name: str, target: str) -> None:
@@ -105,12 +109,7 @@ def _sources() -> bytes:
     """The g5kdeploy package as a reproducible tar.gz (same sources, same bytes)."""
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for p in sorted(SOURCES.rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts:
-                info = tar.gettarinfo(p, f"g5kdeploy/{p.relative_to(SOURCES)}")
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
-                with open(p, "rb") as f:
-                    tar.addfile(info, f)
+        _add_tree(tar, SOURCES, "g5kdeploy")
     return buf.getvalue()
 
 

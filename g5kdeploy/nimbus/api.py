@@ -153,11 +153,10 @@ class Service:
             try:
                 ssh.run(key, i["vmm"], f"{VMM} start {args}")
             except Exception as e:  # noqa: BLE001
-                self.store.update(i["id"], state="terminated", error=f"start failed: {e}")
-                ssh.run(key, i["vmm"], f"{VMM} stop {i['id']}")
+                self._terminate(i, f"start failed: {e}")
                 return
             if self.store.get(i["id"])["state"] not in ALIVE:       # terminated while launching
-                ssh.run(key, i["vmm"], f"{VMM} stop {i['id']}")
+                self._stop_vm(i)
             else:
                 self.store.update(i["id"], booted_s=round(time.monotonic() - t0, 3))
 
@@ -175,11 +174,18 @@ class Service:
                 time.monotonic() < deadline:
             time.sleep(1)
         for i in pending:
-            self.store.update(i["id"], state="shutting-down")
             console = ssh.run(self.cloud.ssh_key, i["vmm"], f"tail -c 200 {VMS}/{i['id']}/serial.log || true")
-            ssh.run(self.cloud.ssh_key, i["vmm"], f"{VMM} stop {i['id']}")
-            self.store.update(i["id"], state="terminated", error=f"not contextualized after "
-                              f"{self.cloud.context_timeout_s} s; console ends with: {console.strip()!r}")
+            self._terminate(i, f"not contextualized after {self.cloud.context_timeout_s} s; "
+                               f"console ends with: {console.strip()!r}")
+
+    def _stop_vm(self, i: dict) -> None:
+        ssh.run(self.cloud.ssh_key, i["vmm"], f"{VMM} stop {i['id']}")
+
+    def _terminate(self, i: dict, error: str = "") -> None:
+        """shutting-down, its QEMU and volume gone on the VMM, then terminated."""
+        self.store.update(i["id"], state="shutting-down")
+        self._stop_vm(i)
+        self.store.update(i["id"], state="terminated", **({"error": error} if error else {}))
 
     # instances ----------------------------------------------------------------------------
     def _selected(self, p: dict) -> list[dict]:
@@ -205,9 +211,7 @@ class Service:
         def stop(i: dict) -> dict:
             before = i["state"]
             if before != "terminated":
-                self.store.update(i["id"], state="shutting-down")
-                ssh.run(self.cloud.ssh_key, i["vmm"], f"{VMM} stop {i['id']}")
-                self.store.update(i["id"], state="terminated")
+                self._terminate(i)
             return {"instanceId": i["id"], "previousState": {"code": ec2.STATE_CODES[before], "name": before},
                     "currentState": {"code": 48, "name": "terminated"}}
         return {"instancesSet": ssh.each(stop, chosen)}

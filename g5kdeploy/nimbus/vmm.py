@@ -37,10 +37,9 @@ def start(a: argparse.Namespace) -> dict:
         disk, fmt = rundir / "disk.img", "raw"
         subprocess.run(["cp", "--sparse=always", a.copy, str(disk)], check=True)
     address = a.ip.split("/")[0]
-    g = Guest(a.id, qemu.BOOT / "vmlinux", qemu.BOOT / "initrd.cpio.gz", disk, rundir, memory_mb=a.memory, cpus=a.cpus,
-              tap=tap_name(a.id), mac=mac_for(address), disk_format=fmt,
-              cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway, "g5k_name": a.name,
-                       "g5k_broker": a.broker, "g5k_ctx": a.ctx})
+    g = Guest.installed(a.id, disk, memory_mb=a.memory, cpus=a.cpus, tap=tap_name(a.id), mac=mac_for(address),
+                        disk_format=fmt, cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway,
+                                                  "g5k_name": a.name, "g5k_broker": a.broker, "g5k_ctx": a.ctx})
     g.save()
     _ip("tuntap", "add", "dev", g.tap, "mode", "tap")
     _ip("link", "set", g.tap, "master", a.bridge, "up")

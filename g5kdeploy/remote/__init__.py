@@ -89,13 +89,16 @@ def _results(processes: Iterable) -> Results:
     return out
 
 
-def _quietly_run(action):
-    """Run an execo action; outcomes are reported by us, per host, not logged by execo."""
+def _quiet(action):
+    """Outcomes are reported by us, per host, not logged by execo."""
     for p in action.processes:
         p.nolog_exit_code = p.ignore_exit_code = p.nolog_error = p.ignore_error = True
         p.nolog_timeout = p.ignore_timeout = True
-    action.run()
-    return _results(action.processes)
+    return action
+
+
+def _quietly_run(action):
+    return _results(_quiet(action).run().processes)
 
 
 def _check_method(method: str) -> None:
@@ -133,23 +136,14 @@ def get(hosts, remote_files: list[str], local_dir: str | Path) -> Results:
     return _quietly_run(execo.Get(_hosts(hosts), list(remote_files), str(local_dir), connection_params=CONNECTION))
 
 
-def md5_check(local_file: str | Path, remote_path: str) -> str:
-    """A shell command that succeeds on a host only if its remote_path is local_file's twin."""
-    digest = hashlib.md5(Path(local_file).read_bytes()).hexdigest()
-    return f"echo {digest}' '{shlex.quote(remote_path)} | md5sum -c --quiet"
-
-
-def chain_put(local_file: str | Path, hosts, remote_dir: str = "/tmp", then: str = "") -> Results:
+def chain_put(local_file: str | Path, hosts, remote_dir: str = "/tmp") -> Results:
     """Broadcast one file along a chain of hosts (execo ChainPut, Kastafior-style), then check
-    its MD5 on every host (a host is ok only if its copy is identical) and run `then` there
-    (in the same ssh session: one round instead of two)."""
+    its MD5 on every host: a host is ok only if its copy is identical."""
     local_file = Path(local_file)
-    chain = execo.ChainPut(_hosts(hosts), [str(local_file)], remote_dir, connection_params=CONNECTION)
-    for p in chain.processes:
-        p.nolog_exit_code = p.nolog_error = p.nolog_timeout = True
-    chain.run()
-    remote = f"{remote_dir.rstrip('/')}/{local_file.name}"
-    checked = run(md5_check(local_file, remote) + (f" && {then}" if then else ""), hosts)
+    digest = hashlib.md5(local_file.read_bytes()).hexdigest()
+    _quiet(execo.ChainPut(_hosts(hosts), [str(local_file)], remote_dir, connection_params=CONNECTION)).run()
+    remote = shlex.quote(f"{remote_dir.rstrip('/')}/{local_file.name}")
+    checked = run(f"echo {digest}' '{remote} | md5sum -c --quiet", hosts)
     for r in checked:
         if not r.ok and ("FAILED" in r.stdout + r.stderr or "No such file" in r.stderr):
             r.error = "copy missing or different"

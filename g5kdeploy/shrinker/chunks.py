@@ -15,6 +15,20 @@ FULL, DIGEST, UNIFORM, ROUND_END, FINAL, PULL, PULL_REPLY, HELLO, SNAPSHOT, CONT
     VERIFIED = range(1, 15)
 
 
+def hostport(text: str) -> tuple[str, int]:
+    """`198.19.2.2:7700` -> ("198.19.2.2", 7700)"""
+    host, port = text.rsplit(":", 1)
+    return host, int(port)
+
+
+def site_redis(address: str):
+    """A client of a site's Redis (`host:port`), and the errors meaning it is unreachable."""
+    import redis
+    host, port = hostport(address)
+    return (redis.Redis(host=host, port=port, socket_timeout=5),
+            (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+
+
 def digest_fn(name: str):
     if name not in ALGORITHMS:
         raise ValueError(f"unknown digest {name!r}: use one of {', '.join(ALGORITHMS)}")

@@ -32,10 +32,8 @@ class Index:
     """What this host holds, by digest (to serve peers), mirrored in the site's Redis."""
 
     def __init__(self, redis_address: str, me: str, prefix: str):
-        import redis
-        host, port = redis_address.rsplit(":", 1)
-        self.redis, self.me, self.prefix = redis.Redis(host=host, port=int(port), socket_timeout=5), me, prefix
-        self.unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self.redis, self.unavailable = C.site_redis(redis_address)
+        self.me, self.prefix = me, prefix
         self.failures = 0
         self.holders: dict[bytes, set] = defaultdict(set)     # digest -> {(guest, index)}
         self.content: dict[tuple, bytes] = {}                # (guest, index) -> digest
@@ -118,7 +116,7 @@ class Peers:
 
     def fetch(self, host: str, digests: list[bytes]) -> list[bytes]:
         if host not in self.conns:
-            s = socket.create_connection(C_hostport(host), timeout=30)
+            s = socket.create_connection(C.hostport(host), timeout=30)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.conns[host] = (s.makefile("rb"), s.makefile("wb"))
         inp, out = self.conns[host]
@@ -126,11 +124,6 @@ class Peers:
             C.send(out, C.PULL, 0, d)
         out.flush()
         return [C.receive(inp)[2] for _ in digests]
-
-
-def C_hostport(text: str) -> tuple[str, int]:
-    host, port = text.rsplit(":", 1)
-    return host, int(port)
 
 
 class Migration:
@@ -326,7 +319,7 @@ class Agent(socketserver.ThreadingTCPServer):
         self.me, self.retries, self.retry_wait = a.listen, a.retries, a.retry_ms / 1000
         self.index = Index(a.redis, a.listen, a.key_prefix)
         self.corrupt_every, self.served, self.done = a.corrupt_every, 0, set()
-        super().__init__(C_hostport(a.listen), Handler)
+        super().__init__(C.hostport(a.listen), Handler)
 
 
 class Handler(socketserver.StreamRequestHandler):

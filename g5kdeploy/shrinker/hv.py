@@ -10,7 +10,7 @@ import sys
 import time
 
 from g5kdeploy.vm import qemu
-from g5kdeploy.vm.qemu import BOOT, QMP, VMS, Guest
+from g5kdeploy.vm.qemu import QMP, Guest
 
 TICK = re.compile(r"g5kdeploy-tick (\d+)")
 
@@ -21,9 +21,8 @@ NO_RUNSTATE = ["-global", "migration.store-global-state=off"]
 
 
 def guest(a: argparse.Namespace, incoming: str | None = None) -> Guest:
-    return Guest(a.id, BOOT / "vmlinux", BOOT / "initrd.cpio.gz", None, VMS / a.id, memory_mb=a.memory,
-                 incoming=incoming, extra=NO_RUNSTATE, cmdline={"g5k_workload": a.workload, "g5k_mb": str(a.mb),
-                                             "g5k_rate": str(a.rate)})
+    return Guest.installed(a.id, None, memory_mb=a.memory, incoming=incoming, extra=NO_RUNSTATE,
+                           cmdline={"g5k_workload": a.workload, "g5k_mb": str(a.mb), "g5k_rate": str(a.rate)})
 
 
 def start(a) -> dict:
@@ -73,8 +72,7 @@ def stock_migrate(a) -> dict:
         qmp.execute("migrate-set-parameters", **{"max-bandwidth": 10 ** 12})    # no 32 MiB/s default cap
         t0 = time.monotonic()
         qmp.execute("migrate", uri=f"tcp:{a.to}")
-        while (info := qmp.execute("query-migrate")).get("status") not in ("completed", "failed", "cancelled"):
-            time.sleep(0.02)
+        info = qmp.wait_migration(0.02)
         elapsed = time.monotonic() - t0
         if info.get("status") == "completed":
             qmp.execute("quit")

@@ -27,11 +27,8 @@ class Source:
         self.first = True
         self.redis = None
         if a.redis:
-            import redis
-            host, port = a.redis.rsplit(":", 1)
-            self.redis = redis.Redis(host=host, port=int(port), socket_timeout=5)
-            self.unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-        self.sock = socket.create_connection(tuple(_hostport(a.to)), timeout=60)
+            self.redis, self.unavailable = C.site_redis(a.redis)
+        self.sock = socket.create_connection(C.hostport(a.to), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.out = self.sock.makefile("wb", buffering=1 << 20)
         self.inp = self.sock.makefile("rb", buffering=1 << 16)
@@ -169,7 +166,9 @@ class Source:
                 self.wait_reply(C.SNAPSHOT)                    # every chunk is in place there
                 phases["resolve_s"] = time.monotonic() - stop - phases["last_round_s"]
                 qmp.execute("migrate", uri=f"tcp:{a.device_to}")
-                _wait_migrated(qmp)
+                info = qmp.wait_migration(0.005, timeout=60)
+                if info["status"] != "completed":
+                    raise RuntimeError(f"device state migration {info['status']}: {info.get('error-desc', '')}")
                 phases["device_state_s"] = time.monotonic() - stop - phases["last_round_s"] - phases["resolve_s"]
                 self.send(C.CONT)
                 self.flush()
@@ -189,23 +188,6 @@ class Source:
                 "downtime_s": round(downtime, 4), "downtime_phases": {k: round(v, 4) for k, v in phases.items()},
                 "destination": dest, "ram_bytes": self.size,
                 "bytes_sent": sum(r["bytes"] for r in self.stats["rounds"])}
-
-
-def _wait_migrated(qmp: QMP, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = qmp.execute("query-migrate")
-        if info.get("status") == "completed":
-            return
-        if info.get("status") in ("failed", "cancelled"):
-            raise RuntimeError(f"device state migration {info['status']}: {info.get('error-desc', '')}")
-        time.sleep(0.005)
-    raise RuntimeError("device state migration did not complete")
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, port = text.rsplit(":", 1)
-    return host, int(port)
 
 
 def main(argv: list[str] | None = None) -> None:

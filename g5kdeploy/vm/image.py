@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from g5kdeploy import HOME
 from g5kdeploy.errors import UserError
 
 KERNEL_PACKAGE = "linux-image-6.1.0-*-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4")   # and what they depend on
 GUEST = resources.files(__package__).joinpath("guest")
+CACHE = HOME / "cache"                                          # debs/ and images/
 FORMAT = 3                                                      # bump when the layout changes
 
 
@@ -150,7 +152,7 @@ def check(size_mb: int, payload: Path | None = None) -> None:
                              f"(now {size_mb} MiB)")
 
 
-def build(cache: Path, size_mb: int = 64, payload: Path | None = None) -> GuestImage:
+def build(cache: Path = CACHE, size_mb: int = 32, payload: Path | None = None) -> GuestImage:
     """The guest image for these parameters (built once, then reused from cache/images)."""
     check(size_mb, payload)
     cache = Path(cache)
@@ -185,7 +187,6 @@ def build(cache: Path, size_mb: int = 64, payload: Path | None = None) -> GuestI
         # disk: busybox userland, the agent as /sbin/init (sbin -> bin), the payload in /data
         root = tmp / "root"
         _busybox_tree(root, busybox)
-        (root / "bin/busybox").chmod(0o755)
         os.unlink(root / "bin/init")
         (root / "bin/init").write_bytes(GUEST.joinpath("agent").read_bytes())
         (root / "bin/init").chmod(0o755)

@@ -91,6 +91,12 @@ class Guest:
         (self.rundir / "spec.json").write_text(json.dumps(spec))
 
     @classmethod
+    def installed(cls, name: str, disk: Path | None, **options) -> "Guest":
+        """A guest of a hypervisor node: the kernel and initramfs the g5kdeploy::qemu recipe
+        installed, its files in VMS/<name>."""
+        return cls(name, BOOT / "vmlinux", BOOT / "initrd.cpio.gz", disk, VMS / name, **options)
+
+    @classmethod
     def load(cls, name: str, vms: Path = VMS) -> "Guest":
         spec = json.loads((vms / name / "spec.json").read_text())
         paths = {k: Path(spec[k]) if spec.get(k) else None for k in ("kernel", "initrd", "disk")}
@@ -166,6 +172,15 @@ class QMP:
         if "error" in reply:
             raise RuntimeError(f"QMP {command}: {reply['error'].get('desc')}")
         return reply.get("return")
+
+    def wait_migration(self, interval: float, timeout: float | None = None) -> dict:
+        """query-migrate once the outgoing migration has ended (completed, failed, cancelled)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (info := self.execute("query-migrate")).get("status") not in ("completed", "failed", "cancelled"):
+            if deadline is not None and time.monotonic() > deadline:
+                raise RuntimeError(f"migration not ended after {timeout} s: {info.get('status')}")
+            time.sleep(interval)
+        return info
 
     def close(self) -> None:
         self.sock.close()

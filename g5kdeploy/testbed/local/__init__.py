@@ -12,6 +12,7 @@ import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from g5kdeploy import HOME
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import console, parallel
 from g5kdeploy.testbed import Testbed
@@ -24,7 +25,7 @@ from g5kdeploy.testbed.local.system import kill, processes, replace_block, requi
 from g5kdeploy.testbed.model import NodeSet, Reservation, expand_hostlist, parse_walltime
 
 log = logging.getLogger(__name__)
-DEFAULT_HOME = Path(os.environ.get("G5KDEPLOY_HOME", "/var/tmp/g5kdeploy"))
+DEFAULT_HOME = HOME
 ENVIRONMENTS = ("debian12-g5kdeploy",)   # named root filesystems nodes can be deployed with
 
 
