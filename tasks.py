@@ -5,9 +5,11 @@ import functools
 import importlib
 import json
 import logging
+import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 
 from invoke import Exit, task
 
@@ -209,15 +211,20 @@ def test(c, unit=False, k=None):
     if unit:
         args += ["-m", "not testbed"]
     if k:
-        args += ["-k", repr(k)]
-    result = c.run(" ".join(args), pty=False, warn=True)
+        args += ["-k", k]
+    result = c.run(shlex.join(args), pty=False, warn=True)
     if result.exited == 5:
         raise Exit("error: pytest collected no test", code=5)
     if result.exited:
         raise Exit(code=result.exited)
 
 
-@task(help={"name": "benchmark file in benchmarks/ (bringup, remote_exec)"})
+@task(help={"name": "benchmark file in benchmarks/: bringup, remote-exec, deploy-nimbus, shrinker, shrinker-pull"})
+@user_errors
 def benchmark(c, name):
     """Run a benchmark (prints ratios measured side by side in one run)."""
-    c.run(f"{sys.executable} benchmarks/{name.replace('-', '_')}.py")
+    path = Path("benchmarks") / f"{name.replace('-', '_')}.py"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem.replace("_", "-") for p in Path("benchmarks").glob("*.py")))
+        raise UserError(f"no benchmark {name!r}: use one of {known}")
+    c.run(f"{sys.executable} {path}")

@@ -24,6 +24,22 @@ def test_every_guest_passes_the_correctness_checks(rows):
     assert guests.ram_verified.all() and guests.runs_at_destination.all() and guests.source_gone.all()
 
 
+def test_downtime_is_measured_alike_for_both_methods(rows):
+    guests = rows[rows.level == "guest"]
+    # QEMU's run-state trace: source vCPU stop -> destination start, within the migration
+    assert (guests.downtime_s > 0).all() and (guests.downtime_s < guests.total_time_s).all()
+    s = guests[guests.method == "shrinker"]
+    assert (s.downtime_s <= s.reported_downtime_s + 0.05).all()   # the agent's own measure ends later
+
+
+def test_every_round_has_a_row(rows):
+    s = rows[(rows.level == "guest") & (rows.method == "shrinker")].set_index("guest")
+    r = rows[rows.level == "round"]
+    assert (r.groupby("guest").size() == s.rounds).all()
+    assert (r.groupby("guest").bytes.sum() == s.bytes_sent).all()
+    assert (r[r["round"] == 0].groupby("guest").size() == 1).all()     # the last one, guest stopped
+
+
 def test_full_and_deduplicated_chunks_account_for_every_chunk(rows):
     s = rows[(rows.level == "guest") & (rows.method == "shrinker")]
     assert (s.first_round_chunks == s.ram_chunks).all()

@@ -88,16 +88,28 @@ def test_changed_chunks_finds_exactly_the_modified_chunks(tmp_path):
     data = bytearray(os.urandom(2 * C.READ_BLOCK))
     path = tmp_path / "ram"
     path.write_bytes(data)
-    sent = bytearray(data)
-    data[5 * 4096 + 17] ^= 1                      # one byte in chunk 5
-    data[C.READ_BLOCK + 200 * 4096] ^= 1          # chunk 456 (second block)
-    path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
+    sent: list[bytes] = []
     try:
+        assert len(list(C.read_chunks(fd, len(data), 4096, sent))) == 2 * C.READ_BLOCK // 4096
+        assert b"".join(sent) == data
+        data[5 * 4096 + 17] ^= 1                      # one byte in chunk 5
+        data[C.READ_BLOCK + 200 * 4096] ^= 1          # chunk 456 (second block)
+        path.write_bytes(data)
         got = list(C.changed_chunks(fd, len(data), 4096, sent))
         assert [i for i, _ in got] == [5, 256 + 200]
         assert got[0][1] == bytes(data[5 * 4096:6 * 4096])
-        assert sent == data                       # updated to what is now sent
+        assert b"".join(sent) == data                 # updated to what is now sent
         assert list(C.changed_chunks(fd, len(data), 4096, sent)) == []
     finally:
         os.close(fd)
+
+
+def test_runstates_are_read_from_qemus_trace(tmp_path):
+    from g5kdeploy.vm.qemu import Guest
+    g = Guest("g", tmp_path / "k", tmp_path / "i", None, tmp_path)
+    assert g.runstates() == []                                 # no trace yet
+    g.runstate_path.write_text("27090@1795776671.783820:vm_state_notify running 1 reason 9 (running)\n"
+                               "27090@1795776672.085752:vm_state_notify running 0 reason 4 (paused)\n")
+    assert g.runstates() == [(1795776671.78382, True, "running"), (1795776672.085752, False, "paused")]
+    assert "vm_state_notify" in g.argv("tcg") and str(g.runstate_path) in g.argv("tcg")

@@ -30,9 +30,15 @@ def stage(run: Run, name: str, nodes=None):
             run.event(name, "end", n, duration_s=time.time() - t0, status=status)
 
 
+def parameters(module: ModuleType, overrides: dict) -> dict:
+    """The module's PARAMS, its FULL grid on top when `full` is true, then the overrides."""
+    full = getattr(module, "FULL", {}) if str(overrides.get("full", "")).lower() in ("true", "1") else {}
+    return {**module.PARAMS, **full, **overrides}
+
+
 def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None) -> Run:
     """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory."""
-    params = {**module.PARAMS, **(overrides or {})}
+    params = parameters(module, overrides or {})
     run = Run(module.NAME, params, testbed=testbed.description.source)
     try:
         module.main(run, testbed, **params)

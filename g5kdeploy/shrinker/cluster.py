@@ -19,7 +19,8 @@ from g5kdeploy.vm import image as vm_image
 
 PY = "env PYTHONPATH=/opt/g5kdeploy/src /usr/bin/python3 -m g5kdeploy.shrinker"
 AGENT_PORT, QEMU_PORT, REDIS_PORT = 7700, 7800, 6379
-METHODS = ("stock", "stock-multifd", "shrinker", "shrinker-nodedup")
+METHODS = ("stock", "stock-multifd", "stock-zstd", "shrinker", "shrinker-nodedup")
+STOCK_OPTIONS = {"stock": "", "stock-multifd": "--multifd 4", "stock-zstd": "--multifd 4 --compression zstd"}
 DEST_PID = "/run/shrinker-destination.pid"
 
 
@@ -117,8 +118,8 @@ def migrate(plans: list[GuestPlan], method: str, src: Site, dst: Site, chunk: in
         raise UserError(f"unknown migration method {method!r}: use one of {', '.join(METHODS)}")
     shrinker = method.startswith("shrinker")
     port = {g.id: QEMU_PORT + k for k, g in enumerate(plans)}
-    multifd = "--multifd 4" if method == "stock-multifd" else ""
-    flags = "--ignore-shared" if shrinker else multifd
+    options = STOCK_OPTIONS.get(method, "")          # QEMU's built-in options, on both ends
+    flags = "--ignore-shared" if shrinker else options
     _each(lambda g: _one(g.destination, f"hv incoming --id {g.id} --port {port[g.id]} {flags}"), plans,
           "destination QEMUs listening")
 
@@ -141,7 +142,8 @@ def migrate(plans: list[GuestPlan], method: str, src: Site, dst: Site, chunk: in
                                  f"--device-to {g.destination.address}:{port[g.id]} {redis} "
                                  f"--chunk {chunk} --digest {digest} --rate-mbit {rate_mbit} --max-rounds {max_rounds}")
         else:
-            out = _one(g.source, f"hv stock-migrate --id {g.id} --to {g.destination.address}:{port[g.id]} {multifd}")
+            out = _one(g.source, f"hv stock-migrate --id {g.id} --to {g.destination.address}:{port[g.id]} {options} "
+                                 f"--max-rounds {max_rounds}")
         return {**out, "guest": g.id, "start": t0, "end": time.time()}
 
     return _each(one, plans, f"migrating {len(plans)} guests ({method})")
@@ -149,7 +151,8 @@ def migrate(plans: list[GuestPlan], method: str, src: Site, dst: Site, chunk: in
 
 def check(plans: list[GuestPlan], timeout: float = 10) -> list[dict]:
     """Every guest runs at the destination (its tick counter, one a second, advances) and
-    no longer at the source."""
+    no longer at the source. Its downtime, from QEMU's own run-state trace on both sides:
+    the source's last vCPU stop to the destination's first start (any migration method)."""
     def one(g: GuestPlan) -> dict:
         first = _one(g.destination, f"hv ticks --id {g.id}")
         deadline, later = time.monotonic() + timeout, first
@@ -158,8 +161,13 @@ def check(plans: list[GuestPlan], timeout: float = 10) -> list[dict]:
             later = _one(g.destination, f"hv ticks --id {g.id}")
         pid = f"/var/lib/g5kdeploy/vms/{g.id}/qemu.pid"
         at_source = remote.run(f"test -e {pid} && kill -0 $(cat {pid})", [g.source])[0].ok
-        return {"guest": g.id, "runs_at_destination": later["running"] and later["tick"] > first["tick"],
-                "source_gone": not at_source}
+        stopped = [t for t, running, _ in _one(g.source, f"hv runstate --id {g.id}")["events"] if not running]
+        started = [t for t, running, _ in _one(g.destination, f"hv runstate --id {g.id}")["events"] if running]
+        ticking = later["running"] and later["tick"] > first["tick"]
+        diagnosis = "" if ticking or not later["running"] else json.dumps(_one(g.destination, f"hv diagnose --id {g.id}"))
+        return {"guest": g.id, "runs_at_destination": ticking, "diagnosis": diagnosis,
+                "source_gone": not at_source, "ticks_before": first["tick"], "ticks_after": later["tick"],
+                "downtime_s": round(started[0] - stopped[-1], 4) if stopped and started else None}
     return _each(one, plans, "checking the migrated guests")
 
 

@@ -23,12 +23,12 @@ class Source:
         self.hash = C.digest_fn(a.digest)
         self.fd = os.open(a.ram, os.O_RDONLY)
         self.size = os.fstat(self.fd).st_size
-        self.sent = bytearray(self.size)         # the RAM as the destination has it (zeros at first)
-        self.first = True
+        self.sent: list[bytes] = []              # the RAM as the destination has it, by block
         self.redis = None
         if a.redis:
             self.redis, self.unavailable = C.site_redis(a.redis)
         self.sock = socket.create_connection(C.hostport(a.to), timeout=60)
+        self.sock.settimeout(None)    # a round can send for minutes with nothing coming back
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.out = self.sock.makefile("wb", buffering=1 << 20)
         self.inp = self.sock.makefile("rb", buffering=1 << 16)
@@ -79,11 +79,9 @@ class Source:
         t0 = time.monotonic()
         r = {"round": number, "full": 0, "dedup": 0, "uniform": 0, "bytes": 0, "chunks": 0, "chunk_size": self.a.chunk}
         pending: list[tuple[int, bytes, bytes]] = []
-        chunks = (C.read_chunks(self.fd, self.size, self.a.chunk) if self.first else
-                  C.changed_chunks(self.fd, self.size, self.a.chunk, self.sent))
+        chunks = (C.changed_chunks(self.fd, self.size, self.a.chunk, self.sent) if self.sent else
+                  C.read_chunks(self.fd, self.size, self.a.chunk, self.sent))
         for index, data in chunks:
-            if self.first:
-                self.sent[index * self.a.chunk:index * self.a.chunk + len(data)] = data
             r["chunks"] += 1
             byte = C.uniform(data)
             if byte is not None:
@@ -95,7 +93,6 @@ class Source:
                 self._send_batch(pending, r)
                 pending = []
         self._send_batch(pending, r)
-        self.first = False
         r["bytes"] += self.send(C.ROUND_END, number)
         self.flush()
         r["time_s"] = round(time.monotonic() - t0, 4)
@@ -135,7 +132,8 @@ class Source:
         # pre-copy until what is left (dirtied chunks, and digests the destination site
         # cannot resolve yet) fits the downtime target, or the rounds or time run out
         target_bytes = a.downtime_ms / 1000 * a.rate_mbit * 1e6 / 8
-        deadline, number, dirty_rounds = time.monotonic() + a.precopy_s, 0, 0
+        deadline, number, dirty_rounds, forced = time.monotonic() + a.precopy_s, 0, 0, False
+        fewest, progress_at = None, time.monotonic()
         while True:
             number += 1
             r = self.round(number)
@@ -148,11 +146,15 @@ class Source:
             if not converged:
                 dirty_rounds += 1
                 if dirty_rounds >= a.max_rounds:
+                    forced = True
                     break
-            elif time.monotonic() > deadline:                # waited long enough for other guests
-                break
-            else:
-                time.sleep(a.poll_ms / 1000)
+                continue
+            now = time.monotonic()
+            if fewest is None or r["deferred"] < fewest:
+                fewest, progress_at = r["deferred"], now
+            if now > deadline or now - progress_at > a.stall_s:   # the other guests' copies
+                break                                            # are not coming (any more)
+            time.sleep(a.poll_ms / 1000)
         with QMP(a.qmp) as qmp:
             qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
             stop = time.monotonic()
@@ -186,7 +188,7 @@ class Source:
             raise RuntimeError("the destination RAM differed from the source RAM at the stop")
         return {**self.stats, "guest": a.guest, "total_time_s": round(time.monotonic() - t0, 4),
                 "downtime_s": round(downtime, 4), "downtime_phases": {k: round(v, 4) for k, v in phases.items()},
-                "destination": dest, "ram_bytes": self.size,
+                "destination": dest, "ram_bytes": self.size, "forced_stop": forced,
                 "bytes_sent": sum(r["bytes"] for r in self.stats["rounds"])}
 
 
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate-mbit", type=float, default=100)
     p.add_argument("--precopy-s", type=float, default=60, help="longest wait for other guests' chunks")
     p.add_argument("--poll-ms", type=float, default=200)
+    p.add_argument("--stall-s", type=float, default=5, help="stop waiting once the deferred digests stop decreasing")
     p.add_argument("--max-deferred", type=int, default=16, help="unresolved digests the stop may leave to pulls")
     try:
         result = Source(p.parse_args(argv)).migrate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 VMS = Path("/var/lib/g5kdeploy/vms")        # on hypervisor nodes: one directory per guest
 BOOT = Path("/var/lib/g5kdeploy/boot")      # the guest kernel and initramfs (g5kdeploy::qemu recipe)
+RUNSTATE = re.compile(r"@(\d+\.\d+):vm_state_notify running (\d) reason \d+ \((\S+)\)")    # trace lines
 
 
 def accelerator() -> str:
@@ -63,6 +65,10 @@ class Guest:
     def pid_path(self) -> Path:
         return self.rundir / "qemu.pid"
 
+    @property
+    def runstate_path(self) -> Path:
+        return self.rundir / "runstate.log"
+
     def argv(self, accel: str | None = None) -> list[str]:
         append = " ".join(["console=ttyS0", "quiet", "panic=-1"] + [f"{k}={v}" for k, v in self.cmdline.items()])
         argv = ["qemu-system-x86_64", "-name", self.name, "-accel", accel or accelerator(),
@@ -73,6 +79,9 @@ class Guest:
                 "-append", append,
                 "-chardev", f"file,id=ser0,path={self.serial_path}", "-serial", "chardev:ser0",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+                # every run/stop of the vCPUs, with its wall-clock time (downtime, measured alike
+                # for every migration method)
+                "-trace", "vm_state_notify", "-D", str(self.runstate_path), "-msg", "timestamp=on",
                 "-daemonize", "-pidfile", str(self.pid_path)]
         argv += self.extra
         if self.incoming:
@@ -117,6 +126,14 @@ class Guest:
             return pid
         except (OSError, ValueError):
             return None
+
+    def runstates(self) -> list[tuple[float, bool, str]]:
+        """(wall-clock time, running, reason) of each vCPU start and stop so far."""
+        try:
+            text = self.runstate_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return [(float(t), running == "1", reason) for t, running, reason in RUNSTATE.findall(text)]
 
     def serial(self) -> str:
         try:
@@ -173,12 +190,15 @@ class QMP:
             raise RuntimeError(f"QMP {command}: {reply['error'].get('desc')}")
         return reply.get("return")
 
-    def wait_migration(self, interval: float, timeout: float | None = None) -> dict:
-        """query-migrate once the outgoing migration has ended (completed, failed, cancelled)."""
+    def wait_migration(self, interval: float, timeout: float | None = None, each=None) -> dict:
+        """query-migrate once the outgoing migration has ended (completed, failed, cancelled);
+        `each(info)` is called on every poll before that."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while (info := self.execute("query-migrate")).get("status") not in ("completed", "failed", "cancelled"):
             if deadline is not None and time.monotonic() > deadline:
                 raise RuntimeError(f"migration not ended after {timeout} s: {info.get('status')}")
+            if each:
+                each(info)
             time.sleep(interval)
         return info
 
