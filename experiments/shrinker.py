@@ -106,12 +106,12 @@ def main(run: Run, testbed: Testbed, **p) -> None:
 def _trial(run: Run, testbed: Testbed, src, dst, k: int, t: dict, p: dict) -> list[str]:
     testbed.shape(p["source"], p["destination"], t["wan_rate"])
     cluster.flush_redis(src, dst)
-    plans = cluster.start_cluster(src, dst, t["cluster_size"], t["workload"], p["memory_mb"], p["workload_mb"],
-                                  p["dirty_rate_mb"], f"t{k}g")
+    plans = cluster.plan_cluster(src, dst, t["cluster_size"], f"t{k}g")
     shrinker = t["method"].startswith("shrinker")
     common = dict(trial=k, repeat=t["repeat"], method=t["method"], workload=t["workload"],
                   cluster_size=t["cluster_size"], wan_mbit=parse_rate(t["wan_rate"]) / 1e6, chunk=t["chunk"])
     try:
+        cluster.start_cluster(plans, t["workload"], p["memory_mb"], p["workload_mb"], p["dirty_rate_mb"])
         time.sleep(p["warmup_s"])            # the workload reaches its steady state (thesis: 30 s)
         if shrinker:
             cluster.start_agents(dst, f"--retries {int(p['retries'])} --pull {p['pull']}")

@@ -29,10 +29,13 @@ def sites():
 def guests(sites):
     src, dst = sites
     cluster.flush_redis(src, dst)
-    plans = cluster.start_cluster(src, dst, 2, "idle", 128, 32, 4, "f")
-    yield plans
-    cluster.stop_agents(dst)
-    cluster.stop_cluster(plans)
+    plans = cluster.plan_cluster(src, dst, 2, "f")
+    try:
+        cluster.start_cluster(plans, "idle", 128, 32, 4)
+        yield plans
+    finally:
+        cluster.stop_agents(dst)
+        cluster.stop_cluster(plans)
 
 
 def redis_keys(node) -> int:

@@ -79,16 +79,19 @@ def _each(fn, items, what: str) -> list:
     return [o.value for o in outcomes]
 
 
-def start_cluster(src: Site, dst: Site, count: int, workload: str, memory_mb: int, mb: int, rate: int,
-                  prefix: str) -> list[GuestPlan]:
+def plan_cluster(src: Site, dst: Site, count: int, prefix: str) -> list[GuestPlan]:
     """Guests round-robin on the source hypervisors, each with a destination hypervisor."""
-    plans = [GuestPlan(f"{prefix}{k}", src.hypervisors[k % len(src.hypervisors)],
-                       dst.hypervisors[k % len(dst.hypervisors)]) for k in range(count)]
+    return [GuestPlan(f"{prefix}{k}", src.hypervisors[k % len(src.hypervisors)],
+                      dst.hypervisors[k % len(dst.hypervisors)]) for k in range(count)]
+
+
+def start_cluster(plans: list[GuestPlan], workload: str, memory_mb: int, mb: int, rate: int) -> None:
+    """Start the guests and their destination twins (stop_cluster(plans) undoes it, even
+    half done)."""
     args = f"--memory {memory_mb} --workload {workload} --mb {mb} --rate {rate}"
     _each(lambda g: _one(g.source, f"hv start --id {g.id} {args}"), plans, "starting guests")
     _each(lambda g: _one(g.source, f"hv ready --id {g.id}"), plans, "waiting for the workloads")
     _each(lambda g: _one(g.destination, f"hv start --id {g.id} {args} --incoming"), plans, "destination twins")
-    return plans
 
 
 def start_agents(dst: Site, options: str = "") -> None:

@@ -96,7 +96,9 @@ def stock_migrate(a) -> dict:
             qmp.execute("migrate-set-parameters", **{"downtime-limit": 600_000})
             forced.append(True)
 
-    with QMP(g.qmp_path) as qmp:
+    # the monitor does not answer while QEMU copies the last dirty pages (it holds the big
+    # lock): for a forced stop of a busy guest over a shared WAN, that is tens of seconds
+    with QMP(g.qmp_path, timeout=600) as qmp:
         capabilities(qmp, a)
         qmp.execute("migrate-set-parameters", **{"max-bandwidth": 10 ** 12})    # no 32 MiB/s default cap
         t0 = time.monotonic()
