@@ -194,6 +194,9 @@ def figures(df, outdir) -> list:
     import matplotlib.pyplot as plt
     c, g = df[df.level == "cluster"], df[df.level == "guest"]
     paths = []
+    if "total_time_s" not in c or c.total_time_s.isna().all():     # every trial failed
+        return paths
+    c = c[c.total_time_s.notna()]
 
     def save(fig, name):
         fig.tight_layout()

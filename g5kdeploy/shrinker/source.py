@@ -4,6 +4,7 @@ prints one JSON object: rounds, chunks (full / dedup / uniform / pulled), bytes,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -24,6 +25,8 @@ class Source:
         self.fd = os.open(a.ram, os.O_RDONLY)
         self.size = os.fstat(self.fd).st_size
         self.sent: list[bytes] = []              # the RAM as the destination has it, by block
+        self.resend: set[int] = set()            # chunks pulled since the last round started
+        self.resend_lock = threading.Lock()
         self.redis = None
         if a.redis:
             self.redis, self.unavailable = C.site_redis(a.redis)
@@ -52,7 +55,11 @@ class Source:
             while True:
                 kind, index, payload = C.receive(self.inp)
                 if kind == C.PULL:
-                    data = os.pread(self.fd, self.a.chunk, index * self.a.chunk)
+                    # the current content, which may be newer than the digest it replaces:
+                    # the next round sends this chunk again, whatever it holds then
+                    with self.resend_lock:
+                        data = os.pread(self.fd, self.a.chunk, index * self.a.chunk)
+                        self.resend.add(index)
                     self.stats["pulled"] += 1
                     self.send(C.PULL_REPLY, index, data)
                     self.flush()
@@ -79,9 +86,12 @@ class Source:
         t0 = time.monotonic()
         r = {"round": number, "full": 0, "dedup": 0, "uniform": 0, "bytes": 0, "chunks": 0, "chunk_size": self.a.chunk}
         pending: list[tuple[int, bytes, bytes]] = []
+        with self.resend_lock:
+            resend, self.resend = self.resend, set()
         chunks = (C.changed_chunks(self.fd, self.size, self.a.chunk, self.sent) if self.sent else
                   C.read_chunks(self.fd, self.size, self.a.chunk, self.sent))
-        for index, data in chunks:
+        for index, data in itertools.chain(chunks, self._pulled_chunks(resend)):
+            resend.discard(index)
             r["chunks"] += 1
             byte = C.uniform(data)
             if byte is not None:
@@ -98,6 +108,12 @@ class Source:
         r["time_s"] = round(time.monotonic() - t0, 4)
         self.stats["rounds"].append(r)
         return r
+
+    def _pulled_chunks(self, resend: set[int]):
+        """The chunks pulled before this round started that it has not sent as changed
+        (evaluated once those are sent: `resend` shrinks meanwhile)."""
+        for index in sorted(resend):
+            yield index, os.pread(self.fd, self.a.chunk, index * self.a.chunk)
 
     def _send_batch(self, pending: list[tuple[int, bytes, bytes]], r: dict) -> None:
         """First sender of a digest in the source site ships the data, the others the digest
