@@ -167,7 +167,7 @@ def check(plans: list[GuestPlan], timeout: float = 10) -> list[dict]:
         stopped = [t for t, running, _ in _one(g.source, f"hv runstate --id {g.id}")["events"] if not running]
         started = [t for t, running, _ in _one(g.destination, f"hv runstate --id {g.id}")["events"] if running]
         ticking = later["running"] and later["tick"] > first["tick"]
-        diagnosis = "" if ticking or not later["running"] else json.dumps(_one(g.destination, f"hv diagnose --id {g.id}"))
+        diagnosis = "" if ticking else json.dumps(_one(g.destination, f"hv diagnose --id {g.id}"))
         return {"guest": g.id, "runs_at_destination": ticking, "diagnosis": diagnosis,
                 "source_gone": not at_source, "ticks_before": first["tick"], "ticks_after": later["tick"],
                 "downtime_s": round(started[0] - stopped[-1], 4) if stopped and started else None}

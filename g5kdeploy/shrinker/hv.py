@@ -51,15 +51,16 @@ def ticks(a) -> dict:
 
 def diagnose(a) -> dict:
     """For a guest that does not tick: its run state, a few samples of its instruction
-    pointer (does a vCPU still execute?) and the end of its console."""
-    g, rips = Guest.load(a.id), []
-    with QMP(g.qmp_path) as qmp:
-        status = qmp.execute("query-status")["status"]
-        for _ in range(3):
-            regs = qmp.execute("human-monitor-command", **{"command-line": "info registers"})
-            rips.append(m.group(1) if (m := re.search(r"RIP=(\w+)", regs)) else None)
-            time.sleep(0.2)
-    return {"id": a.id, "status": status, "rip": rips, "console_tail": g.serial()[-300:]}
+    pointer (does a vCPU still execute?), its vCPU starts and stops, the end of its console."""
+    g, rips, status = Guest.load(a.id), [], "exited"
+    if g.pid():
+        with QMP(g.qmp_path) as qmp:
+            status = qmp.execute("query-status")["status"]
+            for _ in range(3):
+                regs = qmp.execute("human-monitor-command", **{"command-line": "info registers"})
+                rips.append(m.group(1) if (m := re.search(r"RIP=(\w+)", regs)) else None)
+                time.sleep(0.2)
+    return {"id": a.id, "status": status, "rip": rips, "runstates": g.runstates(), "console_tail": g.serial()[-600:]}
 
 
 def runstate(a) -> dict:
