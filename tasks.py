@@ -179,8 +179,8 @@ def _testbed(kind: str, bring_up: bool = True):
     """The testbed of that kind; the local one is brought up first when needed."""
     from g5kdeploy.testbed import open as open_testbed
     if kind == "local" and bring_up:
-        from g5kdeploy.testbed.local import LocalTestbed, is_up
-        return LocalTestbed.attach() if is_up() else LocalTestbed.up()
+        from g5kdeploy.testbed.local import LocalTestbed
+        return LocalTestbed.running()
     return open_testbed(kind)
 
 

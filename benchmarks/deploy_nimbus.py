@@ -8,17 +8,16 @@ The guest image is built once before (it is cached); results go to a temporary d
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/, benchmarks/
 
+from benchmarks import common  # noqa: E402
 from experiments import deploy_nimbus
 from g5kdeploy import engine
 from g5kdeploy.nimbus.deploy import teardown
 from g5kdeploy.results import load
-from g5kdeploy.testbed.local import LocalTestbed, is_up
 from g5kdeploy.vm import image
 
 REPEATS = 3
@@ -26,8 +25,7 @@ SIZES = {2: (["rennes"], 1), 4: (["rennes", "nancy"], 1), 8: (["rennes", "nancy"
 
 
 def main() -> None:
-    tb = LocalTestbed.attach() if is_up() else LocalTestbed.up()
-    os.environ["G5KDEPLOY_RESULTS"] = tempfile.mkdtemp(prefix="g5kdeploy-bench-")
+    tb = common.testbed()
     image.build(size_mb=deploy_nimbus.PARAMS["image_size_mb"])
     times = {n: [] for n in SIZES}
     stages = {n: {} for n in SIZES}

@@ -2,26 +2,23 @@
 WAN, Shrinker with `pull=at-once` (the thesis: a digest no destination host holds is pulled
 from the source at once) and `pull=deferred` (retried, deferred to the next round, pulled
 only once the guest is stopped), runs alternated, 3 each. Prints medians and ratios."""
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/, benchmarks/
 
+from benchmarks import common  # noqa: E402
 from experiments import shrinker  # noqa: E402
 from g5kdeploy import engine  # noqa: E402
 from g5kdeploy.results import load  # noqa: E402
-from g5kdeploy.testbed.local import LocalTestbed, is_up  # noqa: E402
 
 POLICIES = ("at-once", "deferred")
 
 
 def main(repeats: int = 3) -> None:
-    tb = LocalTestbed.attach() if is_up() else LocalTestbed.up()
-    os.environ["G5KDEPLOY_RESULTS"] = tempfile.mkdtemp(prefix="g5kdeploy-bench-")
+    tb = common.testbed()
     frames = []
     for r in range(repeats):
         for policy in POLICIES:

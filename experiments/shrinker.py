@@ -30,6 +30,7 @@ from g5kdeploy.engine import stage
 from g5kdeploy.errors import UserError
 from g5kdeploy.results import Run
 from g5kdeploy.shrinker import cluster
+from g5kdeploy.shrinker.destination import PULL_POLICIES
 from g5kdeploy.testbed import Testbed
 from g5kdeploy.testbed.description import parse_rate
 from g5kdeploy.vm import image as vm_image
@@ -71,8 +72,8 @@ def check_params(p: dict) -> None:
             raise UserError(f"chunk size {c} is not a power of two between 64 and 65536")
     for r in p["wan_rates"]:
         parse_rate(r)
-    if p["pull"] not in ("deferred", "at-once"):
-        raise UserError(f"unknown pull policy {p['pull']!r}: use deferred or at-once")
+    if p["pull"] not in PULL_POLICIES:
+        raise UserError(f"unknown pull policy {p['pull']!r}: use {' or '.join(PULL_POLICIES)}")
 
 
 def main(run: Run, testbed: Testbed, **p) -> None:

@@ -162,14 +162,13 @@ def check(plans: list[GuestPlan], timeout: float = 10) -> list[dict]:
         while later["running"] and later["tick"] <= first["tick"] and time.monotonic() < deadline:
             time.sleep(0.25)
             later = _one(g.destination, f"hv ticks --id {g.id}")
-        pid = f"/var/lib/g5kdeploy/vms/{g.id}/qemu.pid"
-        at_source = remote.run(f"test -e {pid} && kill -0 $(cat {pid})", [g.source])[0].ok
-        stopped = [t for t, running, _ in _one(g.source, f"hv runstate --id {g.id}")["events"] if not running]
+        source = _one(g.source, f"hv runstate --id {g.id}")
+        stopped = [t for t, running, _ in source["events"] if not running]
         started = [t for t, running, _ in _one(g.destination, f"hv runstate --id {g.id}")["events"] if running]
         ticking = later["running"] and later["tick"] > first["tick"]
         diagnosis = "" if ticking else json.dumps(_one(g.destination, f"hv diagnose --id {g.id}"))
         return {"guest": g.id, "runs_at_destination": ticking, "diagnosis": diagnosis,
-                "source_gone": not at_source, "ticks_before": first["tick"], "ticks_after": later["tick"],
+                "source_gone": not source["running"], "ticks_before": first["tick"], "ticks_after": later["tick"],
                 "downtime_s": round(started[0] - stopped[-1], 4) if stopped and started else None}
     return _each(one, plans, "checking the migrated guests")
 

@@ -25,7 +25,7 @@ from g5kdeploy.vm.qemu import QMP
 RAM = "/dev/shm/g5kvm-{guest}"
 QMP_PATH = "/var/lib/g5kdeploy/vms/{guest}/qmp.sock"
 BATCH = 1024
-PUBLISH_EVERY = 256            # full chunks written between two index updates
+PULL_POLICIES = ("deferred", "at-once")
 
 
 class Index:
@@ -272,22 +272,22 @@ class Migration:
         """Digests -> data: from this host, or from a peer (verified). What no host of the
         site has yet is retried a few times, then deferred to the next round (its first
         sender's copy is likely on its way) and pulled from the source only in the last
-        round, when the guest is stopped."""
+        round, when the guest is stopped; with `--pull at-once` (the thesis), pulled at once."""
         todo = self._from_site(self.fresh(self.deferred + batch))
-        if self.agent.pull_at_once:           # the thesis: what the site lacks comes from the source
-            self._pull(self.fresh(todo))
+        if not (final or self.agent.pull_at_once):
+            for _ in range(self.agent.retries):
+                todo = self.fresh(todo)
+                if not todo:
+                    break
+                self.stats["retried"] += len(todo)
+                time.sleep(self.agent.retry_wait)
+                todo = self._from_site(todo)
+            self.deferred = self.fresh(todo)
             return
-        for _ in range(0 if final else self.agent.retries):
-            todo = self.fresh(todo)
-            if not todo:
-                break
-            self.stats["retried"] += len(todo)
-            time.sleep(self.agent.retry_wait)
-            todo = self._from_site(todo)
-        self.deferred = [] if final else self.fresh(todo)
+        self.deferred, todo = [], self.fresh(todo)
         if final:
-            self.stats["final_pulls"] = len(self.fresh(todo))
-            self._pull(self.fresh(todo))
+            self.stats["final_pulls"] = len(todo)
+        self._pull(todo)
 
     def _from_site(self, todo: list) -> list:
         """Resolve through the index; returns what could not be resolved."""
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--key-prefix", default="shrinker-index:")
     p.add_argument("--retries", type=int, default=2, help="wait-and-retry rounds before pulling from the source")
     p.add_argument("--retry-ms", type=float, default=50)
-    p.add_argument("--pull", choices=("deferred", "at-once"), default="deferred",
+    p.add_argument("--pull", choices=PULL_POLICIES, default="deferred",
                    help="digests no host of the site has: retried, deferred and pulled once the guest is stopped "
                         "(deferred), or pulled from the source at once (at-once, as in the thesis)")
     p.add_argument("--corrupt-every", type=int, default=0, help="serve every Nth chunk corrupted (fault test)")

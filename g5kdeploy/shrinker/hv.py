@@ -64,8 +64,10 @@ def diagnose(a) -> dict:
 
 
 def runstate(a) -> dict:
-    """When the guest's vCPUs started and stopped (wall clock, from QEMU's trace)."""
-    return {"id": a.id, "events": Guest.load(a.id).runstates()}
+    """When the guest's vCPUs started and stopped (wall clock, from QEMU's trace), and
+    whether its QEMU still runs."""
+    g = Guest.load(a.id)
+    return {"id": a.id, "events": g.runstates(), "running": g.pid() is not None}
 
 
 def capabilities(qmp: QMP, a) -> None:

@@ -93,6 +93,11 @@ class LocalTestbed(Testbed):
         j.record("ready")
 
     @classmethod
+    def running(cls) -> "LocalTestbed":
+        """The default testbed: the one that is up, or brought up now."""
+        return cls.attach() if is_up() else cls.up()
+
+    @classmethod
     def attach(cls, workdir: Path = DEFAULT_HOME, check: bool = True) -> "LocalTestbed":
         """The testbed that is up in `workdir`."""
         path = Path(workdir) / "description.json"
