@@ -1,4 +1,4 @@
-"""Bring-up of the default testbed (2 sites x 8 nodes, OAR), cold and warm, and the time to
+"""Bring-up of the default testbed (rennes 18 nodes, nancy 8, OAR), cold and warm, and the time to
 the first OAR job. Goals: cold <= 60 s, warm <= 10 s. Destroys any local testbed first.
 
 cold: no keys, OAR database dropped, PostgreSQL stopped (a machine fresh from bootstrap)

@@ -47,40 +47,49 @@ def main(run: Run, testbed: Testbed, sites, vmms_per_site, vmm_memory_mb, propag
     with stage(run, "reserve"):
         res = testbed.reserve({s: 1 + _vmms(vmms_per_site, s) for s in sites}, walltime, name="nimbus")
     try:
-        plans = deploy.plan(res.nodes, testbed.description)
-        rows = Rows(run, plans)
-        rows.add_all(res.nodes, "reserve", t0, time.time())
-        t = time.time()
-        with stage(run, "deploy"):
-            outcomes = testbed.deploy(res.nodes)
-        for host, o in outcomes.items():
-            rows.add(host, "deploy", t, t + o.duration_s, o.ok, o.error)
-        rows.fail_if("deployment")
-        with stage(run, "configure"):
-            t = time.time()
-            guest = vm_image.build(size_mb=int(image_size_mb), payload=payload and Path(payload))
-            rows.add("frontend", "image", t, time.time(), True)
-            converged = deploy.configure(plans, guest, CLOUDS.parent, int(vmm_memory_mb), propagation, runner,
-                                         run.dir / "logs")
-            for c in converged:
-                rows.add(c.host, "ship", c.ship_start, c.ship_end, c.shipped, "" if c.shipped else c.error)
-                if c.shipped:
-                    rows.add(c.host, "configure", c.start, c.end, c.ok, c.error, changed=c.changed)
-            t = time.time()
-            for r in deploy.upload_image(plans, guest, image):
-                rows.add(r.host, "upload", t, t + r.duration_s, r.ok, r.error)
-        rows.fail_if("configuration")
-        clouds = {p.site: p.client_info(res.jobs) for p in plans}
-        with stage(run, "verify"):
-            for p in plans:
-                t = time.time()
-                images = deploy.verify(clouds[p.site])
-                rows.add(p.service.hostname, "verify", t, time.time(), image in images, images=",".join(images))
-        rows.fail_if("verification")
+        clouds = build(run, testbed, res, t0, vmm_memory_mb, propagation, image, image_size_mb, payload, runner)
     except BaseException:     # failed or interrupted (Ctrl-C): give the nodes back
         testbed.release(res)
         raise
     deploy.write_clouds(CLOUDS, clouds)
+    return clouds
+
+
+def build(run: Run, testbed: Testbed, res, reserved_at: float, vmm_memory_mb=512, propagation="qcow",
+          image="debian", image_size_mb=32, payload=None, runner="itamae", **columns) -> dict:
+    """Deploy, converge and check one cloud per site of the reservation; its rows (with
+    `columns` added); returns the clouds' client information. Also writes the run's clouds.json
+    (without secrets)."""
+    plans = deploy.plan(res.nodes, testbed.description)
+    rows = Rows(run, plans, columns)
+    rows.add_all(res.nodes, "reserve", reserved_at, time.time())
+    t = time.time()
+    with stage(run, "deploy"):
+        outcomes = testbed.deploy(res.nodes)
+    for host, o in outcomes.items():
+        rows.add(host, "deploy", t, t + o.duration_s, o.ok, o.error)
+    rows.fail_if("deployment")
+    with stage(run, "configure"):
+        t = time.time()
+        guest = vm_image.build(size_mb=int(image_size_mb), payload=payload and Path(payload))
+        rows.add("frontend", "image", t, time.time(), True)
+        converged = deploy.configure(plans, guest, CLOUDS.parent, int(vmm_memory_mb), propagation, runner,
+                                     run.dir / "logs")
+        for c in converged:
+            rows.add(c.host, "ship", c.ship_start, c.ship_end, c.shipped, "" if c.shipped else c.error)
+            if c.shipped:
+                rows.add(c.host, "configure", c.start, c.end, c.ok, c.error, changed=c.changed)
+        t = time.time()
+        for r in deploy.upload_image(plans, guest, image):
+            rows.add(r.host, "upload", t, t + r.duration_s, r.ok, r.error)
+    rows.fail_if("configuration")
+    clouds = {p.site: p.client_info(res.jobs) for p in plans}
+    with stage(run, "verify"):
+        for p in plans:
+            t = time.time()
+            images = deploy.verify(clouds[p.site])
+            rows.add(p.service.hostname, "verify", t, time.time(), image in images, images=",".join(images))
+    rows.fail_if("verification")
     (run.dir / "clouds.json").write_text(json.dumps(
         {s: {k: v for k, v in c.items() if k != "secret_key"} for s, c in clouds.items()}, indent=2))
     return clouds
@@ -89,8 +98,8 @@ def main(run: Run, testbed: Testbed, sites, vmms_per_site, vmm_memory_mb, propag
 class Rows:
     """The run's rows, one per node and stage, with each node's site and role."""
 
-    def __init__(self, run: Run, plans):
-        self.run, self.failed = run, []
+    def __init__(self, run: Run, plans, columns: dict | None = None):
+        self.run, self.failed, self.columns = run, [], columns or {}
         self.where = {"frontend": ("", "frontend")}
         for p in plans:
             self.where[p.service.hostname] = (p.site, "service")
@@ -99,8 +108,8 @@ class Rows:
     def add(self, host: str, stage_name: str, start: float, end: float, ok: bool, error: str = "", **extra) -> None:
         site, role = self.where[host]
         outcome = "ok" if ok else "failed"
-        self.run.row(site=site, node=host, role=role, stage=stage_name, start=round(start, 3), end=round(end, 3),
-                     duration_s=round(end - start, 3), outcome=outcome, error=error or "", **extra)
+        self.run.row(**self.columns, site=site, node=host, role=role, stage=stage_name, start=round(start, 3),
+                     end=round(end, 3), duration_s=round(end - start, 3), outcome=outcome, error=error or "", **extra)
         self.run.event(stage_name, "start", host, t=start)
         self.run.event(stage_name, "end", host, t=end, duration_s=round(end - start, 3), status=outcome)
         if not ok:

@@ -6,16 +6,16 @@ from g5kdeploy.errors import UserError
 from g5kdeploy.testbed import description
 
 
-def test_embedded_default_is_two_sites_of_eight():
+def test_embedded_default_is_two_sites_of_18_and_8_nodes():
     d = description.load()
     assert list(d.sites) == ["rennes", "nancy"]
     assert [c.name for s in d.sites.values() for c in s.clusters] == ["paradent", "graphene"]
     nodes = d.nodes()
-    assert len(nodes) == 16 and str(nodes) == "graphene-[1-8].nancy.grid5000.fr,paradent-[1-8].rennes.grid5000.fr"
+    assert len(nodes) == 26 and str(nodes) == "graphene-[1-8].nancy.grid5000.fr,paradent-[1-18].rennes.grid5000.fr"
     assert d.lan_rate == 10**9 and d.wan_rate == 10**8
     allowed = ipaddress.ip_network("198.18.0.0/15")
     assert all(ipaddress.ip_address(n.address) in allowed for n in nodes)
-    assert len({n.address for n in nodes}) == 16
+    assert len({n.address for n in nodes}) == 26
     assert ipaddress.ip_address(d.frontend_address) in allowed
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import json
 import logging
 import secrets
 import threading
@@ -49,11 +49,7 @@ class Service:
         st = path.stat()
         key = (str(path), st.st_mtime_ns, st.st_size)
         if key not in self._digests:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            self._digests[key] = h.hexdigest()
+            self._digests[key] = propagation.sha256_file(path)
         return self._digests[key]
 
     def describe_images(self, p: dict) -> dict:
@@ -111,7 +107,7 @@ class Service:
             user_data = base64.b64decode(p.get("UserData", ""), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise EC2Error("InvalidParameterValue", "UserData must be base64-encoded text") from None
-        memory = INSTANCE_TYPES[itype]
+        memory, requested = INSTANCE_TYPES[itype], time.time()
         with self.lock:
             slots = self._place(high, memory)
             if len(slots) < low:
@@ -121,6 +117,7 @@ class Service:
             reservation = new_id("r")
             now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
             instances = [{"id": new_id("i"), "image": image, "type": itype, "memory_mb": memory, "state": "pending",
+                          "requested_at": requested,
                           "vmm": host, "ip": ip, "name": guest_name(ip, self.cloud.site), "reservation": reservation,
                           "ctx": reservation, "launch_index": n, "launch_time": now, "zone": self.cloud.site,
                           "role": tags.get("role", "node"), "propagation": mode, "tags": tags}
@@ -132,39 +129,49 @@ class Service:
                 "instancesSet": [ec2.instance_xml(i) for i in instances]}
 
     def _launch(self, instances: list[dict], image: Path, mode: str) -> None:
+        """Propagate; each guest starts as soon as its VMM has a checked copy. Each instance
+        records its timeline (epoch s): propagation_started_at, propagated_at (its VMM's copy
+        checked), started_at (QEMU running; volume_s of it creating the disk), and later
+        contextualized_at (the broker)."""
         key, tag = self.cloud.ssh_key, instances[0]["reservation"]
         placement = {i["id"]: i["vmm"] for i in instances}
-        t0 = time.monotonic()
-        try:
-            disks = propagation.propagate(key, mode, str(image), image.stem, self.digest(image), placement, tag)
-        except Exception as e:  # noqa: BLE001 - the instances carry the failure
-            log.exception("propagation failed")
-            for i in instances:
-                self.store.update(i["id"], state="terminated", error=f"propagation failed: {e}")
-            propagation.cleanup(key, mode, placement, tag)
-            return
-        for i in instances:
-            self.store.update(i["id"], propagation_s=round(time.monotonic() - t0, 3))
+        disks = propagation.disks(mode, image.stem, placement, tag)
+        started, ready = time.time(), []
 
         def boot(i: dict) -> None:
             args = " ".join([f"--id {i['id']} --ip {i['ip']}/{self.cloud.prefix} --gateway {self.cloud.gateway}",
                              f"--name {i['name']} --broker {self.cloud.broker} --ctx {i['ctx']}",
                              f"--memory {i['memory_mb']} --bridge {self.cloud.bridge}", *disks[i["id"]]])
             try:
-                ssh.run(key, i["vmm"], f"{VMM} start {args}")
+                out = json.loads(ssh.run(key, i["vmm"], f"{VMM} start {args}"))
             except Exception as e:  # noqa: BLE001
                 self._terminate(i, f"start failed: {e}")
                 return
             if self.store.get(i["id"])["state"] not in ALIVE:       # terminated while launching
                 self._stop_vm(i)
             else:
-                self.store.update(i["id"], booted_s=round(time.monotonic() - t0, 3))
+                self.store.update(i["id"], started_at=time.time(), volume_s=out["volume_s"])
 
-        try:
-            ssh.each(boot, instances)
-        finally:
-            propagation.cleanup(key, mode, placement, tag)
-        self._watch(instances, time.monotonic() + self.cloud.context_timeout_s)
+        with ThreadPoolExecutor(16) as starter:
+            def delivered(d: propagation.Delivery) -> None:
+                for i in (i for i in instances if i["vmm"] == d.host):
+                    self.store.update(i["id"], propagation_started_at=started, propagated_at=d.end,
+                                      propagation_bytes=d.bytes, cache=d.cache)
+                    if d.ok:
+                        ready.append(i)
+                        starter.submit(boot, i)
+                    else:
+                        self.store.update(i["id"], state="terminated", error=f"propagation to {d.host} failed: {d.error}")
+            try:
+                propagation.propagate(self.cloud, mode, str(image), image.stem, self.digest(image), placement, tag,
+                                      delivered)
+            except Exception as e:  # noqa: BLE001 - the instances not yet started carry the failure
+                log.exception("propagation failed")
+                for i in instances:
+                    if i not in ready:
+                        self.store.update(i["id"], state="terminated", error=f"propagation failed: {e}")
+        propagation.cleanup(key, mode, placement, tag)
+        self._watch(ready, time.monotonic() + self.cloud.context_timeout_s)
 
     def _watch(self, instances: list[dict], deadline: float) -> None:
         """Guests still not contextualized at the deadline are stopped: they show as

@@ -35,6 +35,8 @@ class Cloud:
     bridge: str = "br0"
     repository: str = str(LIB / "repository")
     context_timeout_s: int = 300          # a guest not contextualized by then is stopped
+    chain_port: int = 8790                # the VMMs' chain daemons (nimbus.chain)
+    chain_token: str = ""
 
     @classmethod
     def load(cls, path: Path = CONFIG) -> "Cloud":

@@ -3,6 +3,8 @@ the service and VMM roles on them in parallel, fill each repository, check each 
 boto3, and write the clouds file (endpoints and credentials) that clients read."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -32,6 +34,12 @@ class CloudPlan:
     gateway: str
     access_key: str = field(default_factory=lambda: "AKID" + secrets.token_hex(8).upper())
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
+
+    @property
+    def chain_token(self) -> str:
+        """What the VMMs' chain daemons ask of a stream: derived from the cloud's secret, so
+        that converging again with the same credentials changes nothing."""
+        return hmac.new(self.secret_key.encode(), b"nimbus chain", hashlib.sha256).hexdigest()[:32]
 
     @property
     def endpoint(self) -> str:
@@ -66,14 +74,16 @@ def assignments(plans: list[CloudPlan], vmm_memory_mb: int, propagation: str) ->
             "g5kdeploy": {"address": p.service.address},
             "nimbus": {"site": p.site, "credentials": {p.access_key: p.secret_key}, "pool": list(p.pool),
                        "prefix": p.prefix, "gateway": p.gateway, "propagation": propagation,
+                       "chain_token": p.chain_token,
                        "vmms": [{"host": v.hostname, "memory_mb": vmm_memory_mb, "cpus": 1} for v in p.vmms]}})
         for v in p.vmms:
-            out[v] = ("nimbus-vmm", {"g5kdeploy": {"address": v.address}, "nimbus": {"prefix": p.prefix}})
+            out[v] = ("nimbus-vmm", {"g5kdeploy": {"address": v.address},
+                                     "nimbus": {"prefix": p.prefix, "chain_token": p.chain_token}})
     return out
 
 
 def cloud_key(home: Path) -> Path:
-    """The clouds' own ssh key (service -> VMMs, VMM -> VMM chains), made once."""
+    """The clouds' own ssh key (service -> VMMs), made once."""
     key = home / "nimbus_id"
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
@@ -126,27 +136,30 @@ def write_clouds(path: Path, clouds: dict[str, dict]) -> Path:
     return path
 
 
+def terminate_all(cloud: dict) -> str:
+    """Terminate every guest of a cloud; what went wrong, or ''."""
+    import botocore.exceptions
+    try:
+        ec2 = client(cloud)
+        alive = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+                 if i["State"]["Name"] != "terminated"]
+        if alive:
+            ec2.terminate_instances(InstanceIds=alive)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        return str(e)
+    return ""
+
+
 def teardown(path: Path, testbed) -> list[str]:
     """Terminate every guest of the clouds in the clouds file and end their OAR jobs;
     returns what could not be done (a cloud already gone is not a problem)."""
     from datetime import datetime
 
-    import botocore.exceptions
-
     from g5kdeploy.testbed.model import Reservation
     if not path.exists():
         return []
     clouds = json.loads(path.read_text())
-    problems = []
-    for site, cloud in clouds.items():
-        try:
-            ec2 = client(cloud)
-            alive = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
-                     if i["State"]["Name"] != "terminated"]
-            if alive:
-                ec2.terminate_instances(InstanceIds=alive)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
-            problems.append(f"{site}: {e}")
+    problems = [f"{site}: {e}" for site, cloud in clouds.items() if (e := terminate_all(cloud))]
     jobs = {s: c["oar_job"] for s, c in clouds.items() if c.get("oar_job")}
     if jobs:
         try:

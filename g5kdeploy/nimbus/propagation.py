@@ -1,56 +1,165 @@
 """Getting an image from the site's repository to the VMMs that run a request's guests
-(thesis §3.5): `scp` (one copy per guest), `chain` (one TakTuk broadcast chain through the
-VMMs), `qcow` (copy-on-write volumes over a per-VMM image cache filled by scp), `chain+qcow`
-(cache misses filled by the chain). Returns, per instance, how its VMM gets its disk."""
+(thesis §3.5): `scp` (one copy per guest), `chain` (one broadcast chain through the VMMs,
+`nimbus.chain`), `qcow` (copy-on-write volumes over a per-VMM image cache filled by scp),
+`chain+qcow` (cache misses filled by the chain, §3.5.4). Every copy is checked against the
+repository's SHA-256 before a guest uses it. Returns how each guest's VMM gets its disk and,
+per VMM, how the image got there (`Delivery`).
+
+On the service node, `python3 -m g5kdeploy.nimbus.propagation prepropagate IMAGE [--by scp]`
+fills every VMM's cache beforehand (§3.5.2: backing files are pre-propagated) and prints
+each VMM's Delivery as JSON."""
 from __future__ import annotations
 
-from collections import defaultdict
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
 
-from g5kdeploy.nimbus import ssh
-from g5kdeploy.nimbus.config import LIB
+from g5kdeploy.nimbus import chain, ssh
+from g5kdeploy.nimbus.config import CONFIG, LIB, Cloud
 
 CACHE = LIB / "cache"
 INCOMING = LIB / "incoming"
 
 
-def _cache_misses(key: str, hosts: list[str], image: str, digest: str) -> list[str]:
-    def missing(h: str) -> bool:
-        have = ssh.run(key, h, f"cat {CACHE}/{image}.sha256 2>/dev/null || true").strip()
-        return have != digest
-    return [h for h, m in zip(hosts, ssh.each(missing, hosts)) if m]
+@dataclass
+class Delivery:
+    """How the image reached one VMM: when it was there and checked, what it cost."""
+    host: str
+    ok: bool
+    end: float                 # epoch s: the copy is on the VMM's disk and verified
+    bytes: int = 0             # image bytes this VMM received
+    cache: str = ""            # qcow modes: hit | miss
+    error: str = ""
+
+    def fields(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "host"}
 
 
-def _fill_cache(key: str, hosts: list[str], source: str, image: str, digest: str, mode: str, tag: str) -> None:
-    part = f"{CACHE}/{image}.img.{tag}"
-    if mode == "chain":
-        ssh.chain(key, source, hosts, part)
-    else:
-        ssh.each(lambda h: ssh.scp(key, source, h, part), hosts)
-    ssh.each(lambda h: ssh.run(key, h, f"mv -f {part} {CACHE}/{image}.img && echo {digest} > {CACHE}/{image}.sha256"),
-             hosts)
+def _verify(key: str, host: str, path: str, digest: str, then: str = "") -> None:
+    """Check a copy on `host` against the digest (removed if wrong), then run `then` there."""
+    ssh.run(key, host, f"echo '{digest}  {path}' | sha256sum -c --status || {{ rm -f {path}; "
+                       f"echo 'SHA-256 mismatch: {path} removed' >&2; exit 1; }}" + (f" && {then}" if then else ""))
 
 
-def propagate(key: str, mode: str, source: str, image: str, digest: str, placement: dict[str, str],
-              tag: str) -> dict[str, list[str]]:
-    """placement: instance -> VMM host. Returns instance -> the vmm `start` disk arguments."""
-    by_host: dict[str, list[str]] = defaultdict(list)
-    for instance, host in placement.items():
-        by_host[host].append(instance)
-    hosts = sorted(by_host)
+def _scp(cloud: Cloud, source: str, host: str, path: str, digest: str, then: str = "") -> Delivery:
+    try:
+        ssh.scp(cloud.ssh_key, source, host, path)
+        _verify(cloud.ssh_key, host, path, digest, then)
+    except ssh.RemoteError as e:
+        return Delivery(host, False, time.time(), error=str(e))
+    return Delivery(host, True, time.time(), Path(source).stat().st_size)
+
+
+def _chain(cloud: Cloud, source: str, hosts: list[str], path: Path, digest: str, record: bool = False) -> list[Delivery]:
+    outcomes = chain.send(source, [(h, cloud.chain_port) for h in hosts], str(path.relative_to(LIB)), digest,
+                          cloud.chain_token, record=record)
+    return [Delivery(o["host"], o["ok"], o.get("end", time.time()), o["bytes"], error=o["error"] if not o["ok"] else "")
+            for o in outcomes]
+
+
+Ready = Callable[[Delivery], None]
+
+
+def _fill_cache(cloud: Cloud, hosts: list[str], source: str, image: str, digest: str, by_chain: bool,
+                ready: Ready) -> None:
+    cached = CACHE / f"{image}.img"
+    if by_chain:
+        for d in _chain(cloud, source, hosts, cached, digest, record=True):
+            ready(d)
+        return
+    part = f"{cached}.part"
+    ssh.each(lambda h: ready(_scp(cloud, source, h, part, digest,
+                                  then=f"mv -f {part} {cached} && echo {digest} > {CACHE}/{image}.sha256")), hosts)
+
+
+def ensure_cached(cloud: Cloud, hosts: list[str], source: str, image: str, digest: str, by_chain: bool,
+                  ready: Ready | None = None) -> dict[str, Delivery]:
+    """Every host's cache holds the image: hits are asked of the chain daemons, misses filled.
+    `ready` hears of each host as soon as it is known or filled."""
+    delivered: dict[str, Delivery] = {}
+
+    def done(d: Delivery, cache: str) -> None:
+        d.cache = cache
+        delivered[d.host] = d
+        if ready:
+            ready(d)
+    held = chain.digests(hosts, str((CACHE / f"{image}.img").relative_to(LIB)), cloud.chain_token, cloud.chain_port)
+    misses = [h for h in hosts if held[h] != digest]
+    for h in hosts:
+        if h not in misses:
+            done(Delivery(h, True, time.time()), "hit")
+    if misses:
+        _fill_cache(cloud, misses, source, image, digest, by_chain, lambda d: done(d, "miss"))
+    return delivered
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def disks(mode: str, image: str, placement: dict[str, str], tag: str) -> dict[str, list[str]]:
+    """The vmm `start` disk arguments of each guest (placement: instance -> VMM host), from
+    what propagation leaves on its VMM."""
     if mode in ("qcow", "chain+qcow"):
-        misses = _cache_misses(key, hosts, image, digest)
-        if misses:
-            _fill_cache(key, misses, source, image, digest, "chain" if mode == "chain+qcow" else "scp", tag)
         return {i: ["--backing", f"{CACHE}/{image}.img"] for i in placement}
     if mode == "chain":
-        staged = f"{INCOMING}/{tag}.img"
-        ssh.chain(key, source, hosts, staged)
-        return {i: ["--copy", staged] for i in placement}
-    ssh.each(lambda i: ssh.scp(key, source, placement[i], f"{INCOMING}/{i}.img"), placement)
+        guests = Counter(placement.values())          # a VMM's only guest takes the copy itself
+        return {i: ["--move" if guests[h] == 1 else "--copy", f"{INCOMING}/{tag}.img"] for i, h in placement.items()}
     return {i: ["--move", f"{INCOMING}/{i}.img"] for i in placement}
 
 
+def propagate(cloud: Cloud, mode: str, source: str, image: str, digest: str, placement: dict[str, str],
+              tag: str, ready: Ready) -> None:
+    """Get the image to the VMMs of `placement` (instance -> host) where `disks` expects it.
+    `ready(delivery)` is called once per VMM as soon as its copies are checked (or failed), so
+    that its guests start while other VMMs may still be receiving."""
+    hosts = sorted(set(placement.values()))
+    if mode in ("qcow", "chain+qcow"):
+        ensure_cached(cloud, hosts, source, image, digest, by_chain=mode == "chain+qcow", ready=ready)
+    elif mode == "chain":
+        for d in _chain(cloud, source, hosts, INCOMING / f"{tag}.img", digest):
+            ready(d)
+    else:
+        def one_vmm(h: str) -> None:                  # a VMM is ready when all its guests' copies are
+            mine = [_scp(cloud, source, h, f"{INCOMING}/{i}.img", digest) for i, at in placement.items() if at == h]
+            failed = [d for d in mine if not d.ok]
+            ready(failed[0] if failed else Delivery(h, True, mine[-1].end, sum(d.bytes for d in mine)))
+        ssh.each(one_vmm, hosts)
+
+
 def cleanup(key: str, mode: str, placement: dict[str, str], tag: str) -> None:
-    """Remove what a chain left in incoming/ once every guest has its own copy."""
+    """Remove what a chain left in incoming/ once every guest has its own copy (or took it)."""
     if mode == "chain":
         ssh.each(lambda h: ssh.run(key, h, f"rm -f {INCOMING}/{tag}.img"), sorted(set(placement.values())))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="g5kdeploy.nimbus.propagation")
+    sub = p.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser("prepropagate", help="fill every VMM's cache with a repository image")
+    pre.add_argument("image")
+    pre.add_argument("--by", choices=("chain", "scp"), default="chain")
+    pre.add_argument("--config", type=Path, default=CONFIG)
+    a = p.parse_args(argv)
+    cloud = Cloud.load(a.config)
+    source = Path(cloud.repository) / f"{a.image}.img"
+    if not source.exists():
+        sys.exit(f"no image {a.image!r} in {cloud.repository}: upload it first")
+    delivered = ensure_cached(cloud, [v.host for v in cloud.vmms], str(source), a.image, sha256_file(source),
+                              by_chain=a.by == "chain")
+    json.dump([asdict(d) for d in delivered.values()], sys.stdout)
+    sys.exit(0 if all(d.ok for d in delivered.values()) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,13 @@
-"""ssh and scp from the service node to its VMM nodes, with the cloud's own key."""
+"""ssh and scp from the service node to its VMM nodes, with the cloud's own key; one
+connection per VMM is kept open and shared (a new one costs ~0.2 s of handshake here)."""
 from __future__ import annotations
 
-import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 OPTIONS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-           "-o", "UserKnownHostsFile=/var/lib/nimbus/known_hosts", "-o", "ConnectTimeout=15"]
+           "-o", "UserKnownHostsFile=/var/lib/nimbus/known_hosts", "-o", "ConnectTimeout=15",
+           "-o", "ControlMaster=auto", "-o", "ControlPath=/var/lib/nimbus/ssh-%C", "-o", "ControlPersist=600"]
 
 
 class RemoteError(RuntimeError):
@@ -30,18 +31,6 @@ def scp(key: str, source: str, host: str, dest: str, timeout: float = 1800) -> N
                        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     if p.returncode != 0:
         raise RemoteError(f"scp to {host}: {p.stderr.strip()[-300:]}")
-
-
-def chain(key: str, source: str, hosts: list[str], dest: str, timeout: float = 1800) -> None:
-    """Broadcast a file along a chain of hosts with TakTuk (tree of arity 1)."""
-    connector = " ".join(shlex.quote(a) for a in ssh_command(key) + ["-l", "root"])
-    argv = ["taktuk", "-s", "-d", "1", "-c", connector]
-    for h in hosts:
-        argv += ["-m", h]
-    argv += ["broadcast", "put", "[", source, "]", "[", dest, "]"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    if p.returncode != 0 or "failed" in p.stderr or "failed" in p.stdout:
-        raise RemoteError(f"taktuk chain to {','.join(hosts)}: {(p.stderr + p.stdout).strip()[-300:]}")
 
 
 def each(fn, items) -> list:

@@ -1,8 +1,12 @@
 """The cloud's state in the site's Redis: instances and contexts, shared by the API and the
-context broker (both may restart without losing anything)."""
+context broker (both may restart without losing anything). On the service node,
+`python3 -m g5kdeploy.nimbus.store [cloud.json] [instance ...]` prints instances as JSON
+(with their timelines: what experiments read)."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import redis
 
@@ -61,3 +65,16 @@ class Store:
     def join(self, ctx: str, instance: str) -> int:
         self.r.sadd(P + f"ctx:{ctx}:joined", instance)
         return self.r.scard(P + f"ctx:{ctx}:joined")
+
+
+def main() -> None:
+    from g5kdeploy.nimbus.config import CONFIG, Cloud
+    args = sys.argv[1:]
+    config = Path(args.pop(0)) if args and args[0].endswith(".json") else CONFIG
+    store = Store(Cloud.load(config).redis)
+    wanted = set(args)
+    json.dump([i for i in store.instances() if not wanted or i["id"] in wanted], sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from g5kdeploy.vm import qemu
 from g5kdeploy.vm.qemu import Guest, mac_for
@@ -26,6 +27,7 @@ def start(a: argparse.Namespace) -> dict:
     if (rundir / "spec.json").exists():
         raise SystemExit(f"{a.id} exists already on this VMM")
     rundir.mkdir(parents=True)
+    t0 = time.monotonic()
     if a.backing:
         disk, fmt = rundir / "disk.qcow2", "qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", a.backing, str(disk)],
@@ -36,6 +38,7 @@ def start(a: argparse.Namespace) -> dict:
     else:
         disk, fmt = rundir / "disk.img", "raw"
         subprocess.run(["cp", "--sparse=always", a.copy, str(disk)], check=True)
+    volume_s = time.monotonic() - t0
     address = a.ip.split("/")[0]
     g = Guest.installed(a.id, disk, memory_mb=a.memory, cpus=a.cpus, tap=tap_name(a.id), mac=mac_for(address),
                         disk_format=fmt, cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway,
@@ -48,7 +51,7 @@ def start(a: argparse.Namespace) -> dict:
     except Exception:
         stop_guest(a.id)
         raise
-    return {"id": a.id, "pid": pid, "tap": g.tap, "disk": str(disk)}
+    return {"id": a.id, "pid": pid, "tap": g.tap, "disk": str(disk), "volume_s": round(volume_s, 4)}
 
 
 def stop_guest(instance: str) -> dict:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import lzma
 import os
+import random
 import shutil
 import subprocess
 import tempfile
@@ -150,6 +151,21 @@ def check(size_mb: int, payload: Path | None = None) -> None:
         if need > size_mb:
             raise ImageError(f"payload {payload} needs a disk of about {need:.0f} MiB: raise the image size "
                              f"(now {size_mb} MiB)")
+
+
+def random_payload(size_mb: int, seed: int = 0, cache: Path = CACHE) -> Path:
+    """`size_mb` MiB of seeded pseudo-random bytes (incompressible, the same on every machine),
+    made once in cache/payloads."""
+    path = Path(cache) / "payloads" / f"random-{size_mb}M-{seed}.bin"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(seed)
+        part = path.with_name(path.name + f".{os.getpid()}")
+        with open(part, "wb") as f:
+            for _ in range(size_mb):
+                f.write(rng.randbytes(1 << 20))
+        part.replace(path)
+    return path
 
 
 def build(cache: Path = CACHE, size_mb: int = 32, payload: Path | None = None) -> GuestImage:

@@ -23,7 +23,7 @@ end
   template "/etc/init.d/nimbus-#{role}" do
     source "nimbus-daemon.erb"
     mode "755"
-    variables(role: role)
+    variables(role: role, config: "/etc/nimbus/cloud.json")
     notifies :run, "execute[restart nimbus-#{role}]"
   end
 

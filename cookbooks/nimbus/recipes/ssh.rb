@@ -1,4 +1,4 @@
-# The cloud's own key: the service reaches its VMMs with it, VMMs reach each other (chains).
+# The cloud's own key: the service reaches its VMMs with it.
 bundle = node["g5kdeploy"]["bundle"]
 
 directory "/root/.ssh" do

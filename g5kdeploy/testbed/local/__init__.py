@@ -182,12 +182,15 @@ class LocalTestbed(Testbed):
             raise UserError(f"unknown environment {environment!r}: available: {', '.join(ENVIRONMENTS)}")
         nodes = self.nodes(nodes) if isinstance(nodes, str) else NodeSet(nodes)
 
-        def reimage(node):
-            stop_all_processes(netns(node))
-            self.files.prepare_upper(node)
-            self.files.start(node)
-            if not wait_ssh(node.address):
-                raise RuntimeError("sshd did not come back")
+        def reimage(node, tries: int = 2):
+            for _ in range(tries):        # as Kadeploy, a node that does not come back is retried
+                stop_all_processes(netns(node))
+                self.files.prepare_upper(node)
+                self.files.start(node)
+                if wait_ssh(node.address):
+                    return
+            raise RuntimeError(f"sshd did not come back after {tries} tries "
+                               f"(see {self.files.node_dir(node) / 'console.log'})")
 
         return {o.item.hostname: o for o in parallel(reimage, nodes, f"deploying {environment}")}
 

@@ -1,0 +1,221 @@
+"""Broadcast chain (thesis §3.5.1, Kastafior's design): the repository streams an image to
+the first VMM, which writes it and forwards each chunk to the next VMM as soon as it has
+it, and so on, over plain TCP. Every VMM checks the image's SHA-256 while it streams, keeps
+the file only if it matches, then sends its upstream the outcomes of itself and the rest of
+the chain, so the repository learns every VMM's outcome and completion time. The daemon
+also tells which image digest a VMM's cache holds (`digests`), without an ssh session.
+
+Each VMM runs the chain daemon, `python3 -m g5kdeploy.nimbus.chain /etc/nimbus/chain.json`
+(port, token, root), started by the nimbus::vmm recipe, so that a propagation costs no ssh
+session. Streams must carry the cloud's token and write under the root only. The data is
+not encrypted (as Kastafior, Kascade and execo's ChainPut): for a testbed's private network.
+Standard library only: it runs on the nodes."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import socketserver
+import struct
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PORT = 8790
+CHUNK = 256 * 1024            # bytes read, written and forwarded at a time
+IDLE_TIMEOUT_S = 60           # a silent upstream, or a next hop that does not answer, fails the stream
+REPORT_TIMEOUT_S = 600        # how long a VMM waits for the outcomes of the rest of the chain
+
+log = logging.getLogger("nimbus.chain")
+
+
+class ChainError(RuntimeError):
+    pass
+
+
+def _frame(obj) -> bytes:
+    body = json.dumps(obj).encode()
+    return struct.pack("!I", len(body)) + body
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        got = sock.recv(n - len(out))
+        if not got:
+            raise ChainError("connection closed early")
+        out += got
+    return bytes(out)
+
+
+def _read_frame(sock: socket.socket):
+    return json.loads(_read_exact(sock, struct.unpack("!I", _read_exact(sock, 4))[0]))
+
+
+def _target(root: Path, path: str) -> Path:
+    out = (root / path).resolve()
+    if not out.is_relative_to(root.resolve()) or out == root.resolve():
+        raise ChainError(f"path {path!r} is outside {root}")
+    return out
+
+
+def _digest_file(image: Path) -> Path:
+    return image.with_name(image.name.removesuffix(".img") + ".sha256")
+
+
+def handle(conn: socket.socket, token: str, root: Path, chunk: int = CHUNK) -> list[dict]:
+    """One connection to the daemon: a digest query, or a stream to relay."""
+    conn.settimeout(IDLE_TIMEOUT_S)
+    try:
+        head = _read_frame(conn)
+        if not hmac.compare_digest(str(head.get("token", "")), token):
+            raise ChainError("refused: wrong token")
+        if head.get("op") == "digest":
+            try:
+                have = _digest_file(_target(root, head["path"])).read_text().strip()
+            except OSError:
+                have = None
+            conn.sendall(_frame({"sha256": have}))
+            return []
+    except (OSError, ChainError, ValueError, KeyError) as e:
+        outcome = {"host": socket.gethostname(), "ok": False, "bytes": 0, "error": str(e)}
+        try:
+            conn.sendall(_frame([outcome]))
+        except OSError:
+            pass
+        return [outcome]
+    return relay(conn, head, root, chunk)
+
+
+def relay(up: socket.socket, head: dict, root: Path, chunk: int = CHUNK) -> list[dict]:
+    """Serve one stream: keep it, pass it on, gather the outcomes; send them upstream too."""
+    me = {"host": socket.gethostname(), "ok": False, "bytes": 0, "error": "", "start": time.time()}
+    report, down, part = [], None, None
+    try:
+        out = _target(root, head["path"])
+        if head["next"]:
+            try:
+                down = socket.create_connection(head["next"][0], timeout=IDLE_TIMEOUT_S)
+                down.sendall(_frame({**head, "next": head["next"][1:]}))
+            except OSError as e:
+                me["error"], down = f"next hop {head['next'][0][0]}: {e}", None
+        part = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
+        me["bytes"], digest = _stream(up, down, part, head["size"], chunk, me)
+        if digest != head["sha256"]:
+            raise ChainError(f"SHA-256 mismatch: got {digest}, expected {head['sha256']}")
+        os.replace(part, out)
+        if head.get("record"):
+            _digest_file(out).write_text(digest + "\n")
+        me.update(ok=True, end=time.time())
+    except (OSError, ChainError, ValueError, KeyError, TypeError) as e:
+        me.update(error=str(e) if isinstance(e, ChainError) else f"{type(e).__name__}: {e}", end=time.time())
+        if part is not None:
+            part.unlink(missing_ok=True)
+    if down is not None:
+        try:
+            down.settimeout(REPORT_TIMEOUT_S)
+            report = _read_frame(down)
+        except (OSError, ChainError, ValueError) as e:
+            me["error"] = me["error"] or f"no outcome from the next hop: {e}"
+        down.close()
+    outcomes = [me] + report
+    try:
+        up.sendall(_frame(outcomes))
+    except OSError:
+        pass
+    return outcomes
+
+
+def _stream(up, down, part: Path, size: int, chunk: int, me: dict) -> tuple[int, str]:
+    """Copy `size` bytes from up to the file and to down (while it lasts); (bytes, sha256)."""
+    digest, done = hashlib.sha256(), 0
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while done < size:
+            n = up.recv_into(buf, min(chunk, size - done))
+            if not n:
+                raise ChainError(f"upstream closed after {done} of {size} bytes")
+            if down is not None:
+                try:
+                    down.sendall(view[:n])
+                except OSError as e:          # keep our own copy; the VMMs after us report the loss
+                    me["error"] = f"next hop lost: {e}"
+                    down.close()
+                    down = None
+            os.write(fd, view[:n])
+            digest.update(view[:n])
+            done += n
+    finally:
+        os.close(fd)
+    return done, digest.hexdigest()
+
+
+def send(source: str, hops: list[tuple[str, int]], path: str, sha256: str, token: str,
+         record: bool = False) -> list[dict]:
+    """Stream `source` to `path` (under each daemon's root) on every (host, port) of the
+    chain hops[0] -> hops[1] -> ...; `record` also writes `<name>.sha256` beside it. Returns
+    one outcome per hop, in order: host, ok, bytes, start, end (epoch s), error."""
+    hosts = [h for h, _ in hops]
+    head = {"token": token, "path": path, "size": os.path.getsize(source), "sha256": sha256, "record": record,
+            "next": [list(hop) for hop in hops[1:]]}
+    try:
+        with socket.create_connection(tuple(hops[0]), timeout=IDLE_TIMEOUT_S) as s, open(source, "rb") as f:
+            s.sendall(_frame(head))
+            s.sendfile(f)
+            s.settimeout(REPORT_TIMEOUT_S)
+            outcomes = _read_frame(s)
+    except (OSError, ChainError) as e:
+        outcomes = [{"host": hosts[0], "ok": False, "bytes": 0, "error": f"{type(e).__name__}: {e}"}]
+    for o, h in zip(outcomes, hosts):
+        o["host"] = h                         # as the caller names it
+    lost = outcomes[-1]["host"] if outcomes else hosts[0]
+    return outcomes + [{"host": h, "ok": False, "bytes": 0, "error": f"the chain broke before it (at {lost})"}
+                       for h in hosts[len(outcomes):]]
+
+
+def digests(hosts: list[str], path: str, token: str, port: int = PORT) -> dict[str, str | None]:
+    """The digest recorded beside `path` on each host (None: no such file, or no answer)."""
+    def ask(host: str) -> str | None:
+        try:
+            with socket.create_connection((host, port), timeout=IDLE_TIMEOUT_S) as s:
+                s.sendall(_frame({"token": token, "op": "digest", "path": path}))
+                answer = _read_frame(s)
+            return answer.get("sha256") if isinstance(answer, dict) else None
+        except (OSError, ChainError, ValueError):
+            return None
+    with ThreadPoolExecutor(min(16, len(hosts)) or 1) as pool:
+        return dict(zip(hosts, pool.map(ask, hosts)))
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve(config: dict) -> _Server:
+    """The VMM's chain daemon: one thread per stream."""
+    token, root = config["token"], Path(config.get("root", "/var/lib/nimbus"))
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            outcomes = handle(self.request, token, root)
+            if outcomes:
+                log.info("%s bytes from %s: %s", outcomes[0]["bytes"], self.client_address[0],
+                         "ok" if outcomes[0]["ok"] else outcomes[0]["error"])
+    return _Server((config.get("address", ""), int(config.get("port", PORT))), Handler)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "/etc/nimbus/chain.json").read_text())).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
