@@ -38,7 +38,7 @@ from g5kdeploy import remote
 from g5kdeploy.engine import stage
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus import chain, deploy
-from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES
+from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, command
 from g5kdeploy.progress import console
 from g5kdeploy.results import Run
 from g5kdeploy.testbed import Testbed
@@ -51,7 +51,6 @@ PARAMS = {"site": "rennes", "methods": list(PROPAGATION_MODES), "vm_counts": [1,
           "timeout_s": 600, "walltime": "2:00", "runner": "itamae", "full": False}
 FULL = {"repeats": 3}
 IMAGE = "debian"
-SRC = "PYTHONPATH=/opt/g5kdeploy/src /usr/bin/python3 -m g5kdeploy.nimbus"     # the cloud's own modules
 # Thesis Table 3.1: a 5 GB image over 125 MB/s, N copies from one repository.
 THESIS_TABLE_3_1 = {1: "41 s", 2: "1 min 22 s", 4: "2 min 44 s", 8: "5 min 28 s", 16: "10 min 55 s",
                     32: "21 min 51 s", 64: "43 min 41 s", 128: "1 h 27 min 23 s", 256: "2 h 54 min 46 s",
@@ -126,8 +125,7 @@ def trials(p: dict) -> list[dict]:
 
 
 def main(run: Run, testbed: Testbed, **p) -> None:
-    p.pop("full")                      # the engine applied FULL
-    check_params(p, testbed.description)
+    p.pop("full")                      # the engine applied FULL and checked the parameters
     site, size_mb = p["site"], int(p["image_size_mb"])
     memory = INSTANCE_TYPES[p["instance_type"]]
     t0 = time.time()
@@ -164,7 +162,7 @@ def main(run: Run, testbed: Testbed, **p) -> None:
 
 def _prepropagate(run: Run, cloud: dict, t: dict) -> None:
     t0 = time.time()
-    r = remote.run(f"{SRC}.propagation prepropagate {IMAGE}", [cloud["service"]])[0]
+    r = remote.run(f"{command('propagation')} prepropagate {IMAGE}", [cloud["service"]])[0]
     delivered = json.loads(r.stdout or "[]")
     if not r.ok:
         raise RuntimeError(f"pre-propagation failed: {r.error or r.stderr.strip()[-300:]}")
@@ -179,7 +177,7 @@ def _tx_bytes(host: str) -> int:
 
 def _instances(cloud: dict, ids: list[str]) -> list[dict]:
     """The instances' records (timelines) from the cloud's store, on its service node."""
-    r = remote.run(f"{SRC}.store {' '.join(ids)}", [cloud["service"]])[0]
+    r = remote.run(f"{command('store')} {' '.join(ids)}", [cloud["service"]])[0]
     if not r.ok:
         raise RuntimeError(f"reading the cloud's store: {r.error or r.stderr.strip()[-300:]}")
     return json.loads(r.stdout)

@@ -60,7 +60,7 @@ def trials(p: dict) -> list[dict]:
     return [dict(t, repeat=r) for r in range(p["repeats"]) for t in main + rates + chunks]
 
 
-def check_params(p: dict) -> None:
+def check_params(p: dict, description=None) -> None:
     for m in p["methods"]:
         if m not in cluster.METHODS:
             raise UserError(f"unknown method {m!r}: use {', '.join(cluster.METHODS)}")
@@ -77,8 +77,7 @@ def check_params(p: dict) -> None:
 
 
 def main(run: Run, testbed: Testbed, **p) -> None:
-    p.pop("full")                      # the engine applied FULL
-    check_params(p)
+    p.pop("full")                      # the engine applied FULL and checked the parameters
     hvs = int(p["hypervisors_per_site"])
     with stage(run, "reserve"):
         res = testbed.reserve({p["source"]: 1 + hvs, p["destination"]: 1 + hvs}, p["walltime"], name="shrinker")

@@ -1,6 +1,6 @@
 """The broadcast chain (nimbus.chain) over loopback: three real daemons in threads, a
 real stream through them; every copy checked, a wrong digest, token or path refused with
-nothing left behind, a dead hop reported."""
+nothing left behind, a dead hop reported; and the check of an scp'd copy."""
 import hashlib
 import os
 import threading
@@ -84,3 +84,13 @@ def test_a_dead_hop_is_reported_and_the_others_keep_their_copy(daemons, image):
     assert [o["ok"] for o in outcomes[1:]] == [False, False]
     assert "broke before it" in outcomes[1]["error"]
     assert (roots[0] / "cache/img.img").read_bytes() == image.read_bytes()
+
+
+def test_verify_keeps_a_good_copy_and_removes_a_wrong_one(tmp_path, image):
+    from g5kdeploy.nimbus import propagation
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    propagation.main(["verify", str(image), digest])
+    assert image.exists()
+    with pytest.raises(SystemExit, match="SHA-256 mismatch"):
+        propagation.main(["verify", str(image), "0" * 64])
+    assert not image.exists()

@@ -37,8 +37,11 @@ def parameters(module: ModuleType, overrides: dict) -> dict:
 
 
 def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None) -> Run:
-    """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory."""
+    """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory.
+    Its check_params(params, description), if any, runs first: bad parameters leave no run."""
     params = parameters(module, overrides or {})
+    if check := getattr(module, "check_params", None):
+        check(params, testbed.description)
     run = Run(module.NAME, params, testbed=testbed.description.source)
     try:
         module.main(run, testbed, **params)

@@ -15,14 +15,13 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from g5kdeploy.nimbus import ec2, propagation, sigv4, ssh, web
-from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
+from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud, command
 from g5kdeploy.nimbus.ec2 import EC2Error
 from g5kdeploy.nimbus.store import Store
 from g5kdeploy.vm.qemu import VMS
 
 log = logging.getLogger("nimbus.api")
-SOURCE = "/opt/g5kdeploy/src"
-VMM = f"PYTHONPATH={SOURCE} python3 -m g5kdeploy.nimbus.vmm"
+VMM = command("vmm")
 ALIVE = ("pending", "running")
 
 

@@ -82,14 +82,31 @@ def handle(conn: socket.socket, token: str, root: Path, chunk: int = CHUNK) -> l
                 have = None
             conn.sendall(_frame({"sha256": have}))
             return []
+        _target(root, head["path"])
+        conn.sendall(_frame({"accepted": True}))
     except (OSError, ChainError, ValueError, KeyError) as e:
         outcome = {"host": socket.gethostname(), "ok": False, "bytes": 0, "error": str(e)}
         try:
-            conn.sendall(_frame([outcome]))
+            conn.sendall(_frame({"refused": [outcome]}))
         except OSError:
             pass
         return [outcome]
     return relay(conn, head, root, chunk)
+
+
+def _open(hop, head: dict) -> tuple[socket.socket | None, list[dict]]:
+    """Offer a stream to a hop: (its socket, []) if it accepts, (None, its outcomes) if not."""
+    s = socket.create_connection(tuple(hop), timeout=IDLE_TIMEOUT_S)
+    try:
+        s.sendall(_frame(head))
+        answer = _read_frame(s)
+    except BaseException:
+        s.close()
+        raise
+    if answer.get("accepted"):
+        return s, []
+    s.close()
+    return None, answer.get("refused", [])
 
 
 def relay(up: socket.socket, head: dict, root: Path, chunk: int = CHUNK) -> list[dict]:
@@ -100,10 +117,10 @@ def relay(up: socket.socket, head: dict, root: Path, chunk: int = CHUNK) -> list
         out = _target(root, head["path"])
         if head["next"]:
             try:
-                down = socket.create_connection(head["next"][0], timeout=IDLE_TIMEOUT_S)
-                down.sendall(_frame({**head, "next": head["next"][1:]}))
-            except OSError as e:
-                me["error"], down = f"next hop {head['next'][0][0]}: {e}", None
+                down, report = _open(head["next"][0], {**head, "next": head["next"][1:]})
+            except (OSError, ChainError, ValueError) as e:
+                down, report = None, []
+                me["error"] = f"next hop {head['next'][0][0]}: {e}"
         part = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
         me["bytes"], digest = _stream(up, down, part, head["size"], chunk, me)
         if digest != head["sha256"]:
@@ -166,12 +183,13 @@ def send(source: str, hops: list[tuple[str, int]], path: str, sha256: str, token
     head = {"token": token, "path": path, "size": os.path.getsize(source), "sha256": sha256, "record": record,
             "next": [list(hop) for hop in hops[1:]]}
     try:
-        with socket.create_connection(tuple(hops[0]), timeout=IDLE_TIMEOUT_S) as s, open(source, "rb") as f:
-            s.sendall(_frame(head))
-            s.sendfile(f)
-            s.settimeout(REPORT_TIMEOUT_S)
-            outcomes = _read_frame(s)
-    except (OSError, ChainError) as e:
+        s, outcomes = _open(hops[0], head)
+        if s is not None:
+            with s, open(source, "rb") as f:
+                s.sendfile(f)
+                s.settimeout(REPORT_TIMEOUT_S)
+                outcomes = _read_frame(s)
+    except (OSError, ChainError, ValueError) as e:
         outcomes = [{"host": hosts[0], "ok": False, "bytes": 0, "error": f"{type(e).__name__}: {e}"}]
     for o, h in zip(outcomes, hosts):
         o["host"] = h                         # as the caller names it

