@@ -39,11 +39,13 @@ from g5kdeploy.engine import stage
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus import chain, deploy
 from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, command
+from g5kdeploy.nimbus.propagation import CACHE, INCOMING
 from g5kdeploy.progress import console
 from g5kdeploy.results import Run
 from g5kdeploy.testbed import Testbed
 from g5kdeploy.testbed.description import parse_rate
 from g5kdeploy.vm import image as vm_image
+from g5kdeploy.vm.qemu import VMS
 
 NAME = "propagation"
 PARAMS = {"site": "rennes", "methods": list(PROPAGATION_MODES), "vm_counts": [1, 2, 4, 8, 16], "vms_per_vmm": 1,
@@ -148,7 +150,7 @@ def main(run: Run, testbed: Testbed, **p) -> None:
                 if t["method"] == "qcow":
                     _prepropagate(run, cloud, t)
                 elif t["method"] == "chain+qcow" and t["cache"] == "cold":
-                    remote.run("rm -f /var/lib/nimbus/cache/*", cloud["vmms"])
+                    remote.run(f"rm -f {CACHE}/*", cloud["vmms"])
                 failures += _request(run, cloud, t, p, image_bytes, rate)
     finally:
         if cloud and (problem := deploy.terminate_all(cloud)):
@@ -160,13 +162,18 @@ def main(run: Run, testbed: Testbed, **p) -> None:
         raise RuntimeError("failed requests: " + "; ".join(failures))
 
 
+def _on_service(cloud: dict, module_args: str, what: str):
+    """What a cloud module run on the service node prints (JSON)."""
+    r = remote.run(command(module_args), [cloud["service"]])[0]
+    if not r.ok:
+        raise RuntimeError(f"{what} failed: {r.error or r.stderr.strip()[-300:]}")
+    return json.loads(r.stdout)
+
+
 def _prepropagate(run: Run, cloud: dict, t: dict) -> None:
     t0 = time.time()
-    r = remote.run(f"{command('propagation')} prepropagate {IMAGE}", [cloud["service"]])[0]
-    delivered = json.loads(r.stdout or "[]")
-    if not r.ok:
-        raise RuntimeError(f"pre-propagation failed: {r.error or r.stderr.strip()[-300:]}")
-    filled = [d for d in delivered if d["cache"] == "miss"]
+    filled = [d for d in _on_service(cloud, f"propagation prepropagate {IMAGE}", "pre-propagation")
+              if d["cache"] == "miss"]
     run.row(level="prepropagation", repeat=t["repeat"], n_vms=t["n_vms"], method=t["method"], n_filled=len(filled),
             time_s=round(time.time() - t0, 3), bytes=sum(d["bytes"] for d in filled))
 
@@ -175,18 +182,10 @@ def _tx_bytes(host: str) -> int:
     return int(remote.run("cat /sys/class/net/eth0/statistics/tx_bytes", [host])[0].stdout)
 
 
-def _instances(cloud: dict, ids: list[str]) -> list[dict]:
-    """The instances' records (timelines) from the cloud's store, on its service node."""
-    r = remote.run(f"{command('store')} {' '.join(ids)}", [cloud["service"]])[0]
-    if not r.ok:
-        raise RuntimeError(f"reading the cloud's store: {r.error or r.stderr.strip()[-300:]}")
-    return json.loads(r.stdout)
-
-
 def _disk_bytes(hosts: list[str], cache: bool) -> dict[str, int]:
     """Bytes allocated on each VMM's disk by the guests' disks (not their RAM), plus the
     image cache when the method uses it (§3.5.4's storage accounting)."""
-    files = "/var/lib/nimbus/incoming/* /var/lib/g5kdeploy/vms/*/disk.*" + (" /var/lib/nimbus/cache/*.img" if cache else "")
+    files = f"{INCOMING}/* {VMS}/*/disk.*" + (f" {CACHE}/*.img" if cache else "")
     out = remote.run(f"du -cB1 {files} 2>/dev/null | tail -1 | cut -f1", hosts)
     return {r.host: int(r.stdout.strip() or 0) for r in out}
 
@@ -214,37 +213,36 @@ def _request(run: Run, cloud: dict, t: dict, p: dict, image_bytes: int, rate: in
     try:
         guests = _wait_running(ec2, ids, p["timeout_s"])
         tx = _tx_bytes(cloud["service"]) - tx0
-        records = _instances(cloud, ids)
+        records = _on_service(cloud, f"store {' '.join(ids)}", "reading the cloud's store")
         disk = _disk_bytes(sorted({i["vmm"] for i in records}), cache="qcow" in t["method"])
     finally:
         ec2.terminate_instances(InstanceIds=ids)
     bad = [f"{g['InstanceId']}: {g['State']['Name']} {g.get('StateReason', {}).get('Message', '')}".strip()
            for g in guests if g["State"]["Name"] != "running"]
     vms = [dict(id=i["id"], vmm=i["vmm"], state=i["state"], error=i.get("error", ""),
-                propagated_s=_between(i, "requested_at", "propagated_at"),
-                instantiation_s=_between(i, "propagated_at", "started_at"), volume_s=i.get("volume_s"),
-                boot_s=_between(i, "started_at", "contextualized_at"),
-                ready_s=_between(i, "requested_at", "contextualized_at")) for i in records]
+                propagated_s=_seconds(i.get("requested_at"), i.get("propagated_at")),
+                instantiation_s=_seconds(i.get("propagated_at"), i.get("started_at")), volume_s=i.get("volume_s"),
+                boot_s=_seconds(i.get("started_at"), i.get("contextualized_at")),
+                ready_s=_seconds(i.get("requested_at"), i.get("contextualized_at"))) for i in records]
     for v in vms:
         run.row(level="vm", **common, **v)
     start = min((i["propagation_started_at"] for i in records if i.get("propagation_started_at")), default=None)
     for host, i in sorted({i["vmm"]: i for i in records}.items()):
         run.row(level="vmm", **common, vmm=host, cache_lookup=i.get("cache", ""), bytes=i.get("propagation_bytes"),
-                completion_s=_between({"s": start, **i}, "s", "propagated_at"), disk_bytes=disk.get(host))
-    last = {"s": start, "requested_at": records[0]["requested_at"],
-            "propagated_at": max((i.get("propagated_at") or 0 for i in records), default=None),
-            "contextualized_at": None if bad else max(i.get("contextualized_at") or 0 for i in records)}
+                completion_s=_seconds(start, i.get("propagated_at")), disk_bytes=disk.get(host))
+    propagated = max((i.get("propagated_at") or 0 for i in records), default=None)
+    ready = None if bad else max(i.get("contextualized_at") or 0 for i in records)
     run.row(level="request", **common, ok=not bad, error="; ".join(bad),
-            total_s=_between(last, "requested_at", "contextualized_at"), propagation_s=_between(last, "s", "propagated_at"),
+            total_s=_seconds(records[0]["requested_at"], ready), propagation_s=_seconds(start, propagated),
             repository_tx_bytes=tx, model_scp_s=round(scp_model_s(n, image_bytes, b), 3),
             wire_limit_s=round(wire_limit_s(n, image_bytes, b), 3), disk_bytes=sum(disk.values()),
             **{k: _median(v[k] for v in vms) for k in ("instantiation_s", "volume_s", "boot_s")})
     return [f"{t['method']} x{n} (repeat {t['repeat']}, attempt {t['attempt']}): " + "; ".join(bad)] if bad else []
 
 
-def _between(record: dict, start: str, end: str) -> float | None:
-    """Seconds from one timeline field to another, when both are known."""
-    return round(record[end] - record[start], 3) if record.get(start) and record.get(end) else None
+def _seconds(start: float | None, end: float | None) -> float | None:
+    """From one timeline instant to another, when both are known."""
+    return round(end - start, 3) if start and end else None
 
 
 def _median(values) -> float | None:

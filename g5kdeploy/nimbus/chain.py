@@ -68,6 +68,14 @@ def _digest_file(image: Path) -> Path:
     return image.with_name(image.name.removesuffix(".img") + ".sha256")
 
 
+def install(part: Path, out: Path, sha256: str, record: bool = True) -> None:
+    """A checked copy takes its place; `record` writes its digest beside it (what the cache
+    lookups read)."""
+    os.replace(part, out)
+    if record:
+        _digest_file(out).write_text(sha256 + "\n")
+
+
 def handle(conn: socket.socket, token: str, root: Path, chunk: int = CHUNK) -> list[dict]:
     """One connection to the daemon: a digest query, or a stream to relay."""
     conn.settimeout(IDLE_TIMEOUT_S)
@@ -82,7 +90,7 @@ def handle(conn: socket.socket, token: str, root: Path, chunk: int = CHUNK) -> l
                 have = None
             conn.sendall(_frame({"sha256": have}))
             return []
-        _target(root, head["path"])
+        out = _target(root, head["path"])
         conn.sendall(_frame({"accepted": True}))
     except (OSError, ChainError, ValueError, KeyError) as e:
         outcome = {"host": socket.gethostname(), "ok": False, "bytes": 0, "error": str(e)}
@@ -91,7 +99,7 @@ def handle(conn: socket.socket, token: str, root: Path, chunk: int = CHUNK) -> l
         except OSError:
             pass
         return [outcome]
-    return relay(conn, head, root, chunk)
+    return relay(conn, head, out, chunk)
 
 
 def _open(hop, head: dict) -> tuple[socket.socket | None, list[dict]]:
@@ -109,12 +117,12 @@ def _open(hop, head: dict) -> tuple[socket.socket | None, list[dict]]:
     return None, answer.get("refused", [])
 
 
-def relay(up: socket.socket, head: dict, root: Path, chunk: int = CHUNK) -> list[dict]:
-    """Serve one stream: keep it, pass it on, gather the outcomes; send them upstream too."""
+def relay(up: socket.socket, head: dict, out: Path, chunk: int = CHUNK) -> list[dict]:
+    """Serve one accepted stream: keep it as `out`, pass it on, gather the outcomes; send
+    them upstream too."""
     me = {"host": socket.gethostname(), "ok": False, "bytes": 0, "error": "", "start": time.time()}
     report, down, part = [], None, None
     try:
-        out = _target(root, head["path"])
         if head["next"]:
             try:
                 down, report = _open(head["next"][0], {**head, "next": head["next"][1:]})
@@ -125,9 +133,7 @@ def relay(up: socket.socket, head: dict, root: Path, chunk: int = CHUNK) -> list
         me["bytes"], digest = _stream(up, down, part, head["size"], chunk, me)
         if digest != head["sha256"]:
             raise ChainError(f"SHA-256 mismatch: got {digest}, expected {head['sha256']}")
-        os.replace(part, out)
-        if head.get("record"):
-            _digest_file(out).write_text(digest + "\n")
+        install(part, out, digest, record=head.get("record", False))
         me.update(ok=True, end=time.time())
     except (OSError, ChainError, ValueError, KeyError, TypeError) as e:
         me.update(error=str(e) if isinstance(e, ChainError) else f"{type(e).__name__}: {e}", end=time.time())

@@ -38,19 +38,13 @@ class Delivery:
     cache: str = ""            # qcow modes: hit | miss
     error: str = ""
 
-    def fields(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "host"}
 
-
-def _verify(key: str, host: str, path: str, digest: str, then: str = "") -> None:
-    """Check a copy on `host` against the digest (removed if wrong), then run `then` there."""
-    ssh.run(key, host, f"{command('propagation')} verify {path} {digest}" + (f" && {then}" if then else ""))
-
-
-def _scp(cloud: Cloud, source: str, host: str, path: str, digest: str, then: str = "") -> Delivery:
+def _scp(cloud: Cloud, source: str, host: str, path: str, digest: str, keep_as: Path | None = None) -> Delivery:
+    """scp a copy, then check it on the VMM (removed if wrong; installed as `keep_as` if given)."""
     try:
         ssh.scp(cloud.ssh_key, source, host, path)
-        _verify(cloud.ssh_key, host, path, digest, then)
+        ssh.run(cloud.ssh_key, host, f"{command('propagation')} verify {path} {digest}"
+                                     + (f" --keep-as {keep_as}" if keep_as else ""))
     except ssh.RemoteError as e:
         return Delivery(host, False, time.time(), error=str(e))
     return Delivery(host, True, time.time(), Path(source).stat().st_size)
@@ -73,9 +67,7 @@ def _fill_cache(cloud: Cloud, hosts: list[str], source: str, image: str, digest:
         for d in _chain(cloud, source, hosts, cached, digest, record=True):
             ready(d)
         return
-    part = f"{cached}.part"
-    ssh.each(lambda h: ready(_scp(cloud, source, h, part, digest,
-                                  then=f"mv -f {part} {cached} && echo {digest} > {CACHE}/{image}.sha256")), hosts)
+    ssh.each(lambda h: ready(_scp(cloud, source, h, f"{cached}.part", digest, keep_as=cached)), hosts)
 
 
 def ensure_cached(cloud: Cloud, hosts: list[str], source: str, image: str, digest: str, by_chain: bool,
@@ -153,11 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     check = sub.add_parser("verify", help="check a copy against a SHA-256 (removed if wrong)")
     check.add_argument("file", type=Path)
     check.add_argument("sha256")
+    check.add_argument("--keep-as", type=Path, help="then install it there, its digest recorded beside it")
     a = p.parse_args(argv)
     if a.command == "verify":
         if (got := sha256_file(a.file)) != a.sha256:
             a.file.unlink(missing_ok=True)
             sys.exit(f"SHA-256 mismatch: {a.file} removed (got {got}, expected {a.sha256})")
+        if a.keep_as:
+            chain.install(a.file, a.keep_as, a.sha256)
         return
     cloud = Cloud.load(a.config)
     source = Path(cloud.repository) / f"{a.image}.img"
