@@ -6,16 +6,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from g5kdeploy import on_node
+
 CONFIG = Path("/etc/nimbus/cloud.json")
 PROPAGATION_MODES = ("scp", "chain", "qcow", "chain+qcow")
 INSTANCE_TYPES = {"m1.tiny": 96, "m1.small": 128, "m1.medium": 256, "m1.large": 512}   # MiB of guest RAM
 LIB = Path("/var/lib/nimbus")   # on service and VMM nodes: repository/, boot/, cache/, incoming/, vms/
-SOURCE = "/opt/g5kdeploy/src"   # where the g5kdeploy cookbook installs these modules on nodes
 
 
 def command(module: str) -> str:
-    """The shell command that runs `g5kdeploy.nimbus.<module>` on a node (Debian's python3)."""
-    return f"PYTHONPATH={SOURCE} /usr/bin/python3 -m g5kdeploy.nimbus.{module}"
+    """The shell command that runs `g5kdeploy.nimbus.<module>` on a node."""
+    return on_node(f"g5kdeploy.nimbus.{module}")
 
 
 @dataclass

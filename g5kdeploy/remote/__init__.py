@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,11 +90,16 @@ def _results(processes: Iterable) -> Results:
     return out
 
 
+def _quiet_process(p):
+    p.nolog_exit_code = p.ignore_exit_code = p.nolog_error = p.ignore_error = True
+    p.nolog_timeout = p.ignore_timeout = True
+    return p
+
+
 def _quiet(action):
     """Outcomes are reported by us, per host, not logged by execo."""
     for p in action.processes:
-        p.nolog_exit_code = p.ignore_exit_code = p.nolog_error = p.ignore_error = True
-        p.nolog_timeout = p.ignore_timeout = True
+        _quiet_process(p)
     return action
 
 
@@ -148,3 +154,41 @@ def chain_put(local_file: str | Path, hosts, remote_dir: str = "/tmp") -> Result
         if not r.ok and ("FAILED" in r.stdout + r.stderr or "No such file" in r.stderr):
             r.error = "copy missing or different"
     return checked
+
+
+class _Lines(execo.ProcessOutputHandler):
+    def __init__(self, sink):
+        super().__init__()
+        self.sink = sink
+
+    def read_line(self, process, stream, string):
+        self.sink(string.rstrip("\n"))
+
+
+class Stream:
+    """A command running on one host over ssh whose stdout lines are read as they come
+    (`for line in stream`), while the caller goes on acting on other hosts."""
+
+    def __init__(self, command: str, host, timeout: float | None = None):
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._process = _quiet_process(execo.SshProcess(command, _hosts([host])[0], connection_params=CONNECTION,
+                                                        timeout=timeout, stdout_handlers=[_Lines(self._lines.put)]))
+        self._process.start()
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self._lines.get(timeout=0.2)
+            except queue.Empty:
+                if self._process.ended and self._lines.empty():
+                    return
+
+    def result(self) -> HostResult:
+        """The outcome, once the command ended."""
+        self._process.wait()
+        return _results([self._process])[0]
+
+    def kill(self) -> None:
+        if not self._process.ended:
+            self._process.kill()
+            self._process.wait()

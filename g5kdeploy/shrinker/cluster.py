@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from g5kdeploy import chef, remote
+from g5kdeploy import chef, on_node, remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import parallel
 from g5kdeploy.testbed.model import Node, NodeSet
 from g5kdeploy.vm import image as vm_image
 
-PY = "env PYTHONPATH=/opt/g5kdeploy/src /usr/bin/python3 -m g5kdeploy.shrinker"
+PY = on_node("g5kdeploy.shrinker")
 AGENT_PORT, QEMU_PORT, REDIS_PORT = 7700, 7800, 6379
 METHODS = ("stock", "stock-multifd", "stock-zstd", "shrinker", "shrinker-nodedup")
 STOCK_OPTIONS = {"stock": "", "stock-multifd": "--multifd 4", "stock-zstd": "--multifd 4 --compression zstd"}

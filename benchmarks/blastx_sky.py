@@ -1,0 +1,40 @@
+"""BLASTx sky computing on the default testbed (thesis §3.6–3.7), medians of 3 runs:
+parallel efficiency up to the host's core count (goal >= 85 %; beyond it the emulated
+nodes share the same cores) and the elastic run's makespan against the non-extended run
+and the ideal t_x + (T_base - t_x)·c/(c + c_add). Every run's hits must equal the
+sequential run's."""
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/, benchmarks/
+
+from benchmarks import common  # noqa: E402
+from experiments import blastx_sky  # noqa: E402
+from g5kdeploy import engine  # noqa: E402
+from g5kdeploy.results import load  # noqa: E402
+
+
+def main() -> None:
+    tb = common.testbed()
+    cores = os.cpu_count()
+    layouts = [{"rennes": 1}, {"rennes": 1, "nancy": 1}] + ([{"rennes": cores}] if cores > 2 else [{"rennes": 2}])
+    run = engine.execute(blastx_sky, tb, {"platforms": layouts, "loss": None, "repeats": 3})
+    df = load(run.dir)
+    print("\n".join(blastx_sky.summary(df)))
+    runs = df[df.level == "run"]
+    static = blastx_sky.table_3_2(df)
+    within = static[static.cores <= cores]
+    print(f"efficiency up to {cores} host cores: {within.efficiency.min():.1%}..{within.efficiency.max():.1%} "
+          f"(goal >= 85 %)")
+    e = runs[runs.kind == "elastic"]
+    print(f"elastic (medians of {len(e)}): makespan {e.makespan_s.median():.1f} s, not extended "
+          f"{e.baseline_s.median():.1f} s, ideal {e.ideal_s.median():.1f} s; extended/not extended "
+          f"{(e.makespan_s / e.baseline_s).median():.2f}, extended/ideal {(e.makespan_s / e.ideal_s).median():.2f}; "
+          f"join delay {(e.joined_at_s - e.extended_at_s).median():.1f} s")
+    print(f"hits equal to the sequential run in every run: {bool(runs.hits_equal.all())}")
+    print(f"rows: {run.dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""A sky-computing platform on reserved nodes (thesis §3.3–3.4): a Dask scheduler on the
+master (the first node of the first site), workers on nodes of every site that join it
+over the WAN, the protein database broadcast to every worker along a chain, and the
+BLASTx job followed from the frontend while it runs (to extend the platform or lose a
+worker at a given fraction of the tasks done)."""
+from __future__ import annotations
+
+import json
+import shlex
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from g5kdeploy import chef, on_node, remote
+from g5kdeploy.errors import UserError
+from g5kdeploy.progress import parallel
+from g5kdeploy.sky.data import DB_NAME
+from g5kdeploy.testbed.model import Node
+
+ROOT = "/var/lib/g5kdeploy-sky"           # on every node of the platform (the sky-node role makes it)
+DB = f"{ROOT}/db/{DB_NAME}"
+QUERIES = f"{ROOT}/queries.fasta"
+PORT = 8786
+BLAST, JOB = on_node("g5kdeploy.sky.blast"), on_node("g5kdeploy.sky.job")
+SCHEDULER, WORKER = on_node("distributed.cli.dask_scheduler"), on_node("distributed.cli.dask_worker")
+
+
+def configure(nodes: list[Node], logdir: Path | None = None) -> None:
+    """Converge the sky-node role (Dask, BLAST+, the g5kdeploy sources) on every node."""
+    done = chef.apply({n: ("sky-node", {"g5kdeploy": {"sky_root": ROOT}}) for n in nodes}, logdir=logdir)
+    if failed := [f"{c.host}: {c.error}" for c in done if not c.ok]:
+        raise RuntimeError("configuration failed on " + "; ".join(failed))
+
+
+def ship(db_dir: Path, queries: Path, workers: list[Node], readers: list[Node]) -> list[dict]:
+    """The database to every worker along a chain (the thesis shipped it in the image),
+    the queries to the nodes that read them; one outcome per worker."""
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
+        archive = Path(tmp) / "db.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(db_dir, arcname="db")
+        t0 = time.time()
+        sent = remote.chain_put(archive, workers, ROOT)
+        size = archive.stat().st_size
+    unpacked = remote.run(f"cd {ROOT} && rm -rf db && tar -xf db.tar && rm db.tar", sent.ok) if sent.ok else []
+    end = time.time()
+    copied = remote.put([queries], readers, ROOT)
+    if bad := [f"{r.host}: {r.error or r.stderr.strip()[-200:]}" for r in [*sent.failed, *unpacked, *copied] if not r.ok]:
+        raise RuntimeError("shipping the data failed on " + "; ".join(bad))
+    return [{"host": h, "bytes": size, "time_s": end - t0} for h in sent.ok]
+
+
+def sequential(node: Node, out: str = f"{ROOT}/hits-sequential.tsv") -> dict:
+    """The reference: one blastx process over every query on one node."""
+    r = remote.run(f"{BLAST} sequential {QUERIES} {DB} {out}", [node])[0]
+    answer = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+    if not r.ok:
+        raise RuntimeError(f"sequential blastx on {node.short}: {answer.get('error') or r.error or r.stderr[-300:]}")
+    return answer
+
+
+def worker_name(node: Node) -> str:
+    return f"{node.site}/{node.short}"
+
+
+@dataclass
+class Daemon:
+    node: Node
+    pid: int
+
+
+def _spawn(node: Node, command: str, log: str, what: str) -> Daemon:
+    """Start a daemon in its own session on a node; its PID there."""
+    r = remote.run(f"mkdir -p {ROOT} && cd {ROOT} && (setsid {command} > {log} 2>&1 < /dev/null & echo $!)", [node])[0]
+    if not r.ok or not r.stdout.strip().isdigit():
+        raise RuntimeError(f"cannot start the {what} on {node.short}: {r.error or r.stderr.strip()[-200:]}")
+    return Daemon(node, int(r.stdout))
+
+
+def _stop(daemons: list[Daemon], signal: str = "TERM") -> None:
+    for d in daemons:
+        remote.run(f"kill -{signal} {d.pid} 2>/dev/null; for i in $(seq 50); do kill -0 {d.pid} 2>/dev/null || exit 0; "
+                   f"sleep 0.1; done; kill -KILL {d.pid}", [d.node])
+
+
+@dataclass
+class Platform:
+    """The scheduler and its workers; `stop()` ends every daemon it started."""
+    master: Node
+    threads: int = 1
+    scheduler: Daemon | None = None
+    workers: dict[str, Daemon] = field(default_factory=dict)     # worker name -> its daemon
+    lost: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"tcp://{self.master.address}:{PORT}"
+
+    def start(self) -> "Platform":
+        log = f"{ROOT}/scheduler.log"
+        self.scheduler = _spawn(self.master, f"{SCHEDULER} --host {self.master.address} "
+                                             f"--port {PORT} --no-dashboard", log, "Dask scheduler")
+        up = remote.run(f"for i in $(seq 150); do grep -q 'Scheduler at' {log} && exit 0; "
+                        f"kill -0 {self.scheduler.pid} || break; sleep 0.2; done; tail -3 {log}; exit 1", [self.master])[0]
+        if not up.ok:
+            self.stop()
+            raise RuntimeError(f"the Dask scheduler did not start on {self.master.short}: {up.stdout.strip()[-300:]}")
+        return self
+
+    def add_workers(self, nodes: list[Node]) -> list[str]:
+        """Start one worker per node, joining the running scheduler (and job); their names.
+        Contextualization here is the scheduler address on the worker's command line."""
+        def start(node: Node) -> Daemon:
+            name = worker_name(node)
+            return _spawn(node, f"{WORKER} {self.address} --name {shlex.quote(name)} "
+                                f"--nthreads {self.threads} --no-nanny --no-dashboard --death-timeout 60 "
+                                f"--local-directory {ROOT}/dask", f"{ROOT}/worker.log", "Dask worker")
+        outcomes = parallel(start, nodes, f"starting {len(nodes)} Dask workers")
+        for o in outcomes:
+            if o.ok:
+                self.workers[worker_name(o.item)] = o.value
+        if failed := [o.error for o in outcomes if not o.ok]:
+            raise RuntimeError("; ".join(failed))
+        return [worker_name(n) for n in nodes]
+
+    def kill_worker(self, name: str) -> None:
+        """Lose a worker as a crash would: SIGKILL, no goodbye to the scheduler."""
+        _stop([self.workers.pop(name)], "KILL")
+        self.lost.append(name)
+
+    def stop(self) -> None:
+        _stop(list(self.workers.values()) + ([self.scheduler] if self.scheduler else []))
+        self.workers.clear()
+        self.scheduler = None
+
+    def job(self, chunks: int, actions: dict[float, Callable[[], object]] | None = None,
+            timeout: float = 3600) -> list[dict]:
+        """Run the BLASTx job in `chunks` tasks on the current workers; when a fraction of the
+        tasks is done, call its action once. Every event, actions included, in order."""
+        pending = sorted((actions or {}).items())
+        stream = remote.Stream(f"{JOB} {self.address} {QUERIES} {DB} {chunks} {ROOT}/hits.tsv "
+                               f"--workers {len(self.workers)}", self.master, timeout=timeout)
+        events, total, done = [], chunks, 0
+        try:
+            for line in stream:
+                if not line.startswith("{"):
+                    continue
+                events.append(e := json.loads(line))
+                total = e.get("tasks", total)
+                done += e["event"] == "task"
+                while pending and done >= pending[0][0] * total:
+                    fraction, action = pending.pop(0)
+                    t0 = time.time()
+                    value = action()
+                    events.append({"event": "action", "t": t0, "end": time.time(), "fraction": fraction,
+                                   "done": done, "result": value})
+        finally:
+            stream.kill()
+        result = stream.result()
+        if not any(e["event"] == "done" for e in events):
+            errors = [e["error"] for e in events if e["event"] == "error"]
+            raise RuntimeError(f"the BLASTx job failed: {errors[0] if errors else result.error or result.stderr[-300:]}")
+        return events
+
+
+def check_fraction(value, what: str) -> float:
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = -1
+    if not 0 < fraction < 1:
+        raise UserError(f"{what} must be a fraction of the tasks between 0 and 1, not {value!r}")
+    return fraction
