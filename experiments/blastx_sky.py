@@ -1,7 +1,13 @@
 """blastx-sky: BLASTx on a sky-computing platform of several sites (thesis §3.3–3.7).
 
-A Dask scheduler on the master (first node of the first site); workers on nodes of the
-sites, one per node with `threads_per_worker` threads, joining over the shaped WAN. The
+A Dask scheduler on the master (first node of the first site); workers on every site,
+joining over the shaped WAN, each with `threads_per_worker` threads: on reserved nodes, one
+per node (`workers_on=nodes`), or on instances asked from one Nimbus-style cloud per site
+through its EC2 API (`workers_on=instances`: one VMM per instance; the user data makes the
+guest a worker that runs the VMM's Dask and BLAST+ and reads the VMM's database copy over a
+read-only 9p mount). Guests run under TCG on this machine, ~9.5x slower than the nodes
+(measured: blastx 18.1 s in a guest, 1.9 s on the host), so give instances small data;
+their speedup is taken against a sequential run in one instance. The
 data set is generated (seeded: queries back-translated from database proteins, with
 mutations, and decoys, so the answer is known) unless query_file / database_fasta are
 given; the database is built with makeblastdb and broadcast along a chain to every worker.
@@ -30,18 +36,23 @@ Rows, by `level`:
 Each task is also in events.jsonl (stage "blastx-task"), with the extension and the loss."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
+from experiments import deploy_nimbus
 from g5kdeploy import remote
 from g5kdeploy.engine import stage
 from g5kdeploy.errors import UserError
+from g5kdeploy.nimbus import deploy as clouds_api
+from g5kdeploy.nimbus.config import INSTANCE_TYPES
 from g5kdeploy.results import Run
 from g5kdeploy.sky import blast, data, platform as sky
-from g5kdeploy.testbed import Testbed
+from g5kdeploy.testbed import NodeSet, Testbed
 
 NAME = "blastx-sky"
 PARAMS = {"platforms": [{"rennes": 1}, {"rennes": 2}, {"rennes": 1, "nancy": 1}, {"rennes": 2, "nancy": 2}],
@@ -49,7 +60,9 @@ PARAMS = {"platforms": [{"rennes": 1}, {"rennes": 2}, {"rennes": 1, "nancy": 1},
           "loss": {"workers": {"rennes": 1, "nancy": 1}, "at_fraction": 0.3},
           "proteins": 20000, "queries": 2400, "decoys": 600, "seed": 1, "chunks": 60,
           "query_file": None, "database_fasta": None,
+          "workers_on": "nodes", "instance_type": "m1.large",
           "threads_per_worker": 1, "repeats": 1, "walltime": "2:00"}
+WORKERS_ON = ("nodes", "instances")
 FULL = {"repeats": 3}
 
 
@@ -69,13 +82,15 @@ def layouts(p: dict) -> list[dict[str, int]]:
 
 def nodes_needed(p: dict) -> dict[str, int]:
     """Per site, the most workers any layout asks (the elastic run's start and add together),
-    plus the master on the first site."""
+    plus the master on the first site (and each cloud's service node for instances)."""
     need: dict[str, int] = {}
     grown = [{s: p["elastic"]["start"].get(s, 0) + p["elastic"]["add"].get(s, 0)
               for s in {**p["elastic"]["start"], **p["elastic"]["add"]}}] if p["elastic"] else []
     for layout in list(p["platforms"]) + grown + ([p["loss"]["workers"]] if p["loss"] else []):
         for site, n in layout.items():
             need[site] = max(need.get(site, 0), n)
+    if p["workers_on"] == "instances":
+        need = {site: n + 1 for site, n in need.items()}          # each site's cloud service node
     first = next(iter(layouts(p)[0]))
     need[first] = need.get(first, 0) + 1
     return need
@@ -105,6 +120,10 @@ def check_params(p: dict, description) -> None:
         sky.check_fraction(p["loss"]["at_fraction"], "loss.at_fraction")
         if sum(p["loss"]["workers"].values()) < 2:
             raise UserError("loss.workers needs at least 2 workers: one is killed, the others finish the job")
+    if p["workers_on"] not in WORKERS_ON:
+        raise UserError(f"workers_on={p['workers_on']!r}: use one of {', '.join(WORKERS_ON)}")
+    if p["instance_type"] not in INSTANCE_TYPES:
+        raise UserError(f"unknown instance type {p['instance_type']!r}: use {', '.join(INSTANCE_TYPES)}")
     if int(p["chunks"]) < 1 or int(p["threads_per_worker"]) < 1 or int(p["repeats"]) < 1:
         raise UserError("chunks, threads_per_worker and repeats must be at least 1")
     if p["query_file"]:
@@ -116,7 +135,8 @@ def check_params(p: dict, description) -> None:
     sizes = {s: sum(1 for n in description.nodes() if n.site == s) for s in description.sites}
     for site, n in nodes_needed(p).items():
         if n > sizes[site]:
-            raise UserError(f"the runs need {n} nodes on {site} (workers + the master on the first site), "
+            raise UserError(f"the runs need {n} nodes on {site} (workers, the master on the first site, the "
+                            f"clouds' service nodes for instances), "
                             f"which has {sizes[site]}: ask fewer workers or use a larger testbed")
 
 
@@ -125,7 +145,7 @@ def _spec(p: dict) -> data.Spec:
                      seed=int(p["seed"]))
 
 
-def prepare(run: Run, p: dict, work: Path) -> tuple[Path, Path, dict]:
+def prepare(p: dict, work: Path) -> tuple[Path, Path, dict]:
     """The queries, the database (makeblastdb) and the truth when generated."""
     truth: dict = {}
     if p["query_file"] and p["database_fasta"]:
@@ -141,48 +161,73 @@ def prepare(run: Run, p: dict, work: Path) -> tuple[Path, Path, dict]:
     return queries, db, {**summary, "truth": truth}
 
 
-def _task_rows(run: Run, events: list[dict], nodes_by_worker: dict, **key) -> list[dict]:
+def _task_rows(run: Run, events: list[dict], host, **key) -> list[dict]:
     t0 = next(e["t"] for e in events if e["event"] == "submitted")
     rows = []
     for e in (e for e in events if e["event"] == "task"):
         row = {"chunk": e["chunk"], "worker": e["worker"], "site": e["worker"].split("/")[0],
                "start_s": e["start"] - t0, "end_s": e["end"] - t0, "queries": e["queries"], "hits": e["chunk_hits"]}
         run.row(level="task", **key, **row)
-        run.event("blastx-task", "end", nodes_by_worker.get(e["worker"]), **key, **row)
+        run.event("blastx-task", "end", host(e["worker"]), **key, **row)
         rows.append(row)
     return rows
 
 
-class Runs:
-    """The job runs of one experiment on one set of nodes, each on a fresh platform."""
+class Workers:
+    """Where a layout's workers come from: reserved nodes (one worker each), or instances
+    asked from each site's cloud."""
 
-    def __init__(self, run: Run, p: dict, master, workers: dict, reference: dict):
-        self.run, self.p, self.master, self.free, self.reference = run, p, master, workers, reference
-        self.static: dict[str, list[float]] = {}
+    def __init__(self, nodes: dict[str, list] | None = None, clouds: dict | None = None, instance_type: str = ""):
+        self.free, self.clouds, self.instance_type = nodes or {}, clouds or {}, instance_type
+        self.ec2 = {site: clouds_api.client(cloud) for site, cloud in self.clouds.items()}
 
-    def _nodes(self, layout: dict[str, int], taken=()) -> list:
+    def nodes(self, layout: dict[str, int], taken=()) -> list:
         return [n for site, k in layout.items() for n in [m for m in self.free[site] if m not in taken][:k]]
 
-    def one(self, kind: str, layout: dict[str, int], repeat: int, actions=None, platform=None) -> dict:
+    def add(self, plat: sky.Platform, layout: dict[str, int], beside: dict[str, int] | None = None) -> list[str]:
+        """Workers of `layout` for a platform (besides those of `beside`, already in it); their names."""
+        if self.clouds:
+            return [name for site, k in layout.items()
+                    for name in plat.add_instances(self.ec2[site], site, k, self.instance_type)]
+        return plat.add_workers(self.nodes(layout, taken=self.nodes(beside or {})))
+
+    def release(self) -> None:
+        """Terminate every instance the clouds still run."""
+        for cloud in self.clouds.values():
+            clouds_api.terminate_all(cloud)
+
+    def host(self, worker: str) -> str:
+        """The node a worker runs on (its name for an instance)."""
+        return next((n.hostname for ns in self.free.values() for n in ns if sky.worker_name(n) == worker), worker)
+
+
+class Runs:
+    """The job runs of one experiment, each on a fresh platform."""
+
+    def __init__(self, run: Run, p: dict, master, workers: Workers):
+        self.run, self.p, self.master, self.workers = run, p, master, workers
+        self.reference: dict = {}
+        self.static: dict[str, list[float]] = {}
+
+    def one(self, kind: str, layout: dict[str, int], repeat: int, actions=None, chunks: int | None = None) -> dict:
         """Start a platform on `layout`, run the job; its run row (makespan, speedup...)."""
         threads = int(self.p["threads_per_worker"])
-        plat = platform or sky.Platform(self.master, threads).start()
+        plat = sky.Platform(self.master, threads).start()
         try:
-            if not plat.workers:
-                plat.add_workers(self._nodes(layout))
-            events = plat.job(int(self.p["chunks"]), actions(plat) if actions else None)
+            self.workers.add(plat, layout)
+            events = plat.job(chunks or int(self.p["chunks"]), actions(plat) if actions else None)
         finally:
             plat.stop()
         key = {"kind": kind, "platform": label(layout), "repeat": repeat}
-        names = {sky.worker_name(n): n.hostname for ns in self.free.values() for n in ns}
-        tasks = _task_rows(self.run, events, names, **key)
+        tasks = _task_rows(self.run, events, self.workers.host, **key)
         submitted = next(e["t"] for e in events if e["event"] == "submitted")
         done = next(e for e in events if e["event"] == "done")
         makespan = done["t"] - submitted
         workers = sum(layout.values())
+        reference = self.reference or {"time_s": makespan, "sha256": done["sha256"]}
         row = {**key, "sites": len(layout), "workers": workers, "cores": workers * threads, "tasks": len(tasks),
-               "makespan_s": makespan, "speedup": self.reference["time_s"] / makespan,
-               "hits": done["hits"], "hits_equal": done["sha256"] == self.reference["sha256"],
+               "makespan_s": makespan, "speedup": reference["time_s"] / makespan,
+               "hits": done["hits"], "hits_equal": done["sha256"] == reference["sha256"],
                "submitted_at": submitted, "events": events}
         row["efficiency"] = row["speedup"] / row["cores"]
         return row
@@ -202,10 +247,11 @@ class Runs:
     def elastic(self, repeat: int) -> dict:
         e = self.p["elastic"]
         start, add = e["start"], e["add"]
-        added = self._nodes(add, taken=self._nodes(start))
-        row = self.one("elastic", start, repeat, lambda plat: {e["at_fraction"]: lambda: plat.add_workers(added)})
+        row = self.one("elastic", start, repeat,
+                       lambda plat: {e["at_fraction"]: lambda: self.workers.add(plat, add, beside=start)})
         extension = next(x for x in row["events"] if x["event"] == "action")
-        joined = min(x["start"] for x in row["events"] if x["event"] == "task" and x["worker"] in extension["result"])
+        joined = min((x["start"] for x in row["events"] if x["event"] == "task" and x["worker"] in extension["result"]),
+                     default=float("nan"))      # nan: the job ended before the new workers took a task
         t_x = extension["t"] - row["submitted_at"]
         c, c_add = row["cores"], sum(add.values()) * int(self.p["threads_per_worker"])
         base = self.baseline(start, repeat)
@@ -216,53 +262,82 @@ class Runs:
         return self.record(row)
 
     def loss(self, repeat: int) -> dict:
-        layout = self.p["loss"]["workers"]
-        victim = sky.worker_name(self._nodes(layout)[-1])
-
         def lose(plat):
-            return {self.p["loss"]["at_fraction"]: lambda: plat.kill_worker(victim) or victim}
-        row = self.one("loss", layout, repeat, lose)
+            def kill():
+                victim = list(plat.workers)[-1]
+                plat.kill_worker(victim)
+                return victim
+            return {self.p["loss"]["at_fraction"]: kill}
+        row = self.one("loss", self.p["loss"]["workers"], repeat, lose)
         kill = next(x for x in row["events"] if x["event"] == "action")
-        row.update(lost_worker=victim, lost_at_s=kill["end"] - row["submitted_at"])   # once the kill returned
-        self.run.event("loss", "kill", None, worker=victim, at_s=row["lost_at_s"])
+        row.update(lost_worker=kill["result"], lost_at_s=kill["end"] - row["submitted_at"])   # once the kill returned
+        self.run.event("loss", "kill", None, worker=kill["result"], at_s=row["lost_at_s"])
         return self.record(row)
 
 
-def main(run: Run, testbed: Testbed, platforms, elastic, loss, chunks, threads_per_worker, repeats, walltime, **p):
-    p.update(platforms=platforms, elastic=elastic, loss=loss, chunks=chunks, threads_per_worker=threads_per_worker)
+def _deploy(run: Run, testbed: Testbed, nodes) -> None:
+    with stage(run, "deploy", nodes):
+        outcomes = testbed.deploy(nodes)
+    if failed := [f"{h}: {o.error}" for h, o in outcomes.items() if not o.ok]:
+        raise RuntimeError("deployment failed on " + "; ".join(failed))
+
+
+def platform_nodes(run: Run, testbed: Testbed, res, first: str, workers_on: str, instance_type: str):
+    """Deploy the reservation: the master, and the workers' nodes or one cloud per site
+    (its first node the service, the others VMMs). The master, the nodes that hold the
+    database, and where workers come from."""
+    by_site = {s: sorted(ns, key=lambda n: ipaddress.ip_address(n.address)) for s, ns in res.nodes.by_site().items()}
+    master = by_site[first][0]
+    rest = {s: [n for n in ns if n is not master] for s, ns in by_site.items()}
+    if workers_on == "nodes":
+        _deploy(run, testbed, res.nodes)
+        return master, [n for ns in rest.values() for n in ns], Workers(nodes=rest)
+    _deploy(run, testbed, [master])
+    cloud_nodes = NodeSet([n for ns in rest.values() for n in ns])
+    clouds = deploy_nimbus.build(run, testbed, dataclasses.replace(res, nodes=cloud_nodes), time.time(),
+                                 vmm_memory_mb=INSTANCE_TYPES[instance_type], level="cloud")
+    vmms = {h for c in clouds.values() for h in c["vmms"]}
+    return master, [n for n in cloud_nodes if n.hostname in vmms], Workers(clouds=clouds, instance_type=instance_type)
+
+
+def main(run: Run, testbed: Testbed, platforms, elastic, loss, chunks, threads_per_worker, repeats, walltime,
+         workers_on, instance_type, **p):
+    p.update(platforms=platforms, elastic=elastic, loss=loss, chunks=chunks, threads_per_worker=threads_per_worker,
+             workers_on=workers_on, instance_type=instance_type)
     need = nodes_needed(p)
     with stage(run, "reserve"):
         res = testbed.reserve(need, walltime=walltime, name=NAME)
+    workers = None
     try:
-        with stage(run, "deploy", res.nodes):
-            outcomes = testbed.deploy(res.nodes)
-        if failed := [f"{h}: {o.error}" for h, o in outcomes.items() if not o.ok]:
-            raise RuntimeError("deployment failed on " + "; ".join(failed))
-        by_site = {s: sorted(ns, key=lambda n: ipaddress.ip_address(n.address)) for s, ns in res.nodes.by_site().items()}
-        first = next(iter(need))
-        master, workers = by_site[first][0], {s: [n for n in ns if n is not by_site[first][0]] for s, ns in by_site.items()}
-        every_worker = [n for ns in workers.values() for n in ns]
-        with stage(run, "configure", res.nodes):
-            sky.configure(list(res.nodes), logdir=run.dir / "chef")
+        master, hosts, workers = platform_nodes(run, testbed, res, next(iter(need)), workers_on, instance_type)
+        with stage(run, "configure", [master, *hosts]):
+            sky.configure([master, *hosts], logdir=run.dir / "chef")
         with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
             with stage(run, "data"):
-                queries, db, summary = prepare(run, p, Path(tmp))
-            with stage(run, "ship", every_worker):
-                for r in sky.ship(db, queries, every_worker, [master, every_worker[0]]):
+                queries, db, summary = prepare(p, Path(tmp))
+            with stage(run, "ship", hosts):
+                for r in sky.ship(db, queries, hosts, [master, hosts[0]]):
                     run.row(level="ship", **r)
-        with stage(run, "sequential", [every_worker[0]]):
+        runs = Runs(run, p, master, workers)
+        with stage(run, "sequential", [hosts[0]]):
             times = []
             for i in range(repeats):
-                ref = sky.sequential(every_worker[0])
+                if workers_on == "instances":     # the reference runs where the workers do
+                    one = runs.one("sequential", {next(iter(need)): 1}, i, chunks=1)
+                    ref = {"host": "instance", "time_s": one["makespan_s"], "hits": one["hits"],
+                           "sha256": next(e for e in one["events"] if e["event"] == "done")["sha256"]}
+                else:
+                    ref = sky.sequential(hosts[0])
                 times.append(ref["time_s"])
                 run.row(level="sequential", repeat=i, **ref)
-            ref["time_s"] = statistics.median(times)
+            runs.reference = {**ref, "time_s": statistics.median(times)}
         truth = summary.pop("truth")
-        with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
-            remote.get([every_worker[0]], [f"{sky.ROOT}/hits-sequential.tsv"], tmp)
-            hits = (Path(tmp) / "hits-sequential.tsv").read_text().splitlines()
-        run.row(level="data", **summary, **(blast.recall(hits, truth) if truth else {}))
-        runs = Runs(run, p, master, workers, ref)
+        if truth:
+            where, table = ((hosts[0], "hits-sequential.tsv") if workers_on == "nodes" else (master, "hits.tsv"))
+            with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
+                remote.get([where], [f"{sky.ROOT}/{table}"], tmp)
+                summary.update(blast.recall((Path(tmp) / table).read_text().splitlines(), truth))
+        run.row(level="data", **summary)
         for i in range(repeats):
             for layout in platforms:
                 with stage(run, f"static {label(layout)}"):
@@ -274,6 +349,8 @@ def main(run: Run, testbed: Testbed, platforms, elastic, loss, chunks, threads_p
                 with stage(run, "loss"):
                     runs.loss(i)
     finally:
+        if workers:
+            workers.release()
         with stage(run, "release"):
             testbed.release(res)
 

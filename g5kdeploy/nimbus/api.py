@@ -8,6 +8,7 @@ import binascii
 import json
 import logging
 import secrets
+import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +103,8 @@ class Service:
         if mode not in PROPAGATION_MODES:
             raise EC2Error("InvalidParameterValue", f"unknown propagation {mode!r}: use one of "
                            + ", ".join(PROPAGATION_MODES))
+        if not tags.get("share", "/").startswith("/"):
+            raise EC2Error("InvalidParameterValue", f"tag share={tags['share']!r}: give an absolute path of the VMMs")
         try:
             user_data = base64.b64decode(p.get("UserData", ""), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
@@ -140,7 +143,8 @@ class Service:
         def boot(i: dict) -> None:
             args = " ".join([f"--id {i['id']} --ip {i['ip']}/{self.cloud.prefix} --gateway {self.cloud.gateway}",
                              f"--name {i['name']} --broker {self.cloud.broker} --ctx {i['ctx']}",
-                             f"--memory {i['memory_mb']} --bridge {self.cloud.bridge}", *disks[i["id"]]])
+                             f"--memory {i['memory_mb']} --bridge {self.cloud.bridge}", *disks[i["id"]],
+                             *([f"--share {shlex.quote(i['tags']['share'])}"] if i["tags"].get("share") else [])])
             try:
                 out = json.loads(ssh.run(key, i["vmm"], f"{VMM} start {args}"))
             except Exception as e:  # noqa: BLE001

@@ -41,7 +41,7 @@ def start(a: argparse.Namespace) -> dict:
     volume_s = time.monotonic() - t0
     address = a.ip.split("/")[0]
     g = Guest.installed(a.id, disk, memory_mb=a.memory, cpus=a.cpus, tap=tap_name(a.id), mac=mac_for(address),
-                        disk_format=fmt, cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway,
+                        disk_format=fmt, share=a.share, cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway,
                                                   "g5k_name": a.name, "g5k_broker": a.broker, "g5k_ctx": a.ctx})
     g.save()
     _ip("tuntap", "add", "dev", g.tap, "mode", "tap")
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--memory", type=int, default=128)
     s.add_argument("--cpus", type=int, default=1)
     s.add_argument("--bridge", default="br0")
+    s.add_argument("--share", help="a directory of this VMM the guest may mount read-only (9p tag host)")
     disk = s.add_mutually_exclusive_group(required=True)
     disk.add_argument("--move", help="take this raw image as the guest's own disk")
     disk.add_argument("--copy", help="copy this raw image as the guest's own disk")

@@ -31,11 +31,12 @@ def main(argv: list[str]) -> int:
     for name in ("scheduler", "queries", "db", "chunks", "out"):
         a.add_argument(name)
     a.add_argument("--workers", type=int, default=1, help="wait for this many workers before submitting")
+    a.add_argument("--wait", type=float, default=600, help="... for at most this many seconds")
     args = a.parse_args(argv)
     chunks = blast.split(Path(args.queries).read_text(), int(args.chunks))
     from distributed import Client, as_completed
     with Client(args.scheduler, timeout=60) as client:
-        client.wait_for_workers(args.workers, timeout=120)
+        client.wait_for_workers(args.workers, timeout=args.wait)
         say("submitted", tasks=len(chunks), workers=len(client.scheduler_info()["workers"]))
         hits = []
         # no reference is kept to a finished task: its result, once read, is released, so a

@@ -1,8 +1,9 @@
-"""A sky-computing platform on reserved nodes (thesis §3.3–3.4): a Dask scheduler on the
-master (the first node of the first site), workers on nodes of every site that join it
-over the WAN, the protein database broadcast to every worker along a chain, and the
-BLASTx job followed from the frontend while it runs (to extend the platform or lose a
-worker at a given fraction of the tasks done)."""
+"""A sky-computing platform (thesis §3.3–3.4): a Dask scheduler on the master (the first
+node of the first site) and workers on every site that join it over the WAN, either on
+reserved nodes or on instances asked from the sites' clouds (EC2 API); the protein
+database broadcast to every worker's node along a chain; the BLASTx job followed from the
+frontend while it runs (to extend the platform or lose a worker at a given fraction of
+the tasks done)."""
 from __future__ import annotations
 
 import json
@@ -66,10 +67,29 @@ def worker_name(node: Node) -> str:
     return f"{node.site}/{node.short}"
 
 
+# An instance's user data: the guest mounts its VMM's root read-only (9p tag "host", the
+# instance tag share=/) and runs the worker from it, so the VMM's Dask, BLAST+ and database
+# copy serve the guest; the scheduler address is in the context (the thesis put the Hadoop
+# master's IP in the context profile).
+INSTANCE_WORKER = """#!/bin/sh
+mkdir -p /host && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 host /host || exit 1
+mount -t proc proc /host/proc && mount -t devtmpfs dev /host/dev && mount -t tmpfs tmpfs /host/tmp || exit 1
+exec chroot /host {command}
+"""
+IMAGE = "debian"                          # the image deploy-nimbus registers in every cloud
+
+
 @dataclass
 class Daemon:
     node: Node
     pid: int
+
+
+@dataclass
+class Instance:
+    """A worker on a cloud instance; it ends with TerminateInstances."""
+    ec2: object                           # the boto3 EC2 client of its cloud
+    id: str
 
 
 def _spawn(node: Node, command: str, log: str, what: str) -> Daemon:
@@ -80,8 +100,11 @@ def _spawn(node: Node, command: str, log: str, what: str) -> Daemon:
     return Daemon(node, int(r.stdout))
 
 
-def _stop(daemons: list[Daemon], signal: str = "TERM") -> None:
-    for d in daemons:
+def _stop(workers: list[Daemon | Instance], signal: str = "TERM") -> None:
+    for d in workers:
+        if isinstance(d, Instance):
+            d.ec2.terminate_instances(InstanceIds=[d.id])
+            continue
         remote.run(f"kill -{signal} {d.pid} 2>/dev/null; for i in $(seq 50); do kill -0 {d.pid} 2>/dev/null || exit 0; "
                    f"sleep 0.1; done; kill -KILL {d.pid}", [d.node])
 
@@ -92,7 +115,7 @@ class Platform:
     master: Node
     threads: int = 1
     scheduler: Daemon | None = None
-    workers: dict[str, Daemon] = field(default_factory=dict)     # worker name -> its daemon
+    workers: dict[str, Daemon | Instance] = field(default_factory=dict)     # worker name -> what runs it
     lost: list[str] = field(default_factory=list)
 
     @property
@@ -110,14 +133,14 @@ class Platform:
             raise RuntimeError(f"the Dask scheduler did not start on {self.master.short}: {up.stdout.strip()[-300:]}")
         return self
 
+    def _worker(self, name: str, local_dir: str) -> str:
+        return (f"{WORKER} {self.address} --name {name} --nthreads {self.threads} --no-nanny --no-dashboard "
+                f"--death-timeout 60 --local-directory {local_dir}")
+
     def add_workers(self, nodes: list[Node]) -> list[str]:
-        """Start one worker per node, joining the running scheduler (and job); their names.
-        Contextualization here is the scheduler address on the worker's command line."""
+        """Start one worker per node, joining the running scheduler (and job); their names."""
         def start(node: Node) -> Daemon:
-            name = worker_name(node)
-            return _spawn(node, f"{WORKER} {self.address} --name {shlex.quote(name)} "
-                                f"--nthreads {self.threads} --no-nanny --no-dashboard --death-timeout 60 "
-                                f"--local-directory {ROOT}/dask", f"{ROOT}/worker.log", "Dask worker")
+            return _spawn(node, self._worker(worker_name(node), f"{ROOT}/dask"), f"{ROOT}/worker.log", "Dask worker")
         outcomes = parallel(start, nodes, f"starting {len(nodes)} Dask workers")
         for o in outcomes:
             if o.ok:
@@ -126,8 +149,22 @@ class Platform:
             raise RuntimeError("; ".join(failed))
         return [worker_name(n) for n in nodes]
 
+    def add_instances(self, ec2, site: str, count: int, instance_type: str) -> list[str]:
+        """Ask a site's cloud for `count` instances that boot into workers of this platform
+        (they join when booted); their names."""
+        r = ec2.run_instances(ImageId=IMAGE, MinCount=count, MaxCount=count, InstanceType=instance_type,
+                              UserData=INSTANCE_WORKER.format(command=self._worker(f"{site}/$g5k_id", "/tmp/dask")),
+                              TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                                  {"Key": "share", "Value": "/"}, {"Key": "role", "Value": "dask-worker"}]}])
+        names = []
+        for i in r["Instances"]:
+            names.append(f"{site}/{i['InstanceId']}")
+            self.workers[names[-1]] = Instance(ec2, i["InstanceId"])
+        return names
+
     def kill_worker(self, name: str) -> None:
-        """Lose a worker as a crash would: SIGKILL, no goodbye to the scheduler."""
+        """Lose a worker as a crash would, with no goodbye to the scheduler: SIGKILL, or its
+        instance terminated."""
         _stop([self.workers.pop(name)], "KILL")
         self.lost.append(name)
 

@@ -22,7 +22,8 @@ from g5kdeploy.errors import UserError
 
 KERNEL_PACKAGE = "linux-image-6.1.0-*-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
-MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4")   # and what they depend on
+# and what they depend on; 9p: a directory of the VMM shared read-only (Guest.share)
+MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "9p", "9pnet_virtio")
 GUEST = resources.files(__package__).joinpath("guest")
 CACHE = HOME / "cache"                                          # debs/ and images/
 FORMAT = 3                                                      # bump when the layout changes

@@ -48,6 +48,7 @@ class Guest:
     disk_format: str = "raw"
     incoming: str | None = None          # "defer": wait for migrate-incoming
     extra: list[str] = field(default_factory=list)     # more QEMU arguments
+    share: str | None = None             # a host directory the guest may mount read-only (9p, tag "host")
 
     def __post_init__(self):
         self.rundir = Path(self.rundir)
@@ -88,6 +89,9 @@ class Guest:
             argv += ["-incoming", self.incoming]
         if self.disk:
             argv += ["-drive", f"file={self.disk},format={self.disk_format},if=virtio,cache=unsafe"]
+        if self.share:
+            argv += ["-virtfs", f"local,path={self.share},mount_tag=host,security_model=none,readonly=on,"
+                                "multidevs=remap"]
         if self.tap:
             argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
                      "-device", f"virtio-net-pci,netdev=net0,mac={self.mac}"]
