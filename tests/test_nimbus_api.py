@@ -76,6 +76,9 @@ def test_bad_run_requests_leave_nothing(cloud):
     assert error_code(lambda: ec2.run_instances(
         ImageId="debian", MinCount=1, MaxCount=1, TagSpecifications=[
             {"ResourceType": "instance", "Tags": [{"Key": "propagation", "Value": "ftp"}]}])) == "InvalidParameterValue"
+    assert error_code(lambda: ec2.run_instances(
+        ImageId="debian", MinCount=1, MaxCount=1, TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "share", "Value": "etc"}]}])) == "InvalidParameterValue"
     assert ec2.describe_instances()["Reservations"] == []
     assert Store(c.redis).instances() == []
 

@@ -116,7 +116,6 @@ class Platform:
     threads: int = 1
     scheduler: Daemon | None = None
     workers: dict[str, Daemon | Instance] = field(default_factory=dict)     # worker name -> what runs it
-    lost: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -166,7 +165,6 @@ class Platform:
         """Lose a worker as a crash would, with no goodbye to the scheduler: SIGKILL, or its
         instance terminated."""
         _stop([self.workers.pop(name)], "KILL")
-        self.lost.append(name)
 
     def stop(self) -> None:
         _stop(list(self.workers.values()) + ([self.scheduler] if self.scheduler else []))
