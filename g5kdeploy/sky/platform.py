@@ -7,7 +7,6 @@ the tasks done)."""
 from __future__ import annotations
 
 import json
-import shlex
 import tarfile
 import tempfile
 import time
