@@ -105,6 +105,15 @@ def _records(path, what: str) -> int:
     return n
 
 
+def _check_fraction(value, what: str) -> None:
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = -1
+    if not 0 < fraction < 1:
+        raise UserError(f"{what} must be a fraction of the tasks between 0 and 1, not {value!r}")
+
+
 def check_params(p: dict, description) -> None:
     if not p["platforms"] and not p["elastic"] and not p["loss"]:
         raise UserError("nothing to run: give platforms, elastic or loss")
@@ -115,9 +124,9 @@ def check_params(p: dict, description) -> None:
             if site not in description.sites:
                 raise UserError(f"unknown site {site}: the testbed has {', '.join(description.sites)}")
     if p["elastic"]:
-        sky.check_fraction(p["elastic"]["at_fraction"], "elastic.at_fraction")
+        _check_fraction(p["elastic"]["at_fraction"], "elastic.at_fraction")
     if p["loss"]:
-        sky.check_fraction(p["loss"]["at_fraction"], "loss.at_fraction")
+        _check_fraction(p["loss"]["at_fraction"], "loss.at_fraction")
         if sum(p["loss"]["workers"].values()) < 2:
             raise UserError("loss.workers needs at least 2 workers: one is killed, the others finish the job")
     if p["workers_on"] not in WORKERS_ON:
@@ -228,12 +237,12 @@ class Runs:
         row = {**key, "sites": len(layout), "workers": workers, "cores": workers * threads, "tasks": len(tasks),
                "makespan_s": makespan, "speedup": reference["time_s"] / makespan,
                "hits": done["hits"], "hits_equal": done["sha256"] == reference["sha256"],
-               "submitted_at": submitted, "events": events}
+               "submitted_at": submitted, "events": events, "sha256": done["sha256"]}
         row["efficiency"] = row["speedup"] / row["cores"]
         return row
 
     def record(self, row: dict) -> dict:
-        self.run.row(level="run", **{k: v for k, v in row.items() if k not in ("events", "submitted_at")})
+        self.run.row(level="run", **{k: v for k, v in row.items() if k not in ("events", "submitted_at", "sha256")})
         if row["kind"] == "static":
             self.static.setdefault(row["platform"], []).append(row["makespan_s"])
         return row
@@ -324,8 +333,7 @@ def main(run: Run, testbed: Testbed, platforms, elastic, loss, chunks, threads_p
             for i in range(repeats):
                 if workers_on == "instances":     # the reference runs where the workers do
                     one = runs.one("sequential", {next(iter(need)): 1}, i, chunks=1)
-                    ref = {"host": "instance", "time_s": one["makespan_s"], "hits": one["hits"],
-                           "sha256": next(e for e in one["events"] if e["event"] == "done")["sha256"]}
+                    ref = {"host": "instance", "time_s": one["makespan_s"], "hits": one["hits"], "sha256": one["sha256"]}
                 else:
                     ref = sky.sequential(hosts[0])
                 times.append(ref["time_s"])

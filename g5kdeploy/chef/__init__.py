@@ -189,6 +189,15 @@ def apply(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | No
     return [o.value for o in parallel(converge, nodes, f"{runner}: converging {len(nodes)} nodes")]
 
 
+def apply_all(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | None = None,
+              runner: str = "itamae", logdir: Path | None = None) -> list[Converge]:
+    """`apply`, raising with each failed node and its reason unless every node converged."""
+    done = apply(assignments, files, runner, logdir)
+    if failed := [f"{c.host}: {c.error}" for c in done if not c.ok]:
+        raise RuntimeError("configuration failed on " + "; ".join(failed))
+    return done
+
+
 def _last_error(log: str) -> str:
     lines = [l for l in log.splitlines() if "ERROR" in l or "FATAL" in l] or log.strip().splitlines()[-1:]
     return lines[-1].strip()[-300:] if lines else "failed"

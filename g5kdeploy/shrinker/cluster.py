@@ -55,9 +55,7 @@ def configure(src: Site, dst: Site, image, logdir: Path | None = None) -> None:
     roles.update({n: ("shrinker-hypervisor", {"g5kdeploy": {"address": n.address}})
                   for n in src.hypervisors + dst.hypervisors})
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-shrinker-") as tmp:
-        done = chef.apply(roles, vm_image.boot_files(image, Path(tmp)), logdir=logdir)
-    if failed := [f"{c.host}: {c.error}" for c in done if not c.ok]:
-        raise RuntimeError("configuration failed on " + "; ".join(failed))
+        chef.apply_all(roles, vm_image.boot_files(image, Path(tmp)), logdir=logdir)
 
 
 def _one(node: Node, command: str, timeout: float = 600) -> dict:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 from g5kdeploy import chef, on_node, remote
-from g5kdeploy.errors import UserError
 from g5kdeploy.progress import parallel
 from g5kdeploy.sky.data import DB_NAME
 from g5kdeploy.testbed.model import Node
@@ -30,9 +29,7 @@ SCHEDULER, WORKER = on_node("distributed.cli.dask_scheduler"), on_node("distribu
 
 def configure(nodes: list[Node], logdir: Path | None = None) -> None:
     """Converge the sky-node role (Dask, BLAST+, the g5kdeploy sources) on every node."""
-    done = chef.apply({n: ("sky-node", {"g5kdeploy": {"sky_root": ROOT}}) for n in nodes}, logdir=logdir)
-    if failed := [f"{c.host}: {c.error}" for c in done if not c.ok]:
-        raise RuntimeError("configuration failed on " + "; ".join(failed))
+    chef.apply_all({n: ("sky-node", {"g5kdeploy": {"sky_root": ROOT}}) for n in nodes}, logdir=logdir)
 
 
 def ship(db_dir: Path, queries: Path, workers: list[Node], readers: list[Node]) -> list[dict]:
@@ -199,12 +196,3 @@ class Platform:
             raise RuntimeError(f"the BLASTx job failed: {errors[0] if errors else result.error or result.stderr[-300:]}")
         return events
 
-
-def check_fraction(value, what: str) -> float:
-    try:
-        fraction = float(value)
-    except (TypeError, ValueError):
-        fraction = -1
-    if not 0 < fraction < 1:
-        raise UserError(f"{what} must be a fraction of the tasks between 0 and 1, not {value!r}")
-    return fraction
