@@ -9,7 +9,7 @@ PACKAGES=(openssh-server openssh-client taktuk netcat-traditional iproute2 iputi
           util-linux postgresql oar-server oar-server-pgsql oar-user oar-user-pgsql oar-node
           libjson-perl libyaml-perl
           itamae qemu-system-x86 qemu-utils redis-server python3-redis e2fsprogs xz-utils
-          ncbi-blast+ python3-distributed)
+          ncbi-blast+ python3-distributed sudo)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -33,7 +33,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import g5kdeploy, execo, hostlist, invoke, pandas, pyarrow, rich, pytest" 2>/dev/null \
+if ! .venv/bin/python -c "import g5kdeploy, execo, hostlist, invoke, pandas, pyarrow, rich, pytest, grid5000, enoslib" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "bootstrap: pip install -e .[test]"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"

@@ -5,6 +5,7 @@ import functools
 import importlib
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -16,6 +17,8 @@ from invoke import Exit, task
 from g5kdeploy.errors import UserError
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+TESTBED = os.environ.get("G5KDEPLOY_TESTBED", "local")    # set inside batch jobs by `invoke submit`
+RESUMABLE = 75    # exit code of a run stopped by the walltime guard (EX_TEMPFAIL): resume it
 
 
 def _interrupt(signum, frame):
@@ -24,7 +27,10 @@ def _interrupt(signum, frame):
 
 def user_errors(fn):
     """A UserError ends the task with its one-line message, no traceback. SIGTERM (oardel,
-    the end of a batch job's walltime, kill) interrupts like Ctrl-C: cleanups run."""
+    the end of a batch job's walltime, kill) interrupts like Ctrl-C: cleanups run. A run
+    the walltime guard stopped exits with RESUMABLE."""
+    from g5kdeploy.engine import WalltimeReached
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -32,6 +38,9 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             raise Exit(f"error: {e}", code=2) from None
+        except WalltimeReached as e:
+            raise Exit(f"{e}: the rows so far are saved; go on in a new reservation with "
+                       f"--resume {e.run_id}", code=RESUMABLE) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
         finally:
@@ -104,10 +113,12 @@ def testbed_validate(c, seconds=3):
 
 
 @task(help={"name": "experiment name (a file in experiments/)",
-            "param": "override a parameter, key=JSON value (repeatable)"}, iterable=["param"])
+            "param": "override a parameter, key=JSON value (repeatable)",
+            "resume": "run id of an earlier run to go on with (its sweep's points done are kept)",
+            "testbed": "local (embedded) or g5k"}, iterable=["param"])
 @user_errors
-def experiment(c, name, param=None):
-    """Run an experiment on the local testbed into results/<name>/<run-id>/."""
+def experiment(c, name, param=None, resume=None, testbed=TESTBED):
+    """Run an experiment into results/<name>/<run-id>/ (or go on with run --resume)."""
     from g5kdeploy import engine
     from g5kdeploy.testbed import open as open_testbed
     module = _experiment_module(name)
@@ -120,11 +131,96 @@ def experiment(c, name, param=None):
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    run = engine.execute(module, open_testbed("local"), overrides)
+    if resume:
+        overrides = {**_stored_params(module.NAME, resume), **overrides}
+    run = engine.execute(module, open_testbed(testbed), overrides, resume=resume)
     from g5kdeploy.results import load
     if hasattr(module, "summary"):
         print("\n".join(module.summary(load(run.dir))))
     print(f"results: {run.dir}")
+
+
+def _stored_params(experiment: str, run_id: str) -> dict:
+    from g5kdeploy.results import default_root
+    path = default_root() / experiment / run_id / "params.json"
+    if not path.is_file():
+        raise UserError(f"no run {run_id} in {path.parent.parent}: give the directory name of an earlier run")
+    return json.loads(path.read_text())["params"]
+
+
+def _sites(text: str) -> dict[str, int]:
+    """`rennes:4,nancy:2` -> {"rennes": 4, "nancy": 2}"""
+    out = {}
+    for part in filter(None, text.split(",")):
+        site, _, count = part.partition(":")
+        if not count.isdigit() or int(count) <= 0:
+            raise UserError(f"bad --sites entry {part!r}: write site:nodes, e.g. rennes:4,nancy:4")
+        out[site.strip()] = int(count)
+    if not out:
+        raise UserError("no --sites: write site:nodes, e.g. rennes:4,nancy:4")
+    return out
+
+
+@task(help={"task": "the invoke task to run inside the job, quoted, e.g. \"experiment shrinker\"",
+            "sites": "nodes per site, e.g. rennes:4,nancy:4 (the batch runs in the first site's job)",
+            "walltime": "H:MM or H:MM:SS", "name": "OAR job name (default: from the task)",
+            "testbed": "local (embedded) or g5k"})
+@user_errors
+def submit(c, task, sites, walltime="1:00", name=None, testbed=TESTBED):
+    """Submit an OAR batch job that runs an invoke task on the reserved nodes."""
+    request = _sites(sites)
+    name = name or "batch-" + "-".join(task.split()[:2])
+    tb = _testbed(testbed, bring_up=False)
+    jobs = tb.submit(task, request, walltime, name)
+    first = next(iter(request))
+    from g5kdeploy.results import default_root
+    out = tb.output_dir()
+    print(f"OAR job {jobs[first]} on {first} runs `invoke {task}`" +
+          "".join(f"; job {j} holds {s}'s nodes" for s, j in jobs.items() if s != first))
+    print(f"stdout: {out}/OAR.{name}.{jobs[first]}.stdout  stderr: {out}/OAR.{name}.{jobs[first]}.stderr")
+    print(f"run directory: {default_root().resolve()}/<experiment>/<run-id> (its last line of stdout)")
+    print(f"follow it: oarstat -fj {jobs[first]}   end it: invoke release --name {name}")
+
+
+@task(help={"name": "OAR job name (default: the enclosing batch job's)", "testbed": "local or g5k"})
+@user_errors
+def release(c, name=None, testbed=TESTBED):
+    """End the live OAR jobs of that name (inside a batch job: all but itself)."""
+    tb = _testbed(testbed, bring_up=False)
+    ended = tb.release_named(name or _enclosing_name(tb))
+    print(f"ended OAR jobs: {', '.join(f'{j.site}:{j.id}' for j in ended) or 'none'}")
+
+
+@task(help={"name": "OAR job name (default: the enclosing batch job's)",
+            "extend": "more walltime to ask for, H:MM or H:MM:SS", "testbed": "local or g5k"})
+@user_errors
+def walltime(c, name=None, extend=None, testbed=TESTBED):
+    """Show when the live jobs of that name end; with --extend, ask OAR for more walltime."""
+    from datetime import datetime
+    from g5kdeploy.testbed.model import parse_walltime
+    tb = _testbed(testbed, bring_up=False)
+    name = name or _enclosing_name(tb)
+    jobs = [j for s in tb.description.sites for j in tb.scheduler.live(s, name)]
+    if not jobs:
+        raise UserError(f"no live OAR job named {name!r}: see oarstat")
+    if extend:
+        seconds = parse_walltime(extend)
+        for j in jobs:
+            tb.scheduler.extend(j.site, j.id, seconds)
+        time.sleep(2)      # OAR grants it at its next scheduling pass
+        jobs = [tb.scheduler.job(j.site, j.id) for j in jobs]
+    for j in jobs:
+        end = f"ends {datetime.fromtimestamp(j.end):%H:%M:%S}" if j.end else "not started"
+        print(f"{j.site}:{j.id} {j.state} walltime {j.walltime_s} s, {end}")
+
+
+def _enclosing_name(tb) -> str:
+    from g5kdeploy.testbed.oar import enclosing_job
+    inside = enclosing_job()
+    if not inside:
+        raise UserError("give --name: not inside an OAR job")
+    job, hosts = inside
+    return tb.scheduler.job(tb.node(hosts[0]).site, job).name
 
 
 @task(help={"sites": "comma-separated sites, one cloud each", "vmms_per_site": "VMM nodes per cloud",

@@ -11,7 +11,7 @@ import statistics
 import time
 
 from g5kdeploy import remote
-from g5kdeploy.engine import stage
+from g5kdeploy.engine import stage, sweep
 from g5kdeploy.remote import probe
 from g5kdeploy.results import Run
 from g5kdeploy.testbed import NodeSet, Testbed
@@ -39,36 +39,43 @@ def configured_mbit(testbed: Testbed, src, dst) -> float:
     return rates["wan"]["|".join(sorted((src.site, dst.site)))] / 1e6
 
 
-def measure_throughput(testbed: Testbed, nodes: NodeSet, seconds: float, run: Run | None = None) -> list[dict]:
-    rows = []
-    for src, dst, scope in paths(nodes):
-        rows.append({"metric": "throughput", "src": src.hostname, "dst": dst.hostname, "scope": scope,
-                     "throughput_mbit_s": probe.throughput(src, dst, seconds) / 1e6,
-                     "configured_mbit_s": configured_mbit(testbed, src, dst)})
-        if run:
-            run.row(**rows[-1])
-    return rows
+def throughput_row(testbed: Testbed, src, dst, scope: str, seconds: float) -> dict:
+    return {"metric": "throughput", "src": src.hostname, "dst": dst.hostname, "scope": scope,
+            "throughput_mbit_s": probe.throughput(src, dst, seconds) / 1e6,
+            "configured_mbit_s": configured_mbit(testbed, src, dst)}
+
+
+def measure_throughput(testbed: Testbed, nodes: NodeSet, seconds: float) -> list[dict]:
+    return [throughput_row(testbed, src, dst, scope, seconds) for src, dst, scope in paths(nodes)]
+
+
+def grid(nodes: NodeSet, exec_nodes, methods, repeats) -> list[dict]:
+    """Every measurement as a sweep point: a path's throughput and rtt, one timed `hostname`."""
+    out = [{"metric": m, "src": a.hostname, "dst": b.hostname, "scope": scope}
+           for m in ("throughput", "rtt") for a, b, scope in paths(nodes)]
+    out += [{"metric": "exec_latency", "method": method, "nodes": n, "repeat": i}
+            for method in methods for n in exec_nodes if n <= len(nodes) for i in range(repeats)]
+    return out
 
 
 def main(run: Run, testbed: Testbed, walltime, exec_nodes, methods, repeats, iperf_seconds):
     request = {s: site.size for s, site in testbed.description.sites.items()}
     with stage(run, "reserve"):
         res = testbed.reserve(request, walltime=walltime, name=NAME)
+    node = {n.hostname: n for n in res.nodes}
+
+    def measure(p: dict) -> None:
+        if p["metric"] == "throughput":
+            run.row(**throughput_row(testbed, node[p["src"]], node[p["dst"]], p["scope"], iperf_seconds))
+        elif p["metric"] == "rtt":
+            run.row(**p, rtt_ms=probe.rtt_ms(node[p["src"]], node[p["dst"]]))
+        else:
+            t0 = time.monotonic()
+            results = remote.run("hostname", res.nodes[:p["nodes"]], method=p["method"])
+            run.row(**p, time_s=time.monotonic() - t0, hosts_ok=len(results.ok))
+
     try:
-        with stage(run, "throughput", res.nodes):
-            measure_throughput(testbed, res.nodes, iperf_seconds, run)
-        with stage(run, "rtt", res.nodes):
-            for src, dst, scope in paths(res.nodes):
-                run.row(metric="rtt", src=src.hostname, dst=dst.hostname, scope=scope,
-                        rtt_ms=probe.rtt_ms(src, dst))
-        with stage(run, "exec_latency", res.nodes):
-            for method in methods:
-                for n in [k for k in exec_nodes if k <= len(res.nodes)]:
-                    for i in range(repeats):
-                        t0 = time.monotonic()
-                        results = remote.run("hostname", res.nodes[:n], method=method)
-                        run.row(metric="exec_latency", method=method, nodes=n, repeat=i,
-                                time_s=time.monotonic() - t0, hosts_ok=len(results.ok))
+        sweep(run, grid(res.nodes, exec_nodes, methods, repeats), measure, name=lambda p: p["metric"])
     finally:
         with stage(run, "release"):
             testbed.release(res)

@@ -1,19 +1,66 @@
-"""Experiments as stages over a testbed, each stage timed into the run's timeline."""
+"""Experiments as stages over a testbed, each stage timed into the run's timeline; parameter
+sweeps that resume; a walltime guard that stops cleanly before a stage cannot fit."""
 from __future__ import annotations
 
+import json
+import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Callable, Iterable
 
+from g5kdeploy.errors import UserError
 from g5kdeploy.progress import console
 from g5kdeploy.results import Run, load
-from g5kdeploy.testbed import Testbed
+from g5kdeploy.testbed import NodeSet, Testbed
+
+MARGIN_S = 15     # kept in reserve at the end of a reservation: releasing, saving the rows
+
+
+class WalltimeReached(Exception):
+    """The next stage would outlive the reservation: the run stops here, resumable."""
+
+    def __init__(self, stage: str, expected_s: float, left_s: float):
+        self.stage, self.expected_s, self.left_s = stage, expected_s, left_s
+        self.run_id: str | None = None      # the run it stopped, set by execute
+        super().__init__(f"stopped before {stage!r}: it takes ~{expected_s:.0f} s and the reservation "
+                         f"has {left_s:.0f} s left")
+
+
+def expected_duration(run: Run, name: str) -> float | None:
+    """Median duration of stage `name` in this run and earlier runs of its experiment."""
+    if run.durations is None:
+        run.durations = {}
+        for path in sorted(run.dir.parent.glob("*/events.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if e.get("phase") == "end" and e.get("status") == "ok" and e.get("node") is None:
+                    run.durations.setdefault(e["stage"], []).append(e["duration_s"])
+    found = run.durations.get(name)
+    return statistics.median(found) if found else None
+
+
+def guard(run: Run, name: str, expected_s: float | None = None) -> None:
+    """Raise WalltimeReached when stage `name` (its declared or past duration) cannot end
+    `MARGIN_S` before the reservation does."""
+    deadline = run.deadline() if run.deadline else None
+    need = expected_s if expected_s is not None else expected_duration(run, name)
+    if deadline is None or need is None:
+        return
+    left = deadline - time.time() - MARGIN_S
+    if need > left:
+        raise WalltimeReached(name, need, max(left, 0))
 
 
 @contextmanager
-def stage(run: Run, name: str, nodes=None):
-    """Record start/end of a stage (per node when nodes are given) with its duration."""
+def stage(run: Run, name: str, nodes=None, expected_s: float | None = None):
+    """Record start/end of a stage (per node when nodes are given) with its duration,
+    after checking that it fits in what is left of the reservation."""
+    guard(run, name, expected_s)
     names = [str(n) for n in nodes] if nodes else [None]
     t0 = time.time()
     for n in names:
@@ -28,6 +75,48 @@ def stage(run: Run, name: str, nodes=None):
     finally:
         for n in names:
             run.event(name, "end", n, duration_s=time.time() - t0, status=status)
+        if status == "ok" and run.durations is not None:
+            run.durations.setdefault(name, []).append(time.time() - t0)
+
+
+def point_key(point: dict) -> str:
+    return json.dumps(point, sort_keys=True, default=str)
+
+
+def sweep(run: Run, points: Iterable[dict], measure: Callable[[dict], None],
+          name: str | Callable[[dict], str] = "point") -> dict:
+    """measure(point) for every point of the grid not done yet, in order; each point a
+    stage. States persist in the run directory (todo, in progress, done, skipped): rerun
+    with the same run id, it goes on where it stopped, redoing an interrupted point. A
+    point that raises is skipped with its reason; Ctrl-C, SIGTERM and the walltime guard
+    stop the sweep. `name` names the points' stages (a function of the point, or one name)
+    so that the walltime guard knows how long each kind takes. Returns {state: count}."""
+    points = list(points)
+    stage_of = name if callable(name) else (lambda p: name)
+    keys = [point_key(p) for p in points]
+    if len(set(keys)) != len(keys):
+        raise UserError("the sweep's grid repeats a point: add a repeat index to tell them apart")
+    done, skipped = set(run.points("done")), set(run.points("skipped"))
+    for p, key in zip(points, keys):
+        if key in done or key in skipped:
+            continue
+        run.mark(key, "inprogress")
+        run.point = key
+        try:
+            with stage(run, stage_of(p)):
+                measure(p)
+        except Exception as e:  # noqa: BLE001 - a failed point is skipped, the sweep goes on
+            if isinstance(e, (WalltimeReached, UserError)):
+                raise
+            run.mark(key, "skipped", error=f"{type(e).__name__}: {e}")
+            console.print(f"[yellow]point {key} skipped: {type(e).__name__}: {e}")
+        else:
+            run.mark(key, "done")
+        finally:
+            run.point = None
+    done, skipped = set(run.points("done")), set(run.points("skipped"))
+    return {"done": sum(k in done for k in keys), "skipped": sum(k in skipped for k in keys),
+            "todo": sum(k not in done and k not in skipped for k in keys)}
 
 
 def parameters(module: ModuleType, overrides: dict) -> dict:
@@ -36,16 +125,30 @@ def parameters(module: ModuleType, overrides: dict) -> dict:
     return {**module.PARAMS, **full, **overrides}
 
 
-def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None) -> Run:
-    """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory.
-    Its check_params(params, description), if any, runs first: bad parameters leave no run."""
+def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None,
+            resume: str | None = None) -> Run:
+    """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory,
+    or go on with run `resume`. Its check_params(params, description), if any, runs first: bad
+    parameters leave no run. params.json ends with the OAR jobs, the nodes used and those left out."""
     params = parameters(module, overrides or {})
     if check := getattr(module, "check_params", None):
         check(params, testbed.description)
-    run = Run(module.NAME, params, testbed=testbed.description.source)
+    run = Run(module.NAME, params, testbed=testbed.description.source, run_id=resume, resume=bool(resume))
+    run.deadline = testbed.deadline
+    first, failed_before = len(testbed.used), dict(testbed.failed_nodes)
     try:
         module.main(run, testbed, **params)
+    except WalltimeReached as e:
+        run.event(e.stage, "walltime", expected_s=e.expected_s, left_s=e.left_s)
+        run.note(stopped={"before": e.stage, "expected_s": e.expected_s, "left_s": e.left_s})
+        e.run_id = run.run_id
+        raise
     finally:
+        mine = testbed.used[first:]
+        failed = {h: why for h, why in testbed.failed_nodes.items() if failed_before.get(h) != why}
+        run.note(nodes=str(NodeSet(n for r in mine for n in r.nodes if n.hostname not in failed)),
+                 failed_nodes=failed,
+                 oar_jobs=[{"site": s, "job": j, "adopted": s in r.adopted} for r in mine for s, j in r.jobs.items()])
         if run.rows:
             run.save()
             redraw(module, run.dir)

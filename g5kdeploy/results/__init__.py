@@ -4,6 +4,8 @@
         params.json     parameters, testbed description, git commit, package versions
         rows.parquet    one row per observation, one column per variable (units in names)
         rows.csv        the same rows
+        rows.jsonl      the rows as they came, one atomic append each (what a resume keeps)
+        sweep/          the parameter grid's states: todo, in progress, done, skipped
         events.jsonl    timeline: {"t": unix time, "stage", "node", "phase": start|end, ...}
         figures/*.png
 """
@@ -19,6 +21,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+
+from g5kdeploy import jsonlines
+from g5kdeploy.errors import UserError
 
 PACKAGES = ("g5kdeploy", "execo", "python-hostlist", "invoke", "pandas", "pyarrow", "rich")
 
@@ -54,26 +59,69 @@ def git_commit() -> str | None:
 
 
 class Run:
-    """One run of one experiment: write rows and events as they come, tables at the end."""
+    """One run of one experiment: rows and events written as they come, tables at the end.
+
+    A row is one O_APPEND write of one JSON line, so a kill leaves whole rows only. Rows
+    written inside a sweep point carry the point and count only once it is done: a point
+    interrupted and redone on resume neither loses nor duplicates a row."""
 
     def __init__(self, experiment: str, params: dict, testbed: dict | None = None,
-                 root: Path | None = None, run_id: str | None = None):
+                 root: Path | None = None, run_id: str | None = None, resume: bool = False):
         self.experiment = experiment
         self.run_id = run_id or datetime.now().strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
         self.dir = (root or default_root()) / experiment / self.run_id
+        self.point: str | None = None         # the sweep point being measured
+        self.deadline = None                  # callable: when the reservation ends (set by the engine)
+        self.durations: dict[str, list[float]] | None = None
+        if resume:
+            self._reopen(params)
+            return
         (self.dir / "figures").mkdir(parents=True, exist_ok=False)
-        self.rows: list[dict] = []
         meta = {"experiment": experiment, "run_id": self.run_id, "params": params, "testbed": testbed,
                 "git_commit": git_commit(), "versions": versions(), "started": datetime.now().isoformat()}
         (self.dir / "params.json").write_text(json.dumps(meta, indent=1, default=str))
 
+    def _reopen(self, params: dict) -> None:
+        if not (self.dir / "params.json").is_file():
+            raise UserError(f"no run {self.run_id} of {self.experiment} in {self.dir.parent}: "
+                            "give the run id of an earlier run (its directory name)")
+        before = self.meta()["params"]
+        if json.loads(json.dumps(params, default=str)) != before:
+            diff = sorted(k for k in {**before, **params} if before.get(k) != params.get(k))
+            raise UserError(f"run {self.run_id} was made with other parameters ({', '.join(diff)}): "
+                            "resume it without --param, or start a new run")
+        self.note(resumed=self.meta().get("resumed", []) + [datetime.now().isoformat()])
+
+    def meta(self) -> dict:
+        return json.loads((self.dir / "params.json").read_text())
+
+    def note(self, **fields) -> None:
+        """Add or replace entries of params.json (written whole, then renamed into place)."""
+        meta = {**self.meta(), **fields}
+        tmp = self.dir / "params.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1, default=str))
+        tmp.replace(self.dir / "params.json")
+
     def row(self, **columns) -> None:
-        self.rows.append(columns)
+        jsonlines.append(self.dir / "rows.jsonl", {**columns, "_point": self.point} if self.point else columns)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The rows that count: outside any point, or of a point that is done."""
+        done = set(self.points("done"))
+        return [{k: v for k, v in r.items() if k != "_point"} for r in jsonlines.read(self.dir / "rows.jsonl")
+                if r.get("_point") is None or r["_point"] in done]
+
+    def points(self, state: str) -> list[str]:
+        path = self.dir / "sweep" / f"{state}.jsonl"
+        return [e["point"] for e in jsonlines.read(path)]
+
+    def mark(self, point: str, state: str, **fields) -> None:
+        jsonlines.append(self.dir / "sweep" / f"{state}.jsonl", {"point": point, "t": time.time(), **fields}, sync=True)
 
     def event(self, stage: str, phase: str, node: str | None = None, **fields) -> None:
         entry = {"t": time.time(), "stage": stage, "phase": phase, "node": node, **fields}
-        with open(self.dir / "events.jsonl", "a") as f:
-            f.write(json.dumps(entry, default=str) + "\n")
+        jsonlines.append(self.dir / "events.jsonl", entry)
 
     def save(self) -> pd.DataFrame:
         df = pd.DataFrame(self.rows)

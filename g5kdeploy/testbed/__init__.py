@@ -1,43 +1,249 @@
-"""Where nodes come from: the Testbed interface and its backends (local, g5k)."""
+"""Where nodes come from: the Testbed interface and its backends (local, g5k).
+
+Reserving (adopt the enclosing job, reuse a live job by name, or submit), releasing,
+walltime, deployment thresholds and the EnOSlib export are the same on both backends
+and live here; a backend gives its OAR (`scheduler`), its nodes and its reimaging."""
 from __future__ import annotations
 
+import os
+import shlex
+import sys
+import time
 from abc import ABC, abstractmethod
+from datetime import datetime
+from pathlib import Path
 
 from g5kdeploy.errors import UserError
+from g5kdeploy.progress import Outcome, console
 from g5kdeploy.testbed.description import Description
-from g5kdeploy.testbed.model import Node, NodeSet, Reservation
+from g5kdeploy.testbed.model import Node, NodeSet, Reservation, parse_walltime
+from g5kdeploy.testbed.oar import Job, Scheduler, enclosing_job
 
 __all__ = ["Testbed", "Node", "NodeSet", "Reservation", "open"]
+KINDS = ("local", "g5k")
 
 
 class Testbed(ABC):
     """The seam between the emulated and the real Grid'5000 (see DESIGN.md)."""
     description: Description
+    scheduler: Scheduler
+    environments: tuple[str, ...]
+
+    def __init__(self) -> None:
+        self.reservations: list[Reservation] = []   # live ones
+        self.used: list[Reservation] = []           # every one made through this object
+        self.failed_nodes: dict[str, str] = {}     # hostname -> why it was left out
+
+    # -- backend ---------------------------------------------------------------------------
+    @abstractmethod
+    def nodes(self, hosts: str | None = None) -> NodeSet:
+        """All nodes, or those of a hostlist."""
 
     @abstractmethod
-    def reserve(self, request: dict[str, int], walltime: str | int = "1:00",
-                name: str = "g5kdeploy", deploy: bool = True) -> Reservation:
-        """Nodes per site from OAR; returns exactly the nodes OAR gave."""
+    def _reimage(self, nodes: NodeSet, environment: str) -> dict[str, Outcome]:
+        """Deploy `environment` on nodes once (Kadeploy); per-node outcome by hostname."""
 
     @abstractmethod
-    def deploy(self, nodes, environment: str = "debian12-g5kdeploy") -> dict:
-        """Reimage nodes (Kadeploy); per-node outcome."""
+    def ssh_settings(self) -> dict:
+        """How to reach nodes as root: user, keyfile, port, and an ssh gateway if any."""
 
     @abstractmethod
-    def release(self, reservation: Reservation) -> None:
-        """End the reservation's OAR jobs."""
+    def batch_command(self, task: str, name: str) -> str:
+        """The shell command an OAR batch job runs to run `invoke <task>` inside itself."""
+
+    @abstractmethod
+    def output_dir(self) -> Path:
+        """Where OAR writes batch jobs' OAR.<id>.stdout and .stderr."""
 
     @abstractmethod
     def shape(self, a: str, b: str, rate: str) -> None:
         """Limit traffic between sites a and b (a == b: the site's LAN links)."""
 
     @abstractmethod
-    def nodes(self, hosts: str | None = None) -> NodeSet:
-        """All nodes, or those of a hostlist."""
-
-    @abstractmethod
     def destroy(self) -> None:
         """Remove everything the testbed created."""
+
+    # -- OAR ---------------------------------------------------------------------------------
+    def reserve(self, request: dict[str, int], walltime: str | int = "1:00", name: str = "g5kdeploy",
+                deploy: bool = True, properties: str | None = None, timeout: float = 300) -> Reservation:
+        """Nodes per site. Inside an OAR job (OAR_JOB_ID, OAR_NODEFILE) that job's nodes are
+        taken, with the live jobs of the same name on other sites; else a live job named
+        `name` is adopted per site; else one job per site is submitted."""
+        seconds = parse_walltime(walltime)
+        self._check_request(request)
+        adopted = self._adoptable(request, name)
+        submitted: dict[str, int] = {}
+        try:
+            for site in (s for s in request if s not in adopted):
+                submitted[site] = self.scheduler.submit(site, request[site], seconds, name, f"sleep {seconds}",
+                                                        properties, ("deploy",) if deploy else ())
+                self._submitted(site, submitted[site])
+            jobs = {**{s: j.id for s, j in adopted.items()}, **submitted}
+            with console.status(f"waiting for OAR jobs {', '.join(f'{s}:{j}' for s, j in jobs.items())}"):
+                states = self.scheduler.wait(jobs, timeout)
+        except BaseException:
+            self._end(submitted)
+            raise
+        nodes = NodeSet()
+        for site, count in request.items():
+            hosts = [h for h in states[site].hosts if self.node(h).site == site]
+            if len(hosts) < count:
+                self._end(submitted)
+                raise UserError(f"OAR job {jobs[site]} ({states[site].name}) has {len(hosts)} nodes on {site}, "
+                                f"{count} wanted: ask for {len(hosts)} or end it (invoke release "
+                                f"--name {states[site].name})")
+            nodes += [self.node(h) for h in hosts[:count]]
+        res = Reservation(jobs, nodes, datetime.fromtimestamp(min(s.end for s in states.values())), name,
+                          adopted={s: j.id for s, j in adopted.items()})
+        self.reservations.append(res)
+        self.used.append(res)
+        return res
+
+    def _adoptable(self, request: dict[str, int], name: str) -> dict[str, Job]:
+        """Per site, the job to take instead of submitting one."""
+        out: dict[str, Job] = {}
+        inside = enclosing_job()
+        if inside:
+            job_id, hosts = inside
+            sites = {self.node(h).site for h in hosts}
+            job = self.scheduler.job(next(iter(sites)), job_id)
+            name = job.name or name        # the jobs `invoke submit` made on other sites share it
+            out |= {s: Job(s, job_id, job.state, job.name, hosts, job.start, job.walltime_s)
+                    for s in sites if s in request}
+        for site in (s for s in request if s not in out):
+            live = self.scheduler.live(site, name)
+            if len(live) > 1:
+                raise UserError(f"{len(live)} live OAR jobs named {name!r} on {site} "
+                                f"({', '.join(str(j.id) for j in live)}): end all but one, or use another name")
+            if live:
+                out[site] = live[0]
+        return out
+
+    def _submitted(self, site: str, job: int) -> None:
+        """Hook: a job was submitted (the local testbed journals it)."""
+
+    def _ended(self, site: str, job: int) -> None:
+        """Hook: a submitted job was ended."""
+
+    def _end(self, jobs: dict[str, int]) -> None:
+        for site, job in jobs.items():
+            self.scheduler.delete(site, job)
+        self.scheduler.wait_ended(jobs)
+        for site, job in jobs.items():
+            self._ended(site, job)
+
+    def release(self, reservation: Reservation) -> None:
+        """End the jobs this reservation submitted; adopted jobs belong to whoever made them."""
+        self._end({s: j for s, j in reservation.jobs.items() if s not in reservation.adopted})
+        if reservation in self.reservations:
+            self.reservations.remove(reservation)
+
+    def release_named(self, name: str, sites=None) -> list[Job]:
+        """End the live jobs of that name (but the enclosing one); the jobs ended."""
+        inside = enclosing_job()
+        jobs = [j for s in (sites or self.description.sites) for j in self.scheduler.live(s, name)
+                if not inside or j.id != inside[0]]
+        for j in jobs:
+            self.scheduler.delete(j.site, j.id)
+        self.scheduler.wait_ended([(j.site, j.id) for j in jobs])
+        return jobs
+
+    def submit(self, task: str, request: dict[str, int], walltime: str | int, name: str) -> dict[str, int]:
+        """An OAR batch job that runs `invoke <task>` on the frontend (a deploy job, as on
+        Grid'5000) with the first site's nodes, and jobs of the same name on the other sites
+        that the task adopts and that end with it. The jobs per site."""
+        seconds = parse_walltime(walltime)
+        self._check_request(request)
+        if live := [j for s in request for j in self.scheduler.live(s, name)]:
+            raise UserError(f"live OAR jobs are named {name!r} already ({', '.join(str(j.id) for j in live)}): "
+                            f"choose another --name or end them (invoke release --name {name})")
+        jobs: dict[str, int] = {}
+        try:
+            first, *others = request
+            for site in others:
+                jobs[site] = self.scheduler.submit(site, request[site], seconds, name, f"sleep {seconds}",
+                                                   types=("deploy",))
+            jobs[first] = self.scheduler.submit(first, request[first], seconds, name,
+                                                self.batch_command(task, name), types=("deploy",))
+        except BaseException:
+            self._end(jobs)
+            raise
+        return jobs
+
+    def deadline(self) -> float | None:
+        """When the first live reservation ends (unix time), asked from OAR: extensions count."""
+        ends = [self.scheduler.job(s, j).end for r in self.reservations for s, j in r.jobs.items()]
+        ends = [e for e in ends if e]
+        return min(ends) if ends else None
+
+    def _check_request(self, request: dict[str, int]) -> None:
+        sites = self.description.sites
+        if not request:
+            raise UserError("empty reservation: ask for nodes per site, e.g. rennes:2,nancy:1")
+        for site, count in request.items():
+            if site not in sites:
+                raise UserError(f"unknown site {site!r}: this testbed has {', '.join(sites)}")
+            if not isinstance(count, int) or count <= 0:
+                raise UserError(f"{site}: ask for a positive number of nodes (got {count!r})")
+            if count > sites[site].size:
+                raise UserError(f"{site} has {sites[site].size} nodes, {count} requested: ask for fewer")
+
+    def node(self, host: str) -> Node:
+        """The node of a hostname (full, `name.site` or short)."""
+        return self.nodes(host)[0]
+
+    # -- Kadeploy ------------------------------------------------------------------------------
+    def deploy(self, nodes, environment: str = "debian12-g5kdeploy", min: int | None = None,  # noqa: A002
+               tries: int = 2) -> dict[str, Outcome]:
+        """Deploy nodes, retrying those that fail. Goes on when at least `min` (default: all)
+        succeeded, recording the others in `failed_nodes`; else a UserError naming them."""
+        if self.environments and environment not in self.environments:
+            raise UserError(f"unknown environment {environment!r}: available: {', '.join(self.environments)}")
+        nodes = self.nodes(nodes) if isinstance(nodes, str) else NodeSet(nodes)
+        need = len(nodes) if min is None else min
+        outcomes: dict[str, Outcome] = {}
+        todo = nodes
+        for _ in range(tries):
+            t0 = time.monotonic()
+            outcomes |= self._reimage(todo, environment)
+            todo = NodeSet(n for n in todo if not outcomes[n.hostname].ok)
+            if not todo:
+                break
+            console.print(f"deploy: {todo} failed after {time.monotonic() - t0:.0f} s, retrying")
+        failed = {h: o.error for h, o in outcomes.items() if not o.ok}
+        ok = len(nodes) - len(failed)
+        if ok < need:
+            why = "; ".join(f"{h}: {e}" for h, e in failed.items())
+            raise UserError(f"deploy: {ok} of {len(nodes)} nodes deployed, {need} needed ({why}): "
+                            "retry, or accept fewer with min=")
+        self.failed_nodes |= failed
+        return outcomes
+
+    # -- interoperability ----------------------------------------------------------------------
+    def roles(self, reservation: Reservation):
+        """The reservation as EnOSlib `Roles`: one role per site and per cluster, and `all`."""
+        from enoslib.objects import Host, Roles
+        s = self.ssh_settings()
+        extra = {k: s[k] for k in ("gateway", "gateway_user") if s.get(k)}
+        roles: dict[str, list] = {}
+        for n in reservation.nodes:
+            host = Host(n.hostname, alias=n.short, user=s["user"], keyfile=s.get("keyfile"),
+                        port=s.get("port", 22), extra=dict(extra))
+            for role in (n.site, n.cluster, "all"):
+                roles.setdefault(role, []).append(host)
+        return Roles(roles)
+
+
+def in_job(kind: str, task: str, name: str, prefix: str = "") -> str:
+    """The batch job's shell command: this checkout's `invoke <task>` on this testbed with the
+    same results root, then `invoke release` of the batch's other jobs; the task's exit code."""
+    invoke = f"{prefix}{shlex.quote(sys.executable)} -m invoke"
+    env = {"G5KDEPLOY_TESTBED": kind, "G5KDEPLOY_RESULTS": os.path.abspath(os.environ.get("G5KDEPLOY_RESULTS", "results"))}
+    if "G5KDEPLOY_HOME" in os.environ:
+        env["G5KDEPLOY_HOME"] = os.environ["G5KDEPLOY_HOME"]
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return (f"cd {shlex.quote(os.getcwd())} && export {exports} && "
+            f"{{ {invoke} {task}; rc=$?; {invoke} release --name {shlex.quote(name)}; exit $rc; }}")
 
 
 def open(kind: str = "local", **kwargs) -> Testbed:  # noqa: A001 - mirrors DESIGN.md
@@ -45,4 +251,7 @@ def open(kind: str = "local", **kwargs) -> Testbed:  # noqa: A001 - mirrors DESI
     if kind == "local":
         from g5kdeploy.testbed.local import LocalTestbed
         return LocalTestbed.attach(**kwargs)
-    raise UserError(f"unknown testbed kind {kind!r}: use 'local' (the g5k backend is not built yet)")
+    if kind == "g5k":
+        from g5kdeploy.testbed.g5k import G5kTestbed
+        return G5kTestbed.connect(**kwargs)
+    raise UserError(f"unknown testbed kind {kind!r}: use one of {', '.join(KINDS)}")

@@ -82,15 +82,16 @@ def expand_hostlist(text: str) -> list[str]:
 
 @dataclass
 class Reservation:
-    """Nodes obtained from OAR: one job per site, all ending at `end`."""
+    """Nodes obtained from OAR: one job per site, all ending at `end`; `adopted` are the jobs
+    that were already there (the enclosing one, or live jobs of the same name)."""
     jobs: dict[str, int]
     nodes: NodeSet
     end: datetime
     name: str = "g5kdeploy"
-    events: list[dict] = field(default_factory=list)
+    adopted: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        jobs = ", ".join(f"{s}:{j}" for s, j in self.jobs.items())
+        jobs = ", ".join(f"{s}:{j}" + (" adopted" if s in self.adopted else "") for s, j in self.jobs.items())
         return f"{self.nodes} (OAR jobs {jobs}, until {self.end:%H:%M:%S})"
 
 

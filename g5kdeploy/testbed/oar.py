@@ -1,23 +1,118 @@
-"""OAR through its command-line tools (oarsub, oarstat -J, oardel), wherever they run:
-locally as the testbed user, or on a Grid'5000 frontend over ssh."""
+"""OAR jobs, whoever serves them: the command-line tools (oarsub, oarstat -J, oardel,
+oarwalltime) of the local testbed, or the Grid'5000 REST API (testbed/g5k.py).
+
+Both give `Job`s; waiting, naming and adopting jobs is shared here."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from g5kdeploy.errors import UserError
 from g5kdeploy.testbed.model import format_walltime
 
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
-FINAL = ("Terminated", "Error")
+ENDED = ("terminated", "error", "finishing", "toerror")
 
 
 @dataclass
-class Oar:
+class Job:
+    """One OAR job as both OAR and the Grid'5000 API describe it (states in lower case)."""
+    site: str
+    id: int
+    state: str
+    name: str = ""
+    hosts: list[str] = field(default_factory=list)
+    start: float | None = None       # unix time the job started
+    walltime_s: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.state not in ENDED
+
+    @property
+    def end(self) -> float | None:
+        return self.start + self.walltime_s if self.start else None
+
+
+class Scheduler(ABC):
+    """The OAR of a testbed's sites."""
+
+    @abstractmethod
+    def submit(self, site: str, nodes: int, walltime_s: int, name: str, command: str,
+               properties: str | None = None, types: tuple[str, ...] = ()) -> int:
+        """Submit a job of `nodes` nodes on `site`; its id."""
+
+    @abstractmethod
+    def job(self, site: str, job: int) -> Job:
+        """A job's current state, nodes, start and walltime."""
+
+    @abstractmethod
+    def live(self, site: str, name: str) -> list[Job]:
+        """The user's waiting, launching or running jobs of that name on that site."""
+
+    @abstractmethod
+    def delete(self, site: str, *jobs: int) -> None:
+        """End jobs (oardel)."""
+
+    @abstractmethod
+    def extend(self, site: str, job: int, seconds: int) -> None:
+        """Ask OAR for `seconds` more walltime (granted at its next scheduling pass)."""
+
+    def wait(self, jobs: dict[str, int], timeout: float = 300,
+             tick: Callable[[dict], None] | None = None) -> dict[str, Job]:
+        """Poll until every job runs; a job that ends first is an error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = {site: self.job(site, j) for site, j in jobs.items()}
+            if tick:
+                tick(st)
+            if all(s.state == "running" for s in st.values()):
+                return st
+            for s in st.values():
+                if not s.live:
+                    raise UserError(f"OAR job {s.id} on {s.site} ended ({s.state}) before running: "
+                                    f"see oarstat -fj {s.id}")
+            if time.monotonic() > deadline:
+                waiting = ", ".join(f"{s.site}:{s.id}:{s.state}" for s in st.values())
+                raise UserError(f"OAR jobs not running after {timeout:.0f} s ({waiting}): nodes busy? see oarstat")
+            time.sleep(0.5)
+
+    def wait_ended(self, jobs: dict[str, int] | list[tuple[str, int]], timeout: float = 60) -> None:
+        pairs = list(jobs.items()) if isinstance(jobs, dict) else list(jobs)
+        deadline = time.monotonic() + timeout
+        while any(self.job(s, j).live for s, j in pairs):
+            if time.monotonic() > deadline:
+                raise UserError(f"OAR jobs {pairs} still live {timeout:.0f} s after oardel: see oarstat")
+            time.sleep(0.5)
+
+
+def enclosing_job() -> tuple[int, list[str]] | None:
+    """(OAR_JOB_ID, the hosts of OAR_NODEFILE) when running inside an OAR job, else None."""
+    job, nodefile = os.environ.get("OAR_JOB_ID"), os.environ.get("OAR_NODEFILE")
+    if not job:
+        return None
+    if not nodefile or not Path(nodefile).is_file():
+        raise UserError(f"OAR_JOB_ID={job} is set but OAR_NODEFILE ({nodefile}) is not a file: "
+                        "unset OAR_JOB_ID to reserve outside that job")
+    return int(job), sorted(set(Path(nodefile).read_text().split()))
+
+
+def _unix(value) -> float | None:
+    value = int(value or 0)
+    return float(value) if value > 0 else None
+
+
+@dataclass
+class OarCli(Scheduler):
+    """OAR through its command-line tools; `run` runs them as the submitting user.
+    One OAR serves every site: a job's site is the `site` property of its nodes."""
     run: Runner
 
     def _call(self, argv: list[str]) -> str:
@@ -27,11 +122,9 @@ class Oar:
             raise UserError(f"{argv[0]} failed: {msg[-1] if msg else 'exit ' + str(p.returncode)}")
         return p.stdout
 
-    def submit(self, nodes: int, walltime_s: int, name: str, command: str,
-               properties: str | None = None, types: tuple[str, ...] = ()) -> int:
-        argv = ["oarsub", "-n", name, "-l", f"nodes={nodes},walltime={format_walltime(walltime_s)}"]
-        if properties:
-            argv += ["-p", properties]
+    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=()) -> int:
+        where = f"site='{site}'" + (f" AND ({properties})" if properties else "")
+        argv = ["oarsub", "-n", name, "-l", f"nodes={nodes},walltime={format_walltime(walltime_s)}", "-p", where]
         for t in types:
             argv += ["-t", t]
         out = self._call(argv + [command])
@@ -45,28 +138,30 @@ class Oar:
         data = json.loads(self._call(["oarstat", "-fj", str(job), "-J"]) or "{}")
         return data.get(str(job)) or next(iter(data.values()), {})
 
+    def job(self, site: str, job: int) -> Job:
+        return _job(site, job, self.status(job))
+
     def jobs(self) -> dict[str, dict]:
         """Active jobs (`oarstat -J` prints nothing when there is none)."""
         return json.loads(self._call(["oarstat", "-J"]).strip() or "{}")
 
-    def delete(self, *jobs: int) -> None:
+    def live(self, site: str, name: str) -> list[Job]:
+        found = [self.job(site, int(job)) for job, st in self.jobs().items() if st.get("name") == name]
+        return sorted((j for j in found if j.live and j.site == site), key=lambda j: j.id)
+
+    def delete(self, site: str, *jobs: int) -> None:
         if jobs:
             self.run(["oardel", *map(str, jobs)])
 
-    def wait(self, jobs: list[int], states=("Running",), timeout: float = 300,
-             tick: Callable[[dict], None] | None = None) -> dict[int, dict]:
-        """Poll until every job is in one of `states`; a job ending early is an error."""
-        deadline = time.monotonic() + timeout
-        while True:
-            st = {j: self.status(j) for j in jobs}
-            if tick:
-                tick(st)
-            if all(s.get("state") in states for s in st.values()):
-                return st
-            for j, s in st.items():
-                if s.get("state") in FINAL and s.get("state") not in states:
-                    raise UserError(f"OAR job {j} ended ({s.get('state')}) before running: see oarstat -fj {j}")
-            if time.monotonic() > deadline:
-                waiting = ", ".join(f"{j}:{s.get('state')}" for j, s in st.items())
-                raise UserError(f"OAR jobs not running after {timeout:.0f} s ({waiting}): nodes busy? see oarstat")
-            time.sleep(0.5)
+    def extend(self, site: str, job: int, seconds: int) -> None:
+        self._call(["oarwalltime", str(job), "+" + format_walltime(seconds)])
+
+
+def _job(site: str, job: int, st: dict) -> Job:
+    """A job from its oarstat record; its site is its nodes' (or its `site=` property's)."""
+    hosts = st.get("assigned_network_address") or []
+    asked = re.search(r"site='([\w-]+)'", st.get("properties") or "")
+    site = hosts[0].split(".")[1] if hosts and "." in hosts[0] else asked[1] if asked else site
+    return Job(site, job, (st.get("state") or "unknown").lower(), st.get("name") or "",
+               sorted(set(st.get("assigned_network_address") or [])), _unix(st.get("startTime")),
+               int(st.get("walltime") or 0))

@@ -8,33 +8,35 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import shutil
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from g5kdeploy import HOME
 from g5kdeploy.errors import UserError
-from g5kdeploy.progress import console, parallel
-from g5kdeploy.testbed import Testbed
+from g5kdeploy.progress import parallel
+from g5kdeploy.testbed import Testbed, in_job as _in_job
 from g5kdeploy.testbed import description as descriptions
 from g5kdeploy.testbed.description import Description, parse_rate
 from g5kdeploy.testbed.local import network, oar_server
 from g5kdeploy.testbed.local.nodes import HOSTS, HOSTS_TAG, SSH_CONFIG, NodeFiles, netns, stop_all_processes, wait_ssh
 from g5kdeploy.testbed.local.state import Journal
 from g5kdeploy.testbed.local.system import kill, processes, replace_block, require_root, sh
-from g5kdeploy.testbed.model import NodeSet, Reservation, expand_hostlist, parse_walltime
+from g5kdeploy.testbed.model import NodeSet, expand_hostlist
 
 log = logging.getLogger(__name__)
 DEFAULT_HOME = HOME
-ENVIRONMENTS = ("debian12-g5kdeploy",)   # named root filesystems nodes can be deployed with
 
 
 class LocalTestbed(Testbed):
+    environments = ("debian12-g5kdeploy",)   # named root filesystems nodes can be deployed with
+
     def __init__(self, desc: Description, workdir: Path = DEFAULT_HOME):
+        super().__init__()
         self.description, self.workdir = desc, Path(workdir)
         self.journal = Journal(self.workdir / "state.jsonl")
         self.files = NodeFiles(self.workdir, desc)
-        self.oar = oar_server.client()
+        self.oar = self.scheduler = oar_server.client()
 
     # -- life cycle ---------------------------------------------------------------------
     @classmethod
@@ -89,6 +91,7 @@ class LocalTestbed(Testbed):
         oar_server.start_postgres(j, d)
         oar_server.prepare_database(d)
         oar_server.start_frontend_sshd(j, d, self.workdir)
+        oar_server.allow_batch_jobs(j)
         oar_server.start_almighty(j)
         j.record("ready")
 
@@ -129,70 +132,35 @@ class LocalTestbed(Testbed):
             raise UserError(f"unknown node(s) {', '.join(unknown)}: this testbed has {every}")
         return NodeSet(by_name[h] for h in expand_hostlist(hosts))
 
-    # -- OAR ----------------------------------------------------------------------------------
-    def reserve(self, request: dict[str, int], walltime: str | int = "1:00",
-                name: str = "g5kdeploy", deploy: bool = True) -> Reservation:
-        seconds = parse_walltime(walltime)
-        self._check_request(request)
-        jobs: dict[str, int] = {}
-        try:
-            for site, count in request.items():
-                job = self.oar.submit(count, seconds, name, f"sleep {seconds}", properties=f"site='{site}'",
-                                      types=("deploy",) if deploy else ())
-                self.journal.record("oar_job", id=job)
-                jobs[site] = job
-            with console.status(f"waiting for OAR jobs {', '.join(map(str, jobs.values()))}"):
-                states = self.oar.wait(list(jobs.values()))
-        except BaseException:
-            self._end_jobs(list(jobs.values()))
-            raise
-        by_name = {n.hostname: n for n in self.description.nodes()}
-        nodes = NodeSet(by_name[h] for j in jobs.values()
-                        for h in sorted(set(states[j]["assigned_network_address"])))
-        start = min(int(s["startTime"]) for s in states.values())
-        return Reservation(jobs, nodes, datetime.fromtimestamp(start) + timedelta(seconds=seconds), name)
+    # -- OAR (reserve and release are shared: testbed/__init__.py) ------------------------------
+    def _submitted(self, site: str, job: int) -> None:
+        self.journal.record("oar_job", id=job)
 
-    def _check_request(self, request: dict[str, int]) -> None:
-        sites = self.description.sites
-        if not request:
-            raise UserError("empty reservation: ask for nodes per site, e.g. rennes:2,nancy:1")
-        for site, count in request.items():
-            if site not in sites:
-                raise UserError(f"unknown site {site!r}: this testbed has {', '.join(sites)}")
-            if not isinstance(count, int) or count <= 0:
-                raise UserError(f"{site}: ask for a positive number of nodes (got {count!r})")
-            if count > sites[site].size:
-                raise UserError(f"{site} has {sites[site].size} nodes, {count} requested: ask for fewer")
-
-    def release(self, reservation: Reservation) -> None:
-        self._end_jobs(list(reservation.jobs.values()))
-
-    def _end_jobs(self, jobs: list[int]) -> None:
-        if not jobs:
-            return
-        self.oar.delete(*jobs)
-        self.oar.wait(jobs, states=("Terminated", "Error"), timeout=60)
-        for job in jobs:
-            self.journal.forget("oar_job", id=job)
+    def _ended(self, site: str, job: int) -> None:
+        self.journal.forget("oar_job", id=job)
 
     # -- Kadeploy analog ----------------------------------------------------------------------
-    def deploy(self, nodes, environment: str = "debian12-g5kdeploy") -> dict:
+    def _reimage(self, nodes: NodeSet, environment: str) -> dict:
         """Reimage nodes in parallel: kill everything on them, wipe their private layer, boot."""
-        if environment not in ENVIRONMENTS:
-            raise UserError(f"unknown environment {environment!r}: available: {', '.join(ENVIRONMENTS)}")
-        nodes = self.nodes(nodes) if isinstance(nodes, str) else NodeSet(nodes)
-
-        def reimage(node, tries: int = 2):
-            for _ in range(tries):        # as Kadeploy, a node that does not come back is retried
-                stop_all_processes(netns(node))
-                self.files.prepare_upper(node)
-                self.files.start(node)
-                if wait_ssh(node.address):
-                    return
-            raise RuntimeError(f"sshd did not come back after {tries} tries "
-                               f"(see {self.files.node_dir(node) / 'console.log'})")
+        def reimage(node):
+            stop_all_processes(netns(node))
+            self.files.prepare_upper(node)
+            self.files.start(node)
+            if not wait_ssh(node.address):
+                raise RuntimeError(f"sshd did not come back (see {self.files.node_dir(node) / 'console.log'})")
 
         return {o.item.hostname: o for o in parallel(reimage, nodes, f"deploying {environment}")}
+
+    def batch_command(self, task: str, name: str) -> str:
+        """As the OAR user, run `invoke <task>` here as root, then end the batch's other jobs."""
+        keep = "OAR_JOB_ID,OAR_NODEFILE,OAR_JOB_NAME,G5KDEPLOY_TESTBED,G5KDEPLOY_RESULTS,G5KDEPLOY_HOME"
+        return _in_job("local", task, name, prefix=f"sudo -n --preserve-env={keep} ")
+
+    def output_dir(self) -> Path:
+        return Path(pwd.getpwnam(oar_server.USER).pw_dir)
+
+    def ssh_settings(self) -> dict:
+        return {"user": "root", "keyfile": str(self.files.key), "port": 22}
 
     # -- network --------------------------------------------------------------------------------
     def shape(self, a: str, b: str, rate: str) -> None:
@@ -258,8 +226,8 @@ def destroy(workdir: Path = DEFAULT_HOME) -> list[str]:
     if jobs and oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty"):
         try:
             oar = oar_server.client()
-            oar.delete(*jobs)
-            oar.wait(jobs, states=("Terminated", "Error"), timeout=30)
+            oar.delete("", *jobs)
+            oar.wait_ended([("", j) for j in jobs], timeout=30)
         except Exception as e:  # noqa: BLE001 - best effort: their processes are ended below
             log.warning("destroy: OAR did not end jobs %s (%s): ending their processes", jobs, e)
     parallel(stop_all_processes, namespaces, "stopping nodes")

@@ -13,7 +13,7 @@ from g5kdeploy.errors import UserError
 from g5kdeploy.testbed.description import Description
 from g5kdeploy.testbed.local.state import Journal
 from g5kdeploy.testbed.local.system import Proc, children, kill, processes, sh, start_time
-from g5kdeploy.testbed.oar import Oar
+from g5kdeploy.testbed.oar import OarCli
 
 USER = "g5kdeploy"          # OAR refuses jobs from root: reservations are made as this user
 OAR_CONF = Path("/etc/oar/oar.conf")
@@ -25,6 +25,8 @@ SETTINGS = {
     # Almighty defers a scheduling asked < 5 s after the previous one to its next 10 s tick:
     # a reservation right after a release waited 11 s instead of 1.5 s
     "SCHEDULER_MIN_TIME_BETWEEN_2_CALLS": "0",
+    # oarwalltime, as on Grid'5000 (invoke walltime --extend): any increase, applied at once
+    "WALLTIME_CHANGE_ENABLED": "yes", "WALLTIME_MAX_INCREASE": "-1",
 }
 
 
@@ -34,8 +36,8 @@ def run_as_user(argv: list[str]) -> subprocess.CompletedProcess:
                           env={**os.environ, "PWD": home, "HOME": home})
 
 
-def client() -> Oar:
-    return Oar(run_as_user)
+def client() -> OarCli:
+    return OarCli(run_as_user)
 
 
 def check_installed() -> None:
@@ -121,6 +123,18 @@ def start_almighty(journal: Journal) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("Almighty did not start: see /var/log/oar.log")
         time.sleep(0.05)
+
+
+SUDOERS = Path("/etc/sudoers.d/g5kdeploy")
+
+
+def allow_batch_jobs(journal: Journal) -> None:
+    """Batch jobs run as USER (OAR refuses root), yet the local Kadeploy and tc need root, which
+    Grid'5000 users reach through its services: let USER's jobs run the toolkit as root."""
+    journal.record("file", path=str(SUDOERS))
+    SUDOERS.write_text(f"# written by g5kdeploy (invoke testbed-up), removed by invoke testbed-destroy\n"
+                       f"{USER} ALL=(root) NOPASSWD:SETENV: ALL\n")
+    SUDOERS.chmod(0o440)
 
 
 def start_frontend_sshd(journal: Journal, desc: Description, workdir: Path) -> None:

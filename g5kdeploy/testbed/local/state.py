@@ -4,9 +4,9 @@ Each entry is appended (and fsync'ed) *before* the thing is created, so a `kill 
 any point leaves a journal that names everything that may exist."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
+
+from g5kdeploy import jsonlines
 
 
 class Journal:
@@ -21,24 +21,12 @@ class Journal:
         self._append({"kind": kind, "forget": True, **attrs})
 
     def _append(self, entry: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        jsonlines.append(self.path, entry, sync=True)
 
     def entries(self) -> list[dict]:
         """Live entries in creation order (a torn last line from a crash is skipped)."""
-        if not self.path.exists():
-            return []
         live: list[dict] = []
-        for line in self.path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for entry in jsonlines.read(self.path):
             if entry.pop("forget", False):
                 live = [e for e in live if e != entry]
             elif entry not in live:

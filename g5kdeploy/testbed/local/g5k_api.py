@@ -1,0 +1,193 @@
+"""The Grid'5000 REST API, served over the local testbed: the one part of Grid'5000 that
+cannot be reached from here, as its documented schemas describe it, backed by real parts.
+
+    GET    /sites, /sites/<s>, /sites/<s>/clusters, /sites/<s>/clusters/<c>/nodes     Reference API
+    POST   /sites/<s>/jobs            {resources, command, name, types, properties}
+    GET    /sites/<s>/jobs?state=&user=&name=,  /sites/<s>/jobs/<id>     waiting|launching|running|...
+    DELETE /sites/<s>/jobs/<id>
+    POST   /sites/<s>/jobs/<id>/walltime  {walltime: "+H:MM:SS"}
+    POST   /sites/<s>/deployments     {nodes, environment, key}
+    GET    /sites/<s>/deployments/<uid>   status processing|terminated|error, result[node].state OK|KO
+
+Jobs are jobs of the local OAR, deployments reimage the local nodes; HTTP Basic
+authentication with one user. Used by the g5k backend's tests; `serve()` for a try."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from g5kdeploy.testbed.local import LocalTestbed
+from g5kdeploy.testbed.model import parse_walltime
+from g5kdeploy.testbed.oar import Job
+
+PREFIX = "/stable"
+
+
+class Api:
+    """What the handler serves: the testbed, its deployments, the one account."""
+
+    def __init__(self, testbed: LocalTestbed, user: str, password: str):
+        self.tb, self.user, self.password = testbed, user, password
+        self.deployments: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    # -- Reference API -----------------------------------------------------------------------
+    def sites(self):
+        return _items([{"uid": s, "type": "site"} for s in self.tb.description.sites])
+
+    def site(self, site):
+        self._site(site)
+        return {"uid": site, "type": "site"}
+
+    def clusters(self, site):
+        return _items([{"uid": c.name, "type": "cluster"} for c in self._site(site).clusters])
+
+    def cluster_nodes(self, site, cluster):
+        nodes = [n for n in self.tb.nodes() if n.site == site and n.cluster == cluster]
+        if not nodes:
+            raise KeyError(cluster)
+        return _items([{"uid": n.short, "type": "node", "architecture": {"nb_cores": n.cores},
+                        "main_memory": {"ram_size": n.memory_gib * 2**30},
+                        "network_adapters": [{"device": "eth0", "ip": n.address, "mounted": True}]}
+                       for n in nodes])
+
+    def _site(self, site):
+        return self.tb.description.sites[site]
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def job(self, site, job) -> dict:
+        self._site(site)
+        return _job_json(self.tb.scheduler.job(site, int(job)), self.user)
+
+    def jobs(self, site, query) -> dict:
+        self._site(site)
+        states = set((query.get("state") or ["waiting,launching,running"])[0].split(","))
+        name = (query.get("name") or [None])[0]
+        found = [_job_json(self.tb.scheduler.job(site, int(j)), self.user)
+                 for j, st in self.tb.scheduler.jobs().items()
+                 if (name is None or st.get("name") == name)]
+        return _items([j for j in found if j["state"] in states and j["site"] == site])
+
+    def submit(self, site, spec) -> dict:
+        self._site(site)
+        m = re.fullmatch(r"nodes=(\d+),walltime=([\d:]+)", spec.get("resources", ""))
+        if not m or not spec.get("command"):
+            raise ValueError("resources must be nodes=N,walltime=H:MM:SS and command is required")
+        job = self.tb.scheduler.submit(site, int(m[1]), parse_walltime(m[2]), spec.get("name", ""),
+                                       spec["command"], spec.get("properties"), tuple(spec.get("types", ())))
+        return self.job(site, job)
+
+    def delete(self, site, job) -> dict:
+        self.tb.scheduler.delete(site, int(job))
+        return {"message": f"Deleted job {job}", "status": "Deleted"}
+
+    def walltime(self, site, job, spec) -> dict:
+        change = spec.get("walltime", "")
+        if not change.startswith("+"):
+            raise ValueError("walltime must be an increase such as +0:30:00")
+        self.tb.scheduler.extend(site, int(job), parse_walltime(change[1:]))
+        return {"status": "Accepted", "walltime": change}
+
+    # -- deployments --------------------------------------------------------------------------------
+    def deploy(self, site, spec) -> dict:
+        nodes = self.tb.nodes(",".join(spec.get("nodes") or []) or None)
+        if not spec.get("nodes") or {n.site for n in nodes} != {site}:
+            raise ValueError(f"nodes must be nodes of {site}")
+        uid = "D-" + uuid.uuid4().hex[:12]
+        record = {"uid": uid, "site": site, "status": "processing", "nodes": nodes.hostnames(),
+                  "environment": spec.get("environment"), "user_uid": self.user}
+        with self.lock:
+            self.deployments[uid] = record
+
+        def work():
+            outcomes = self.tb._reimage(nodes, "debian12-g5kdeploy")
+            with self.lock:
+                record["result"] = {h: {"state": "OK" if o.ok else "KO", "macro": "", "micro": "",
+                                        "error": o.error} for h, o in outcomes.items()}
+                record["status"] = "terminated"
+        threading.Thread(target=work, daemon=True).start()
+        return dict(record)
+
+    def deployment(self, site, uid) -> dict:
+        with self.lock:
+            return dict(self.deployments[uid])
+
+
+def _items(items: list) -> dict:
+    return {"items": items, "total": len(items), "offset": 0}
+
+
+def _job_json(j: Job, user: str) -> dict:
+    state = {"tolaunch": "launching", "toackreservation": "launching", "hold": "hold"}.get(j.state, j.state)
+    return {"uid": j.id, "site": j.site, "name": j.name, "user": user, "state": state,
+            "assigned_nodes": j.hosts, "started_at": int(j.start or 0), "walltime": j.walltime_s,
+            "type": "job"}
+
+
+ROUTES = [
+    ("GET", r"/sites", lambda a, m, q, b: a.sites()),
+    ("GET", r"/sites/(\w+)", lambda a, m, q, b: a.site(m[1])),
+    ("GET", r"/sites/(\w+)/clusters", lambda a, m, q, b: a.clusters(m[1])),
+    ("GET", r"/sites/(\w+)/clusters/([\w-]+)/nodes", lambda a, m, q, b: a.cluster_nodes(m[1], m[2])),
+    ("GET", r"/sites/(\w+)/jobs", lambda a, m, q, b: a.jobs(m[1], q)),
+    ("POST", r"/sites/(\w+)/jobs", lambda a, m, q, b: a.submit(m[1], b)),
+    ("GET", r"/sites/(\w+)/jobs/(\d+)", lambda a, m, q, b: a.job(m[1], m[2])),
+    ("DELETE", r"/sites/(\w+)/jobs/(\d+)", lambda a, m, q, b: a.delete(m[1], m[2])),
+    ("POST", r"/sites/(\w+)/jobs/(\d+)/walltime", lambda a, m, q, b: a.walltime(m[1], m[2], b)),
+    ("POST", r"/sites/(\w+)/deployments", lambda a, m, q, b: a.deploy(m[1], b)),
+    ("GET", r"/sites/(\w+)/deployments/([\w-]+)", lambda a, m, q, b: a.deployment(m[1], m[2])),
+]
+
+
+class Handler(BaseHTTPRequestHandler):
+    api: Api
+
+    def _serve(self):
+        url = urlsplit(self.path)
+        if not self._authorized():
+            return self._reply(401, {"code": 401, "message": "Unauthorized"})
+        path = url.path[len(PREFIX):] if url.path.startswith(PREFIX) else None
+        for verb, pattern, fn in ROUTES:
+            if verb == self.command and path is not None and (m := re.fullmatch(pattern, path.rstrip("/"))):
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                    out = fn(self.api, m, parse_qs(url.query), body)
+                except KeyError as e:
+                    return self._reply(404, {"code": 404, "message": f"not found: {e}"})
+                except (ValueError, json.JSONDecodeError) as e:
+                    return self._reply(400, {"code": 400, "message": str(e)})
+                except Exception as e:  # noqa: BLE001 - the API answers 500, as the real one would
+                    return self._reply(500, {"code": 500, "message": str(e)})
+                return self._reply(201 if verb == "POST" else 200, out)
+        self._reply(404, {"code": 404, "message": f"no route {self.command} {url.path}"})
+
+    do_GET = do_POST = do_DELETE = _serve
+
+    def _authorized(self) -> bool:
+        expected = base64.b64encode(f"{self.api.user}:{self.api.password}".encode()).decode()
+        return self.headers.get("Authorization") == f"Basic {expected}"
+
+    def _reply(self, code: int, data) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:   # quiet
+        pass
+
+
+def serve(testbed: LocalTestbed, user: str, password: str, port: int = 0) -> ThreadingHTTPServer:
+    """Start the API on 127.0.0.1:<port> (0: any free one) in a thread; `.shutdown()` ends it."""
+    handler = type("BoundHandler", (Handler,), {"api": Api(testbed, user, password)})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -1,0 +1,287 @@
+"""OAR workflows on the real local OAR, and the g5k backend against the Grid'5000 API served
+over the same testbed: reuse by name, adoption inside a job, batch jobs, walltime guard and
+extension, resume after kill -9, partial deployments, EnOSlib roles."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, invoke, own_testbed
+from g5kdeploy import engine
+from g5kdeploy.errors import UserError
+from g5kdeploy.testbed.local import oar_server
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture(scope="module")
+def tb(small_description):
+    with own_testbed(small_description) as testbed:
+        yield testbed
+
+
+@pytest.fixture
+def broken_node(tb):
+    """paradent-3's disk cannot be written: its deployment fails for real (a file where its
+    private layer's directory must go), until repaired afterwards."""
+    node = tb.node("paradent-3.rennes")
+    upper = tb.files.node_dir(node) / "upper"
+    subprocess.run(["rm", "-rf", str(upper)], check=True)
+    upper.write_text("not a directory\n")
+    yield node
+    upper.unlink()
+    assert tb.deploy([node])[node.hostname].ok
+
+
+def _live(tb) -> set[int]:
+    return set(map(int, tb.oar.jobs()))
+
+
+def test_reserve_reuses_a_live_job_by_name_and_leaves_it_to_its_owner(tb):
+    first = tb.reserve({"rennes": 2, "nancy": 1}, "0:05", name="reuse-me")
+    try:
+        again = tb.reserve({"rennes": 2}, "0:05", name="reuse-me")
+        assert again.jobs == {"rennes": first.jobs["rennes"]} and again.adopted == again.jobs
+        assert again.nodes == first.nodes.by_site()["rennes"]
+        other = tb.reserve({"nancy": 1}, "0:05", name="another-name")      # another name: a new job
+        assert other.jobs["nancy"] != first.jobs["nancy"] and not other.adopted
+        tb.release(other)
+        tb.release(again)                                   # adopted: not ended
+        assert set(first.jobs.values()) <= _live(tb)
+        with pytest.raises(UserError, match="has 2 nodes on rennes, 3 wanted"):
+            tb.reserve({"rennes": 3}, "0:05", name="reuse-me")
+    finally:
+        tb.release(first)
+    assert not set(first.jobs.values()) & _live(tb)
+
+
+def test_inside_an_oar_job_its_nodes_are_the_reservation(tb, tmp_path, monkeypatch):
+    outer = tb.reserve({"nancy": 2}, "0:05", name="outer")
+    try:
+        nodefile = tmp_path / "nodefile"
+        nodefile.write_text("".join(f"{n.hostname}\n" * 4 for n in outer.nodes))   # one line per core
+        monkeypatch.setenv("OAR_JOB_ID", str(outer.jobs["nancy"]))
+        monkeypatch.setenv("OAR_NODEFILE", str(nodefile))
+        inner = tb.reserve({"nancy": 2}, "0:05", name="whatever")
+        assert inner.jobs == inner.adopted == outer.jobs and inner.nodes == outer.nodes
+        tb.release(inner)
+        assert outer.jobs["nancy"] in _live(tb)
+        monkeypatch.setenv("OAR_NODEFILE", str(tmp_path / "missing"))
+        with pytest.raises(UserError, match="OAR_NODEFILE"):
+            tb.reserve({"nancy": 1}, "0:05")
+    finally:
+        monkeypatch.delenv("OAR_JOB_ID")
+        tb.release(outer)
+
+
+def test_batch_job_runs_the_experiment_inside_its_jobs(tb):
+    r = invoke("submit", "experiment testbed-check --param repeats=1 --param exec_nodes=[1,4] "
+               "--param iperf_seconds=1", "--sites", "rennes:3,nancy:2", "--walltime", "0:10", "--name", "batch-test")
+    assert r.returncode == 0, r.stderr
+    job = int(r.stdout.split("OAR job ")[1].split()[0])
+    side = int(r.stdout.split("; job ")[1].split()[0])
+    stdout = Path(r.stdout.split("stdout: ")[1].split()[0])
+    assert stdout == Path(f"/home/{oar_server.USER}/OAR.batch-test.{job}.stdout")
+    deadline = time.monotonic() + 240
+    while tb.oar.status(job)["state"] not in ("Terminated", "Error") and time.monotonic() < deadline:
+        time.sleep(2)
+    st = tb.oar.status(job)
+    assert (st["state"], st["exit_code"]) == ("Terminated", 0), stdout.read_text()[-2000:]
+    run_dir = Path(stdout.read_text().split("results: ")[1].split()[0])
+    meta = json.loads((run_dir / "params.json").read_text())
+    assert {(j["site"], j["job"], j["adopted"]) for j in meta["oar_jobs"]} == {("rennes", job, True),
+                                                                              ("nancy", side, True)}
+    assert meta["nodes"] == "graphene-[1-2].nancy.grid5000.fr,paradent-[1-3].rennes.grid5000.fr"
+    df = pd.read_parquet(run_dir / "rows.parquet")
+    assert set(df.metric) == {"throughput", "rtt", "exec_latency"} and (df.hosts_ok.dropna() > 0).all()
+    assert not {job, side} & _live(tb)                      # the side job ended with the batch
+    r = invoke("submit", "experiment testbed-check", "--sites", "rennes:9", "--walltime", "0:10")
+    assert r.returncode == 2 and r.stderr.strip() == "error: rennes has 3 nodes, 9 requested: ask for fewer"
+
+
+def _module(name, main, params=None):
+    return types.SimpleNamespace(NAME=name, PARAMS=params or {}, main=main)
+
+
+def test_walltime_guard_stops_before_a_stage_that_cannot_fit(tb):
+    def main(run, testbed):
+        res = testbed.reserve({"rennes": 1}, "0:00:40", name="guarded")
+        try:
+            with engine.stage(run, "short", expected_s=1):
+                run.row(stage="short")
+            with engine.stage(run, "long", expected_s=600):
+                run.row(stage="long")
+        finally:
+            testbed.release(res)
+
+    jobs = _live(tb)
+    with pytest.raises(engine.WalltimeReached) as e:
+        engine.execute(_module("guarded", main), tb)
+    run_dir = Path(os.environ["G5KDEPLOY_RESULTS"]) / "guarded" / e.value.run_id
+    meta = json.loads((run_dir / "params.json").read_text())
+    assert meta["stopped"]["before"] == "long" and meta["stopped"]["left_s"] < 40
+    assert list(pd.read_parquet(run_dir / "rows.parquet").stage) == ["short"]
+    assert _live(tb) == jobs
+
+
+def test_walltime_extend_asks_oar_for_more(tb):
+    res = tb.reserve({"nancy": 1}, "0:05", name="extend-me")
+    try:
+        before = tb.deadline()
+        r = invoke("walltime", "--name", "extend-me", "--extend", "0:10")
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 30
+        while tb.deadline() < before + 500 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert tb.deadline() == pytest.approx(before + 600, abs=2)
+        assert tb.scheduler.job("nancy", res.jobs["nancy"]).walltime_s == 900
+        assert f"nancy:{res.jobs['nancy']} running" in r.stdout
+        r = invoke("walltime", "--name", "nosuch")
+        assert r.returncode == 2 and "no live OAR job named 'nosuch'" in r.stderr
+    finally:
+        tb.release(res)
+
+
+PARAMS = ["--param", "repeats=4", "--param", "exec_nodes=[1,4]", "--param", "iperf_seconds=1"]
+
+
+def _keys(run_dir) -> list[tuple]:
+    df = pd.read_parquet(Path(run_dir) / "rows.parquet")
+    cols = ["metric", "src", "dst", "method", "nodes", "repeat"]
+    return sorted(tuple(str(v) for v in row) for row in df.reindex(columns=cols).itertuples(index=False))
+
+
+def test_resume_after_kill_9_gives_the_rows_of_an_uninterrupted_run(tb):
+    whole = invoke("experiment", "testbed-check", *PARAMS)
+    assert whole.returncode == 0, whole.stderr
+    reference = _keys(whole.stdout.split("results: ")[1].split()[0])
+    before = set(Path(os.environ["G5KDEPLOY_RESULTS"], "testbed-check").iterdir())
+    p = subprocess.Popen([sys.executable, "-m", "invoke", "experiment", "testbed-check", *PARAMS], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    run_dir = None
+    while time.monotonic() < deadline and p.poll() is None:
+        new = set(Path(os.environ["G5KDEPLOY_RESULTS"], "testbed-check").iterdir()) - before
+        run_dir = next(iter(new), None)
+        if run_dir and len((run_dir / "sweep" / "done.jsonl").read_text().splitlines()
+                           if (run_dir / "sweep" / "done.jsonl").exists() else []) >= 10:
+            break
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done = len((run_dir / "sweep" / "done.jsonl").read_text().splitlines())
+    assert 10 <= done < len(reference) and not (run_dir / "rows.parquet").exists()
+    try:
+        r = invoke("experiment", "testbed-check", "--resume", run_dir.name)
+        assert r.returncode == 0, r.stderr
+        keys = _keys(run_dir)
+        assert keys == reference and len(set(keys)) == len(keys)
+        meta = json.loads((run_dir / "params.json").read_text())
+        assert len(meta["resumed"]) == 1 and any(j["adopted"] for j in meta["oar_jobs"])   # the killed run's job
+    finally:
+        tb.release_named("testbed-check")
+    r = invoke("experiment", "testbed-check", "--resume", "nosuch")
+    assert r.returncode == 2 and "no run nosuch" in r.stderr
+
+
+def test_deploy_goes_on_above_min_and_stops_below_it(tb, broken_node):
+    def main(run, testbed, need):
+        res = testbed.reserve({"rennes": 3}, "0:05", name="partial")
+        try:
+            with engine.stage(run, "deploy"):
+                outcomes = testbed.deploy(res.nodes, min=need)
+            run.row(deployed=sum(o.ok for o in outcomes.values()))
+        finally:
+            testbed.release(res)
+
+    run = engine.execute(_module("partial", main, {"need": 2}), tb)
+    meta = json.loads((run.dir / "params.json").read_text())
+    assert meta["nodes"] == "paradent-[1-2].rennes.grid5000.fr"
+    assert list(meta["failed_nodes"]) == [broken_node.hostname] and "Not a directory" in meta["failed_nodes"][broken_node.hostname]
+    assert list(pd.read_parquet(run.dir / "rows.parquet").deployed) == [2]
+    with pytest.raises(UserError, match=r"deploy: 2 of 3 nodes deployed, 3 needed \(paradent-3.rennes.grid5000.fr: "):
+        engine.execute(_module("partial", main, {"need": 3}), tb)
+    assert not _live(tb)
+
+
+def test_reservation_as_enoslib_roles(tb):
+    import enoslib as en
+    res = tb.reserve({"rennes": 2, "nancy": 1}, "0:05", name="roles")
+    try:
+        roles = tb.roles(res)
+        assert {h.alias for h in roles["rennes"]} == {n.short for n in res.nodes if n.site == "rennes"}
+        assert {h.address for h in roles["all"]} == set(res.nodes.hostnames())
+        out = en.run_command("cat /etc/hostname", roles=roles["all"])
+        assert sorted(r.stdout.strip() for r in out) == sorted(res.nodes.hostnames())
+    finally:
+        tb.release(res)
+
+
+# -- the g5k backend against the Grid'5000 API served over this testbed ----------------------------
+@pytest.fixture
+def g5k(tb, tmp_path):
+    from g5kdeploy.testbed.g5k import G5kTestbed
+    from g5kdeploy.testbed.local import g5k_api
+    server = g5k_api.serve(tb, "alice", "s3cret")
+    config = tmp_path / "python-grid5000.yaml"
+    conf = {"uri": f"http://127.0.0.1:{server.server_port}/stable", "username": "alice", "password": "s3cret",
+            "ssh_key": str(tb.files.key) + ".pub"}
+    config.write_text(yaml.safe_dump(conf))
+    yield G5kTestbed.connect(config), config, conf
+    server.shutdown()
+
+
+def test_g5k_reserve_reuse_extend_release_through_the_api(tb, g5k):
+    g, _, _ = g5k
+    assert {s: [c.name for c in site.clusters] for s, site in g.description.sites.items()} == \
+        {"rennes": ["paradent"], "nancy": ["graphene"]}
+    assert g.nodes() == tb.nodes() and g.node("graphene-2.nancy").cores == 4
+    res = g.reserve({"rennes": 2, "nancy": 1}, "0:05", name="g5k-test")
+    try:
+        for site, job in res.jobs.items():            # real OAR jobs
+            st = tb.oar.status(job)
+            assert (st["state"], st["name"]) == ("Running", "g5k-test") and "deploy" in st["types"]
+        assert res.nodes == tb.nodes("paradent-[1-2].rennes,graphene-1.nancy")
+        again = g.reserve({"nancy": 1}, "0:05", name="g5k-test")
+        assert again.adopted == {"nancy": res.jobs["nancy"]}
+        before = g.deadline()
+        g.scheduler.extend("nancy", res.jobs["nancy"], 300)
+        g.scheduler.extend("rennes", res.jobs["rennes"], 300)
+        deadline = time.monotonic() + 30
+        while g.deadline() < before + 250 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert g.deadline() == pytest.approx(before + 300, abs=2)
+    finally:
+        g.release(res)
+    assert not set(res.jobs.values()) & _live(tb)
+
+
+def test_g5k_deployment_with_a_ko_node(tb, g5k, broken_node):
+    g, _, _ = g5k
+    nodes = g.nodes("paradent-[1-3].rennes")
+    outcomes = g.deploy(nodes, min=2)
+    assert [h for h, o in outcomes.items() if not o.ok] == [broken_node.hostname]
+    assert "KO" in g.failed_nodes[broken_node.hostname]
+    with pytest.raises(UserError, match="deploy: 2 of 3 nodes deployed, 3 needed"):
+        g.deploy(nodes)
+
+
+def test_g5k_bad_credentials_and_config_are_one_line(tb, g5k, tmp_path):
+    from g5kdeploy.testbed.g5k import G5kTestbed
+    _, config, conf = g5k
+    config.write_text(yaml.safe_dump({**conf, "password": "wrong"}))
+    with pytest.raises(UserError, match="401.*check username/password"):
+        G5kTestbed.connect(config)
+    with pytest.raises(UserError, match="no .*nosuch.yaml: write your Grid'5000 login there"):
+        G5kTestbed.connect(tmp_path / "nosuch.yaml")
+    config.write_text(yaml.safe_dump({**conf, "uri": "http://127.0.0.1:9/stable"}))
+    with pytest.raises(UserError, match="unreachable"):
+        G5kTestbed.connect(config)
