@@ -46,7 +46,7 @@ from pathlib import Path
 
 from experiments import deploy_nimbus
 from g5kdeploy import remote
-from g5kdeploy.engine import stage
+from g5kdeploy.engine import stage, sweep
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus import deploy as clouds_api
 from g5kdeploy.nimbus.config import INSTANCE_TYPES
@@ -217,6 +217,9 @@ class Runs:
         self.run, self.p, self.master, self.workers = run, p, master, workers
         self.reference: dict = {}
         self.static: dict[str, list[float]] = {}
+        for r in run.rows:            # a resumed run's static runs, done before
+            if r.get("level") == "run" and r.get("kind") == "static":
+                self.static.setdefault(r["platform"], []).append(r["makespan_s"])
 
     def one(self, kind: str, layout: dict[str, int], repeat: int, actions=None, chunks: int | None = None) -> dict:
         """Start a platform on `layout`, run the job; its run row (makespan, speedup...)."""
@@ -286,9 +289,7 @@ class Runs:
 
 def _deploy(run: Run, testbed: Testbed, nodes) -> None:
     with stage(run, "deploy", nodes):
-        outcomes = testbed.deploy(nodes)
-    if failed := [f"{h}: {o.error}" for h, o in outcomes.items() if not o.ok]:
-        raise RuntimeError("deployment failed on " + "; ".join(failed))
+        testbed.deploy(nodes)
 
 
 def platform_nodes(run: Run, testbed: Testbed, res, first: str, workers_on: str, instance_type: str):
@@ -346,20 +347,22 @@ def main(run: Run, testbed: Testbed, platforms, elastic, loss, chunks, threads_p
                 remote.get([where], [f"{sky.ROOT}/{table}"], tmp)
                 summary.update(blast.recall((Path(tmp) / table).read_text().splitlines(), truth))
         run.row(level="data", **summary)
-        for i in range(repeats):
-            for layout in platforms:
-                with stage(run, f"static {label(layout)}"):
-                    runs.record(runs.one("static", layout, i))
-            if elastic:
-                with stage(run, "elastic"):
-                    runs.elastic(i)
-            if loss:
-                with stage(run, "loss"):
-                    runs.loss(i)
+        grid = [dict(repeat=i, run="static", platform=layout) for i in range(repeats) for layout in platforms]
+        grid += [dict(repeat=i, run=kind) for i in range(repeats) for kind, on in (("elastic", elastic), ("loss", loss))
+                 if on]
+        grid.sort(key=lambda q: q["repeat"])       # per repeat: the platforms, then elastic, then loss
+
+        def measure(q: dict) -> None:
+            if q["run"] == "static":
+                runs.record(runs.one("static", q["platform"], q["repeat"]))
+            else:
+                getattr(runs, q["run"])(q["repeat"])
+
+        sweep(run, grid, measure, name=lambda q: f"static {label(q['platform'])}" if q["run"] == "static" else q["run"])
     finally:
         if workers:
             workers.release()
-        with stage(run, "release"):
+        with stage(run, "release", cleanup=True):
             testbed.release(res)
 
 

@@ -35,7 +35,7 @@ import time
 
 from experiments import deploy_nimbus
 from g5kdeploy import remote
-from g5kdeploy.engine import stage
+from g5kdeploy.engine import stage, sweep
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus import chain, deploy
 from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, command
@@ -114,16 +114,18 @@ def _vmm_count(p: dict) -> int:
     return math.ceil(max(p["vm_counts"]) / int(p["vms_per_vmm"]))
 
 
-def trials(p: dict) -> list[dict]:
-    """Every (repeat, N, method, attempt): chain+qcow is asked twice (cold, then warm cache)."""
-    out = []
-    for r in range(int(p["repeats"])):
-        for n in p["vm_counts"]:
-            for m in p["methods"]:
-                attempts = [("cold", 1), ("warm", 2)] if m == "chain+qcow" else \
-                    [("warm", 1)] if m == "qcow" else [("none", 1)]
-                out += [dict(repeat=r, n_vms=n, method=m, cache=c, attempt=a) for c, a in attempts]
-    return out
+def points(p: dict) -> list[dict]:
+    """The sweep: every (repeat, N, method)."""
+    return [dict(repeat=r, n_vms=n, method=m) for r in range(int(p["repeats"])) for n in p["vm_counts"]
+            for m in p["methods"]]
+
+
+def attempts(point: dict) -> list[dict]:
+    """A point's requests: chain+qcow is asked twice (cold, then warm cache), in one point so
+    that a resumed sweep never measures a warm request without its cold one."""
+    m = point["method"]
+    tries = [("cold", 1), ("warm", 2)] if m == "chain+qcow" else [("warm", 1)] if m == "qcow" else [("none", 1)]
+    return [dict(point, cache=c, attempt=a) for c, a in tries]
 
 
 def main(run: Run, testbed: Testbed, **p) -> None:
@@ -144,14 +146,16 @@ def main(run: Run, testbed: Testbed, **p) -> None:
             testbed.shape(site, site, p["lan_rate"])
         rate = parse_rate(p["lan_rate"]) if p["lan_rate"] else testbed.rates()["lan"][site]
         image_bytes = vm_image.build(size_mb=size_mb, payload=payload).disk.stat().st_size
-        grid = trials(p)
-        for k, t in enumerate(grid):
-            with stage(run, f"request {k + 1}/{len(grid)}: {t['method']} x{t['n_vms']} ({t['cache']} cache)"):
+
+        def measure(point: dict) -> None:
+            for t in attempts(point):
                 if t["method"] == "qcow":
                     _prepropagate(run, cloud, t)
                 elif t["method"] == "chain+qcow" and t["cache"] == "cold":
                     remote.run(f"rm -f {CACHE}/*", cloud["vmms"])
-                failures += _request(run, cloud, t, p, image_bytes, rate)
+                failures.extend(_request(run, cloud, t, p, image_bytes, rate))
+
+        sweep(run, points(p), measure, name=lambda q: f"request {q['method']} x{q['n_vms']}")
     finally:
         if cloud and (problem := deploy.terminate_all(cloud)):
             console.print(f"[red]could not terminate every guest: {problem}")

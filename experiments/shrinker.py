@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from g5kdeploy.engine import stage
+from g5kdeploy.engine import stage, sweep
 from g5kdeploy.errors import UserError
 from g5kdeploy.results import Run
 from g5kdeploy.shrinker import cluster
@@ -90,10 +90,10 @@ def main(run: Run, testbed: Testbed, **p) -> None:
             cluster.configure(src, dst, vm_image.build(), run.dir / "logs")
         before = testbed.rates()["wan"].get("|".join(sorted((p["source"], p["destination"]))))
         try:
-            for k, t in enumerate(trials(p)):
-                with stage(run, f"trial {k}: {t['method']} {t['workload']} x{t['cluster_size']} "
-                                f"{t['wan_rate']} {t['chunk']} B"):
-                    failures += _trial(run, testbed, src, dst, k, t, p)
+            grid = trials(p)
+            sweep(run, grid, lambda t: failures.extend(_trial(run, testbed, src, dst, grid.index(t), t, p)),
+                  name=lambda t: f"trial {t['method']} {t['workload']} x{t['cluster_size']} {t['wan_rate']} "
+                                 f"{t['chunk']} B")
         finally:
             if before:
                 testbed.shape(p["source"], p["destination"], f"{before}bit")

@@ -77,7 +77,7 @@ def main(run: Run, testbed: Testbed, walltime, exec_nodes, methods, repeats, ipe
     try:
         sweep(run, grid(res.nodes, exec_nodes, methods, repeats), measure, name=lambda p: p["metric"])
     finally:
-        with stage(run, "release"):
+        with stage(run, "release", cleanup=True):
             testbed.release(res)
 
 

@@ -7,11 +7,14 @@ from pathlib import Path
 
 
 def append(path: Path, entry: dict, sync: bool = False) -> None:
-    """Add one line; `sync` waits until it is on disk (fsync)."""
+    """Add one line (after a line torn by a crash, on a line of its own); `sync` waits until
+    it is on disk (fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (json.dumps(entry, default=str) + "\n").encode())
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        os.write(fd, (("\n" if torn else "") + json.dumps(entry, default=str) + "\n").encode())
         if sync:
             os.fsync(fd)
     finally:

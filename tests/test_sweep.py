@@ -24,21 +24,24 @@ def _measure(run, stop_at=None, fail_at=None):
 
 def test_interrupted_point_is_redone_and_rows_are_neither_lost_nor_duplicated(tmp_path):
     run = Run("demo", {"n": 1}, root=tmp_path)
+    run.row(setup="first attempt")
     with pytest.raises(KeyboardInterrupt):
         engine.sweep(run, POINTS, _measure(run, stop_at=POINTS[3]))
     assert len(run.points("done")) == 3
-    assert len([r for r in run.rows if (r["size"], r["repeat"]) == (2, 1)]) == 0   # half a point: not counted
+    assert not [r for r in run.rows if (r.get("size"), r.get("repeat")) == (2, 1)]   # half a point: not counted
     with open(run.dir / "rows.jsonl", "a") as f:
         f.write('{"size": 9, "rep')                 # a torn write at the kill
     again = Run("demo", {"n": 1}, root=tmp_path, run_id=run.run_id, resume=True)
+    again.row(setup="second attempt")                       # setup is redone: its latest rows count
     counts = engine.sweep(again, POINTS, _measure(again))
     assert counts == {"done": 6, "skipped": 0, "todo": 0}
-    rows = [(r["size"], r["repeat"], r["part"]) for r in again.rows]
+    assert [r["setup"] for r in again.rows if "setup" in r] == ["second attempt"]
+    rows = [(r["size"], r["repeat"], r["part"]) for r in again.rows if "size" in r]
     assert sorted(rows) == sorted((p["size"], p["repeat"], k) for p in POINTS for k in (1, 2))
     assert len(rows) == len(set(rows)) == 12
     assert len(again.meta()["resumed"]) == 1
     df = again.save()
-    assert len(df) == 12 and "_point" not in df.columns
+    assert len(df) == 13 and not {"_point", "_attempt"} & set(df.columns)
 
 
 def test_failed_point_is_skipped_with_its_reason_and_not_redone(tmp_path):

@@ -190,11 +190,16 @@ def apply(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | No
 
 
 def apply_all(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | None = None,
-              runner: str = "itamae", logdir: Path | None = None) -> list[Converge]:
-    """`apply`, raising with each failed node and its reason unless every node converged."""
+              runner: str = "itamae", logdir: Path | None = None, min: int | None = None  # noqa: A002
+              ) -> list[Converge]:
+    """`apply`, going on when at least `min` nodes (default: all) converged; else raising
+    with each failed node and its reason. Failed nodes stay in the list (`ok` false)."""
     done = apply(assignments, files, runner, logdir)
-    if failed := [f"{c.host}: {c.error}" for c in done if not c.ok]:
-        raise RuntimeError("configuration failed on " + "; ".join(failed))
+    failed = [f"{c.host}: {c.error}" for c in done if not c.ok]
+    need = len(done) if min is None else min
+    if len(done) - len(failed) < need:
+        raise RuntimeError(f"configuration failed on {'; '.join(failed)} "
+                           f"({len(done) - len(failed)} of {len(done)} nodes converged, {need} needed)")
     return done
 
 

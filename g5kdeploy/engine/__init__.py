@@ -57,10 +57,12 @@ def guard(run: Run, name: str, expected_s: float | None = None) -> None:
 
 
 @contextmanager
-def stage(run: Run, name: str, nodes=None, expected_s: float | None = None):
-    """Record start/end of a stage (per node when nodes are given) with its duration,
-    after checking that it fits in what is left of the reservation."""
-    guard(run, name, expected_s)
+def stage(run: Run, name: str, nodes=None, expected_s: float | None = None, cleanup: bool = False):
+    """Record start/end of a stage (per node when nodes are given) with its duration, after
+    checking that it fits in what is left of the reservation (not for a `cleanup` stage,
+    such as releasing it, which must run whatever is left)."""
+    if not cleanup:
+        guard(run, name, expected_s)
     names = [str(n) for n in nodes] if nodes else [None]
     t0 = time.time()
     for n in names:
@@ -111,7 +113,7 @@ def sweep(run: Run, points: Iterable[dict], measure: Callable[[dict], None],
             run.mark(key, "skipped", error=f"{type(e).__name__}: {e}")
             console.print(f"[yellow]point {key} skipped: {type(e).__name__}: {e}")
         else:
-            run.mark(key, "done")
+            run.mark(key, "done", attempt=run.attempt)
         finally:
             run.point = None
     done, skipped = set(run.points("done")), set(run.points("skipped"))

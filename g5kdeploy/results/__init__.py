@@ -63,7 +63,9 @@ class Run:
 
     A row is one O_APPEND write of one JSON line, so a kill leaves whole rows only. Rows
     written inside a sweep point carry the point and count only once it is done: a point
-    interrupted and redone on resume neither loses nor duplicates a row."""
+    interrupted and redone on resume neither loses nor duplicates a row. Rows outside any
+    point (setup: deploy, data, reference runs) are redone by a resume and count from the
+    latest attempt only."""
 
     def __init__(self, experiment: str, params: dict, testbed: dict | None = None,
                  root: Path | None = None, run_id: str | None = None, resume: bool = False):
@@ -73,6 +75,7 @@ class Run:
         self.point: str | None = None         # the sweep point being measured
         self.deadline = None                  # callable: when the reservation ends (set by the engine)
         self.durations: dict[str, list[float]] | None = None
+        self.attempt = 0                      # how many times this run was resumed
         if resume:
             self._reopen(params)
             return
@@ -90,7 +93,9 @@ class Run:
             diff = sorted(k for k in {**before, **params} if before.get(k) != params.get(k))
             raise UserError(f"run {self.run_id} was made with other parameters ({', '.join(diff)}): "
                             "resume it without --param, or start a new run")
-        self.note(resumed=self.meta().get("resumed", []) + [datetime.now().isoformat()])
+        resumed = self.meta().get("resumed", []) + [datetime.now().isoformat()]
+        self.attempt = len(resumed)
+        self.note(resumed=resumed)
 
     def meta(self) -> dict:
         return json.loads((self.dir / "params.json").read_text())
@@ -103,14 +108,17 @@ class Run:
         tmp.replace(self.dir / "params.json")
 
     def row(self, **columns) -> None:
-        jsonlines.append(self.dir / "rows.jsonl", {**columns, "_point": self.point} if self.point else columns)
+        tag = ({"_point": self.point} if self.point else {}) | ({"_attempt": self.attempt} if self.attempt else {})
+        jsonlines.append(self.dir / "rows.jsonl", {**columns, **tag})
 
     @property
     def rows(self) -> list[dict]:
-        """The rows that count: outside any point, or of a point that is done."""
-        done = set(self.points("done"))
-        return [{k: v for k, v in r.items() if k != "_point"} for r in jsonlines.read(self.dir / "rows.jsonl")
-                if r.get("_point") is None or r["_point"] in done]
+        """The rows that count: of a point, those of the attempt that finished it; outside
+        points, those of this attempt."""
+        done = {e["point"]: e.get("attempt", 0) for e in jsonlines.read(self.dir / "sweep" / "done.jsonl")}
+        return [{k: v for k, v in r.items() if k not in ("_point", "_attempt")}
+                for r in jsonlines.read(self.dir / "rows.jsonl")
+                if r.get("_attempt", 0) == (done.get(r["_point"]) if "_point" in r else self.attempt)]
 
     def points(self, state: str) -> list[str]:
         path = self.dir / "sweep" / f"{state}.jsonl"

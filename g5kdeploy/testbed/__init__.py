@@ -33,6 +33,7 @@ class Testbed(ABC):
         self.reservations: list[Reservation] = []   # live ones
         self.used: list[Reservation] = []           # every one made through this object
         self.failed_nodes: dict[str, str] = {}     # hostname -> why it was left out
+        self._deadline: tuple | None = None        # (reservations, when asked, deadline)
 
     # -- backend ---------------------------------------------------------------------------
     @abstractmethod
@@ -40,7 +41,7 @@ class Testbed(ABC):
         """All nodes, or those of a hostlist."""
 
     @abstractmethod
-    def _reimage(self, nodes: NodeSet, environment: str) -> dict[str, Outcome]:
+    def reimage(self, nodes: NodeSet, environment: str) -> dict[str, Outcome]:
         """Deploy `environment` on nodes once (Kadeploy); per-node outcome by hostname."""
 
     @abstractmethod
@@ -170,11 +171,16 @@ class Testbed(ABC):
             raise
         return jobs
 
-    def deadline(self) -> float | None:
-        """When the first live reservation ends (unix time), asked from OAR: extensions count."""
+    def deadline(self, max_age: float = 30) -> float | None:
+        """When the first live reservation ends (unix time), asked from OAR at most every
+        `max_age` seconds: extensions count."""
+        key = [id(r) for r in self.reservations]
+        if self._deadline and self._deadline[0] == key and time.monotonic() - self._deadline[1] < max_age:
+            return self._deadline[2]
         ends = [self.scheduler.job(s, j).end for r in self.reservations for s, j in r.jobs.items()]
         ends = [e for e in ends if e]
-        return min(ends) if ends else None
+        self._deadline = (key, time.monotonic(), min(ends) if ends else None)
+        return self._deadline[2]
 
     def _check_request(self, request: dict[str, int]) -> None:
         sites = self.description.sites
@@ -205,7 +211,7 @@ class Testbed(ABC):
         todo = nodes
         for _ in range(tries):
             t0 = time.monotonic()
-            outcomes |= self._reimage(todo, environment)
+            outcomes |= self.reimage(todo, environment)
             todo = NodeSet(n for n in todo if not outcomes[n.hostname].ok)
             if not todo:
                 break

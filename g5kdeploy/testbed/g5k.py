@@ -133,7 +133,7 @@ class G5kTestbed(Testbed):
 
     # -- Kadeploy --------------------------------------------------------------------------
     @_errors("deployment")
-    def _reimage(self, nodes: NodeSet, environment: str) -> dict[str, Outcome]:
+    def reimage(self, nodes: NodeSet, environment: str) -> dict[str, Outcome]:
         """One Kadeploy deployment per site, in parallel; KO nodes are failed outcomes."""
         env = self.config.get("environment", "debian12-min") if environment == "debian12-g5kdeploy" else environment
         key = self._public_key()

@@ -140,7 +140,7 @@ class LocalTestbed(Testbed):
         self.journal.forget("oar_job", id=job)
 
     # -- Kadeploy analog ----------------------------------------------------------------------
-    def _reimage(self, nodes: NodeSet, environment: str) -> dict:
+    def reimage(self, nodes: NodeSet, environment: str) -> dict:
         """Reimage nodes in parallel: kill everything on them, wipe their private layer, boot."""
         def reimage(node):
             stop_all_processes(netns(node))

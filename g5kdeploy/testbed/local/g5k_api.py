@@ -105,7 +105,7 @@ class Api:
             self.deployments[uid] = record
 
         def work():
-            outcomes = self.tb._reimage(nodes, "debian12-g5kdeploy")
+            outcomes = self.tb.reimage(nodes, "debian12-g5kdeploy")
             with self.lock:
                 record["result"] = {h: {"state": "OK" if o.ok else "KO", "macro": "", "micro": "",
                                         "error": o.error} for h, o in outcomes.items()}

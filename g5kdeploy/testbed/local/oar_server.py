@@ -102,6 +102,9 @@ def prepare_database(desc: Description) -> None:
     # drop + create, not --reset: --reset loses the read-only user's grants
     sh("oar-database", "--drop", "--db-is-local", "-y", check=False)
     sh("oar-database", "--create", "--db-is-local", "-y")
+    # job ids start again from 1: an earlier testbed's OAR.<name>.<id>.stdout would be appended to
+    for old in Path(pwd.getpwnam(USER).pw_dir).glob("OAR.*.std*"):
+        old.unlink()
     for prop in ("site", "cluster", "host"):
         sh("oarproperty", "-c", "-a", prop)
     script = "".join(
