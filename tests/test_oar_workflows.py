@@ -238,6 +238,20 @@ def test_reservation_as_enoslib_roles(tb):
         tb.release(res)
 
 
+def test_nodes_are_reached_through_a_gateway_when_one_is_set(tb):
+    from g5kdeploy import remote
+    hop, target = tb.node("paradent-1.rennes"), tb.node("graphene-1.nancy")
+    try:
+        remote.use_gateway(f"root@{hop.hostname}")
+        via = remote.run("echo $SSH_CONNECTION", [target])[0]
+        remote.use_gateway(None)
+        direct = remote.run("echo $SSH_CONNECTION", [target])[0]
+    finally:
+        remote.use_gateway(None)
+    assert via.ok and via.stdout.split()[0] == hop.address          # the connection came from the hop
+    assert direct.ok and direct.stdout.split()[0] == tb.description.frontend_address
+
+
 # -- the g5k backend against the Grid'5000 API served over this testbed ----------------------------
 @pytest.fixture
 def g5k(tb, tmp_path):
@@ -246,7 +260,7 @@ def g5k(tb, tmp_path):
     server = g5k_api.serve(tb, "alice", "s3cret")
     config = tmp_path / "python-grid5000.yaml"
     conf = {"uri": f"http://127.0.0.1:{server.server_port}/stable", "username": "alice", "password": "s3cret",
-            "ssh_key": str(tb.files.key) + ".pub"}
+            "ssh_key": str(tb.files.key) + ".pub", "gateway": None}     # the nodes are reached directly here
     config.write_text(yaml.safe_dump(conf))
     yield G5kTestbed.connect(config), config, conf
     server.shutdown()
@@ -298,3 +312,18 @@ def test_g5k_bad_credentials_and_config_are_one_line(tb, g5k, tmp_path):
     config.write_text(yaml.safe_dump({**conf, "uri": "http://127.0.0.1:9/stable"}))
     with pytest.raises(UserError, match="unreachable"):
         G5kTestbed.connect(config)
+
+
+def test_g5k_backend_runs_an_experiment_end_to_end(tb, g5k):
+    from experiments import testbed_check
+    from g5kdeploy.testbed.g5k import G5kTestbed
+    g, _, _ = g5k
+    run = engine.execute(testbed_check, g, {"repeats": 1, "exec_nodes": [1, 4], "iperf_seconds": 1})
+    df = pd.read_parquet(run.dir / "rows.parquet")
+    assert set(df.metric) == {"throughput", "rtt", "exec_latency"} and (df.hosts_ok.dropna() > 0).all()
+    meta = json.loads((run.dir / "params.json").read_text())
+    assert meta["testbed"]["name"] == "grid5000" and meta["nodes"] == str(tb.nodes())
+    assert not _live(tb)
+    assert "gateway" not in g.ssh_settings()
+    outside = G5kTestbed(g.client, {**g.config, "gateway": "auto"})     # this host is not in grid5000.fr
+    assert outside.ssh_settings()["gateway"] == "access.grid5000.fr" and outside.ssh_settings()["gateway_user"] == "alice"

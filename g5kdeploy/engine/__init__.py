@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterable
 
+from g5kdeploy import remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import console
 from g5kdeploy.results import Run, load
@@ -137,6 +138,8 @@ def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None,
         check(params, testbed.description)
     run = Run(module.NAME, params, testbed=testbed.description.source, run_id=resume, resume=bool(resume))
     run.deadline = testbed.deadline
+    ssh = testbed.ssh_settings()
+    remote.use_gateway(f"{ssh['gateway_user']}@{ssh['gateway']}" if ssh.get("gateway") else None)
     first, failed_before = len(testbed.used), dict(testbed.failed_nodes)
     try:
         module.main(run, testbed, **params)

@@ -24,8 +24,14 @@ execo.logger.setLevel(logging.WARNING)
 METHODS = ("ssh", "taktuk")
 # user root; host keys and identities come from ssh_config (the local testbed writes one).
 # No `-tt` (execo's default): stderr stays separate from stdout.
-CONNECTION = {"user": "root", "ssh_options": ("-o", "BatchMode=yes", "-o", "PasswordAuthentication=no",
-                                              "-o", "ConnectTimeout=20")}
+SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "PasswordAuthentication=no", "-o", "ConnectTimeout=20")
+CONNECTION = {"user": "root", "ssh_options": SSH_OPTIONS}
+
+
+def use_gateway(gateway: str | None) -> None:
+    """Reach nodes through `user@host` (ssh ProxyJump: Grid'5000's access machine from
+    outside), or directly (None). TakTuk's node-to-node hops stay direct."""
+    CONNECTION["ssh_options"] = SSH_OPTIONS + (("-o", f"ProxyJump={gateway}") if gateway else ())
 
 
 @dataclass

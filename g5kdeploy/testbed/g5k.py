@@ -4,8 +4,9 @@ the local backend (testbed/__init__.py); only HTTP is here.
 
 Configuration is python-grid5000's `~/.python-grid5000.yaml` (username, password, uri,
 verify_ssl), plus our keys in the same file: `environment` (what `debian12-g5kdeploy`
-means here, default debian12-min), `ssh_key` (public key given to Kadeploy) and `sites`
-(the sites to describe, default all)."""
+means here, default debian12-min), `ssh_key` (public key given to Kadeploy), `sites`
+(the sites to describe, default all) and `gateway` (how to reach nodes: default
+access.grid5000.fr from outside Grid'5000, null for directly)."""
 from __future__ import annotations
 
 import ipaddress
@@ -24,7 +25,7 @@ from g5kdeploy.testbed.oar import Job, Scheduler
 
 CONFIG = Path.home() / ".python-grid5000.yaml"
 ACCESS = "access.grid5000.fr"
-OURS = ("environment", "ssh_key", "sites")     # keys of the config file that are not python-grid5000's
+OURS = ("environment", "ssh_key", "sites", "gateway")     # keys of the config file that are not python-grid5000's
 
 
 def _errors(what: str):
@@ -165,16 +166,14 @@ class G5kTestbed(Testbed):
 
     # -- access ---------------------------------------------------------------------------------
     def ssh_settings(self) -> dict:
-        """root on deployed nodes with your key; through access.grid5000.fr from outside."""
-        out = {"user": "root", "port": 22, "keyfile": str(Path(self.config.get("ssh_key", Path.home() / ".ssh/id_ed25519.pub")).with_suffix(""))}
-        if not socket.getfqdn().endswith("." + DOMAIN):
-            out |= {"gateway": ACCESS, "gateway_user": self.user}
-        return out
-
-    def ssh_config(self) -> str:
-        """An ~/.ssh/config block reaching every node through the access machine (from outside)."""
-        return (f"Host *.{DOMAIN} !{ACCESS}\n  User root\n  ProxyJump {self.user}@{ACCESS}\n"
-                "  StrictHostKeyChecking accept-new\n")
+        """root on deployed nodes with your key; through `gateway` (default: access.grid5000.fr
+        from outside Grid'5000, none from inside; null: none)."""
+        key = Path(self.config.get("ssh_key", Path.home() / ".ssh/id_ed25519.pub")).with_suffix("")
+        out = {"user": "root", "port": 22, "keyfile": str(key)}
+        gateway = self.config.get("gateway", "auto")
+        if gateway == "auto":
+            gateway = None if socket.getfqdn().endswith("." + DOMAIN) else ACCESS
+        return out | ({"gateway": gateway, "gateway_user": self.user} if gateway else {})
 
     def batch_command(self, task: str, name: str) -> str:
         return in_job("g5k", task, name)

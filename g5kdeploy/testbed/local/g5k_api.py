@@ -10,7 +10,8 @@ cannot be reached from here, as its documented schemas describe it, backed by re
     GET    /sites/<s>/deployments/<uid>   status processing|terminated|error, result[node].state OK|KO
 
 Jobs are jobs of the local OAR, deployments reimage the local nodes; HTTP Basic
-authentication with one user. Used by the g5k backend's tests; `serve()` for a try."""
+authentication with one user. Used by the g5k backend's tests; run it to try the backend:
+`python -m g5kdeploy.testbed.local.g5k_api 8080`."""
 from __future__ import annotations
 
 import base64
@@ -191,3 +192,20 @@ def serve(testbed: LocalTestbed, user: str, password: str, port: int = 0) -> Thr
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def main() -> None:
+    """python -m g5kdeploy.testbed.local.g5k_api [PORT]: serve the up testbed (Ctrl-C ends)."""
+    import sys
+    import time
+    server = serve(LocalTestbed.attach(), "g5kdeploy", "g5kdeploy", int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
+    print(f"uri: http://127.0.0.1:{server.server_port}/stable  username: g5kdeploy  password: g5kdeploy")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
