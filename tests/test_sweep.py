@@ -2,6 +2,7 @@
 import json
 import time
 
+import pandas as pd
 import pytest
 
 from g5kdeploy import engine
@@ -79,3 +80,26 @@ def test_guard_uses_declared_then_past_durations(tmp_path):
     engine.guard(run, "never-seen")                         # nothing known: no guess
     run.deadline = lambda: None
     engine.guard(run, "copy")                               # no reservation: nothing to guard
+
+
+def test_a_skipped_point_fails_the_run_after_the_others(tmp_path, monkeypatch):
+    import types
+    from g5kdeploy.testbed.local import LocalTestbed
+    monkeypatch.setenv("G5KDEPLOY_RESULTS", str(tmp_path))
+
+    def main(run, testbed):
+        engine.sweep(run, POINTS, _measure(run, fail_at=POINTS[1]))
+
+    class NoNodes(LocalTestbed):      # the engine only asks it for its deadline and ssh settings
+        def __init__(self):
+            super(LocalTestbed, self).__init__()
+            self.description = types.SimpleNamespace(source={"name": "none"})
+
+        def ssh_settings(self):
+            return {"user": "root"}
+
+    module = types.SimpleNamespace(NAME="demo", PARAMS={}, main=main)
+    with pytest.raises(RuntimeError, match=r"1 sweep point\(s\) failed"):
+        engine.execute(module, NoNodes())
+    run_dir = next((tmp_path / "demo").iterdir())
+    assert len(pd.read_parquet(run_dir / "rows.parquet")) == 10

@@ -132,7 +132,8 @@ def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None,
             resume: str | None = None) -> Run:
     """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory,
     or go on with run `resume`. Its check_params(params, description), if any, runs first: bad
-    parameters leave no run. params.json ends with the OAR jobs, the nodes used and those left out."""
+    parameters leave no run. params.json ends with the OAR jobs, the nodes used and those left out;
+    a sweep point that failed fails the run once the others are done."""
     params = parameters(module, overrides or {})
     if check := getattr(module, "check_params", None):
         check(params, testbed.description)
@@ -143,6 +144,9 @@ def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None,
     first, failed_before = len(testbed.used), dict(testbed.failed_nodes)
     try:
         module.main(run, testbed, **params)
+        if skipped := run.points("skipped"):
+            raise RuntimeError(f"{len(skipped)} sweep point(s) failed and were skipped (the others' rows are "
+                               f"saved): reasons in {run.dir / 'sweep' / 'skipped.jsonl'}")
     except WalltimeReached as e:
         run.event(e.stage, "walltime", expected_s=e.expected_s, left_s=e.left_s)
         run.note(stopped={"before": e.stage, "expected_s": e.expected_s, "left_s": e.left_s})
