@@ -95,7 +95,7 @@ def testbed_status(c):
         return
     print(f"up: {tb.nodes()}")
     print(f"rates (bit/s): {json.dumps(tb.rates())}")
-    print(f"OAR jobs: {', '.join(tb.oar.jobs()) or 'none'}")
+    print(f"OAR jobs: {', '.join(tb.scheduler.jobs()) or 'none'}")
 
 
 @task(help={"seconds": "length of each iperf3 flow"})
@@ -131,21 +131,11 @@ def experiment(c, name, param=None, resume=None, testbed=TESTBED):
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    if resume:
-        overrides = {**_stored_params(module.NAME, resume), **overrides}
     run = engine.execute(module, open_testbed(testbed), overrides, resume=resume)
     from g5kdeploy.results import load
     if hasattr(module, "summary"):
         print("\n".join(module.summary(load(run.dir))))
     print(f"results: {run.dir}")
-
-
-def _stored_params(experiment: str, run_id: str) -> dict:
-    from g5kdeploy.results import default_root
-    path = default_root() / experiment / run_id / "params.json"
-    if not path.is_file():
-        raise UserError(f"no run {run_id} in {path.parent.parent}: give the directory name of an earlier run")
-    return json.loads(path.read_text())["params"]
 
 
 def _sites(text: str) -> dict[str, int]:
@@ -200,7 +190,7 @@ def walltime(c, name=None, extend=None, testbed=TESTBED):
     from g5kdeploy.testbed.model import parse_walltime
     tb = _testbed(testbed, bring_up=False)
     name = name or _enclosing_name(tb)
-    jobs = [j for s in tb.description.sites for j in tb.scheduler.live(s, name)]
+    jobs = tb.live(name)
     if not jobs:
         raise UserError(f"no live OAR job named {name!r}: see oarstat")
     if extend:
@@ -215,12 +205,9 @@ def walltime(c, name=None, extend=None, testbed=TESTBED):
 
 
 def _enclosing_name(tb) -> str:
-    from g5kdeploy.testbed.oar import enclosing_job
-    inside = enclosing_job()
-    if not inside:
+    if not (inside := tb.enclosing()):
         raise UserError("give --name: not inside an OAR job")
-    job, hosts = inside
-    return tb.scheduler.job(tb.node(hosts[0]).site, job).name
+    return inside.name
 
 
 @task(help={"sites": "comma-separated sites, one cloud each", "vmms_per_site": "VMM nodes per cloud",

@@ -148,13 +148,13 @@ def test_bad_requests_leave_no_instance(clouds):
 
 def test_deploy_nimbus_bad_input_leaves_no_job(clouds):
     tb, run, info = clouds
-    jobs = set(tb.oar.jobs())
+    jobs = set(tb.scheduler.jobs())
     r = invoke("deploy-nimbus", "--sites", "lyon")
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "lyon" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     r = invoke("deploy-nimbus", "--propagation", "ftp")
     assert r.returncode == 2 and "propagation" in r.stderr
-    assert set(tb.oar.jobs()) == jobs
+    assert set(tb.scheduler.jobs()) == jobs
 
 
 def test_readme_boto3_snippet_works_verbatim(clouds):
@@ -177,15 +177,15 @@ def test_interrupted_deploy_gives_its_nodes_back(clouds):
     import sys
     from conftest import ROOT
     tb, run, info = clouds
-    before = set(tb.oar.jobs())
+    before = set(tb.scheduler.jobs())
     p = subprocess.Popen([sys.executable, "-m", "invoke", "deploy-nimbus", "--sites", "nancy"], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (set(tb.oar.jobs()) - before) and p.poll() is None and time.monotonic() < deadline:
+    while not (set(tb.scheduler.jobs()) - before) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    new = set(tb.oar.jobs()) - before
+    new = set(tb.scheduler.jobs()) - before
     assert new, "deploy-nimbus submitted no job"
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "interrupted" in err
-    assert not set(tb.oar.jobs()) & new
+    assert not set(tb.scheduler.jobs()) & new

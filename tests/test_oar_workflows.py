@@ -42,7 +42,7 @@ def broken_node(tb):
 
 
 def _live(tb) -> set[int]:
-    return set(map(int, tb.oar.jobs()))
+    return set(map(int, tb.scheduler.jobs()))
 
 
 def test_reserve_reuses_a_live_job_by_name_and_leaves_it_to_its_owner(tb):
@@ -91,9 +91,9 @@ def test_batch_job_runs_the_experiment_inside_its_jobs(tb):
     stdout = Path(r.stdout.split("stdout: ")[1].split()[0])
     assert stdout == Path(f"/home/{oar_server.USER}/OAR.batch-test.{job}.stdout")
     deadline = time.monotonic() + 240
-    while tb.oar.status(job)["state"] not in ("Terminated", "Error") and time.monotonic() < deadline:
+    while tb.scheduler.status(job)["state"] not in ("Terminated", "Error") and time.monotonic() < deadline:
         time.sleep(2)
-    st = tb.oar.status(job)
+    st = tb.scheduler.status(job)
     assert (st["state"], st["exit_code"]) == ("Terminated", 0), stdout.read_text()[-2000:]
     run_dir = Path(stdout.read_text().split("results: ")[-1].split()[0])
     meta = json.loads((run_dir / "params.json").read_text())
@@ -274,7 +274,7 @@ def test_g5k_reserve_reuse_extend_release_through_the_api(tb, g5k):
     res = g.reserve({"rennes": 2, "nancy": 1}, "0:05", name="g5k-test")
     try:
         for site, job in res.jobs.items():            # real OAR jobs
-            st = tb.oar.status(job)
+            st = tb.scheduler.status(job)
             assert (st["state"], st["name"]) == ("Running", "g5k-test") and "deploy" in st["types"]
         assert res.nodes == tb.nodes("paradent-[1-2].rennes,graphene-1.nancy")
         again = g.reserve({"nancy": 1}, "0:05", name="g5k-test")

@@ -86,12 +86,12 @@ def test_figure_and_table_3_1(measured):
 @pytest.mark.testbed
 def test_bad_parameters_fail_in_one_line_and_reserve_nothing(measured):
     tb, run, _ = measured
-    jobs, runs = set(tb.oar.jobs()), set(run.dir.parent.iterdir())
+    jobs, runs = set(tb.scheduler.jobs()), set(run.dir.parent.iterdir())
     for param, word in (('methods=["ftp"]', "ftp"), ("vm_counts=[64]", "nodes"), ('lan_rate="fast"', "rate")):
         r = invoke("experiment", "propagation", "--param", param)
         assert r.returncode == 2 and r.stderr.strip().startswith("error:") and word in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
-    assert set(tb.oar.jobs()) == jobs and set(run.dir.parent.iterdir()) == runs
+    assert set(tb.scheduler.jobs()) == jobs and set(run.dir.parent.iterdir()) == runs
 
 
 def test_models_match_the_thesis():

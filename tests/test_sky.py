@@ -162,9 +162,9 @@ def test_the_timeline_figures_and_cleanup(measured):
 @pytest.mark.testbed
 def test_bad_input_fails_in_one_line_and_reserves_nothing(measured):
     tb, run, _, _ = measured
-    jobs, runs = set(tb.oar.jobs()), set(run.dir.parent.iterdir())
+    jobs, runs = set(tb.scheduler.jobs()), set(run.dir.parent.iterdir())
     for param, word in (('platforms=[{"paris": 2}]', "paris"), ("database_fasta=/nonexistent", "no such file")):
         r = invoke("experiment", "blastx-sky", "--param", param)
         assert r.returncode == 2 and r.stderr.strip().startswith("error:") and word in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
-    assert set(tb.oar.jobs()) == jobs and set(run.dir.parent.iterdir()) == runs
+    assert set(tb.scheduler.jobs()) == jobs and set(run.dir.parent.iterdir()) == runs

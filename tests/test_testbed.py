@@ -20,7 +20,7 @@ def tb(small_description):
 
 
 def _active_jobs(tb) -> dict:
-    return tb.oar.jobs()
+    return tb.scheduler.jobs()
 
 
 def test_reserve_gives_exactly_the_nodes_oar_assigned(tb):
@@ -29,7 +29,7 @@ def test_reserve_gives_exactly_the_nodes_oar_assigned(tb):
         assert [n.site for n in res.nodes].count("rennes") == 2 and len(res.nodes) == 3
         assigned = set()
         for site, job in res.jobs.items():
-            st = tb.oar.status(job)
+            st = tb.scheduler.status(job)
             assert st["state"] == "Running" and st["name"] == "test-reserve" and "deploy" in st["types"]
             assert {h.split(".")[1] for h in st["assigned_network_address"]} == {site}
             assigned |= set(st["assigned_network_address"])

@@ -10,10 +10,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterable
 
-from g5kdeploy import remote
+from g5kdeploy import jsonlines, remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import console
-from g5kdeploy.results import Run, load
+from g5kdeploy.results import Run, load, stored_params
 from g5kdeploy.testbed import NodeSet, Testbed
 
 MARGIN_S = 15     # kept in reserve at the end of a reservation: releasing, saving the rows
@@ -34,11 +34,7 @@ def expected_duration(run: Run, name: str) -> float | None:
     if run.durations is None:
         run.durations = {}
         for path in sorted(run.dir.parent.glob("*/events.jsonl")):
-            for line in path.read_text().splitlines():
-                try:
-                    e = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+            for e in jsonlines.read(path):
                 if e.get("phase") == "end" and e.get("status") == "ok" and e.get("node") is None:
                     run.durations.setdefault(e["stage"], []).append(e["duration_s"])
     found = run.durations.get(name)
@@ -108,9 +104,9 @@ def sweep(run: Run, points: Iterable[dict], measure: Callable[[dict], None],
         try:
             with stage(run, stage_of(p)):
                 measure(p)
+        except (WalltimeReached, UserError):
+            raise
         except Exception as e:  # noqa: BLE001 - a failed point is skipped, the sweep goes on
-            if isinstance(e, (WalltimeReached, UserError)):
-                raise
             run.mark(key, "skipped", error=f"{type(e).__name__}: {e}")
             console.print(f"[yellow]point {key} skipped: {type(e).__name__}: {e}")
         else:
@@ -131,10 +127,11 @@ def parameters(module: ModuleType, overrides: dict) -> dict:
 def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None,
             resume: str | None = None) -> Run:
     """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory,
-    or go on with run `resume`. Its check_params(params, description), if any, runs first: bad
-    parameters leave no run. params.json ends with the OAR jobs, the nodes used and those left out;
+    or go on with run `resume` (its stored parameters, under the overrides). Its
+    check_params(params, description), if any, runs first: bad parameters leave no run. params.json ends with the OAR jobs, the nodes used and those left out;
     a sweep point that failed fails the run once the others are done."""
-    params = parameters(module, overrides or {})
+    overrides = {**(stored_params(module.NAME, resume) if resume else {}), **(overrides or {})}
+    params = parameters(module, overrides)
     if check := getattr(module, "check_params", None):
         check(params, testbed.description)
     run = Run(module.NAME, params, testbed=testbed.description.source, run_id=resume, resume=bool(resume))

@@ -85,10 +85,7 @@ class Run:
         (self.dir / "params.json").write_text(json.dumps(meta, indent=1, default=str))
 
     def _reopen(self, params: dict) -> None:
-        if not (self.dir / "params.json").is_file():
-            raise UserError(f"no run {self.run_id} of {self.experiment} in {self.dir.parent}: "
-                            "give the run id of an earlier run (its directory name)")
-        before = self.meta()["params"]
+        before = stored_params(self.experiment, self.run_id, self.dir.parent.parent)
         if json.loads(json.dumps(params, default=str)) != before:
             diff = sorted(k for k in {**before, **params} if before.get(k) != params.get(k))
             raise UserError(f"run {self.run_id} was made with other parameters ({', '.join(diff)}): "
@@ -136,6 +133,15 @@ class Run:
         df.to_parquet(self.dir / "rows.parquet", index=False)
         df.to_csv(self.dir / "rows.csv", index=False)
         return df
+
+
+def stored_params(experiment: str, run_id: str, root: Path | None = None) -> dict:
+    """The parameters an earlier run was made with."""
+    path = (root or default_root()) / experiment / run_id / "params.json"
+    if not path.is_file():
+        raise UserError(f"no run {run_id} of {experiment} in {path.parent.parent}: "
+                        "give the run id of an earlier run (its directory name)")
+    return json.loads(path.read_text())["params"]
 
 
 def load(run_dir: str | Path) -> pd.DataFrame:

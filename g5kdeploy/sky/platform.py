@@ -80,12 +80,21 @@ class Daemon:
     node: Node
     pid: int
 
+    def stop(self, signal: str = "TERM") -> None:
+        """The signal, then SIGKILL if it still runs 5 s later."""
+        remote.run(f"kill -{signal} {self.pid} 2>/dev/null; for i in $(seq 50); do kill -0 {self.pid} 2>/dev/null "
+                   f"|| exit 0; sleep 0.1; done; kill -KILL {self.pid}", [self.node])
+
 
 @dataclass
 class Instance:
     """A worker on a cloud instance; it ends with TerminateInstances."""
     ec2: object                           # the boto3 EC2 client of its cloud
     id: str
+
+    def stop(self, signal: str = "TERM") -> None:
+        """Terminated, whatever the signal: a vanished guest says no goodbye either way."""
+        self.ec2.terminate_instances(InstanceIds=[self.id])
 
 
 def _spawn(node: Node, command: str, log: str, what: str) -> Daemon:
@@ -94,15 +103,6 @@ def _spawn(node: Node, command: str, log: str, what: str) -> Daemon:
     if not r.ok or not r.stdout.strip().isdigit():
         raise RuntimeError(f"cannot start the {what} on {node.short}: {r.error or r.stderr.strip()[-200:]}")
     return Daemon(node, int(r.stdout))
-
-
-def _stop(workers: list[Daemon | Instance], signal: str = "TERM") -> None:
-    for d in workers:
-        if isinstance(d, Instance):
-            d.ec2.terminate_instances(InstanceIds=[d.id])
-            continue
-        remote.run(f"kill -{signal} {d.pid} 2>/dev/null; for i in $(seq 50); do kill -0 {d.pid} 2>/dev/null || exit 0; "
-                   f"sleep 0.1; done; kill -KILL {d.pid}", [d.node])
 
 
 @dataclass
@@ -160,10 +160,11 @@ class Platform:
     def kill_worker(self, name: str) -> None:
         """Lose a worker as a crash would, with no goodbye to the scheduler: SIGKILL, or its
         instance terminated."""
-        _stop([self.workers.pop(name)], "KILL")
+        self.workers.pop(name).stop("KILL")
 
     def stop(self) -> None:
-        _stop(list(self.workers.values()) + ([self.scheduler] if self.scheduler else []))
+        for daemon in [*self.workers.values(), *([self.scheduler] if self.scheduler else [])]:
+            daemon.stop()
         self.workers.clear()
         self.scheduler = None
 

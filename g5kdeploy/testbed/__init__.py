@@ -25,9 +25,11 @@ KINDS = ("local", "g5k")
 
 class Testbed(ABC):
     """The seam between the emulated and the real Grid'5000 (see DESIGN.md)."""
+    kind: str                    # what testbed.open() calls it
     description: Description
     scheduler: Scheduler
     environments: tuple[str, ...]
+    batch_prefix = ""            # what a batch job's `invoke` runs under (local: sudo)
 
     def __init__(self) -> None:
         self.reservations: list[Reservation] = []   # live ones
@@ -47,10 +49,6 @@ class Testbed(ABC):
     @abstractmethod
     def ssh_settings(self) -> dict:
         """How to reach nodes as root: user, keyfile, port, and an ssh gateway if any."""
-
-    @abstractmethod
-    def batch_command(self, task: str, name: str) -> str:
-        """The shell command an OAR batch job runs to run `invoke <task>` inside itself."""
 
     @abstractmethod
     def output_dir(self) -> Path:
@@ -103,14 +101,9 @@ class Testbed(ABC):
     def _adoptable(self, request: dict[str, int], name: str) -> dict[str, Job]:
         """Per site, the job to take instead of submitting one."""
         out: dict[str, Job] = {}
-        inside = enclosing_job()
-        if inside:
-            job_id, hosts = inside
-            sites = {self.node(h).site for h in hosts}
-            job = self.scheduler.job(next(iter(sites)), job_id)
-            name = job.name or name        # the jobs `invoke submit` made on other sites share it
-            out |= {s: Job(s, job_id, job.state, job.name, hosts, job.start, job.walltime_s)
-                    for s in sites if s in request}
+        if inside := self.enclosing():
+            name = inside.name or name     # the jobs `invoke submit` made on other sites share it
+            out |= {s: inside for s in {self.node(h).site for h in inside.hosts} if s in request}
         for site in (s for s in request if s not in out):
             live = self.scheduler.live(site, name)
             if len(live) > 1:
@@ -129,7 +122,7 @@ class Testbed(ABC):
     def _end(self, jobs: dict[str, int]) -> None:
         for site, job in jobs.items():
             self.scheduler.delete(site, job)
-        self.scheduler.wait_ended(jobs)
+        self.scheduler.wait_ended(list(jobs.items()))
         for site, job in jobs.items():
             self._ended(site, job)
 
@@ -139,11 +132,23 @@ class Testbed(ABC):
         if reservation in self.reservations:
             self.reservations.remove(reservation)
 
-    def release_named(self, name: str, sites=None) -> list[Job]:
+    def enclosing(self) -> Job | None:
+        """The OAR job this runs inside (OAR_JOB_ID), its hosts those of OAR_NODEFILE."""
+        if not (inside := enclosing_job()):
+            return None
+        job_id, hosts = inside
+        job = self.scheduler.job(self.node(hosts[0]).site, job_id)
+        job.hosts = hosts
+        return job
+
+    def live(self, name: str, sites=None) -> list[Job]:
+        """The live jobs of that name on these sites (default: all)."""
+        return [j for s in (sites or self.description.sites) for j in self.scheduler.live(s, name)]
+
+    def release_named(self, name: str) -> list[Job]:
         """End the live jobs of that name (but the enclosing one); the jobs ended."""
-        inside = enclosing_job()
-        jobs = [j for s in (sites or self.description.sites) for j in self.scheduler.live(s, name)
-                if not inside or j.id != inside[0]]
+        inside = self.enclosing()
+        jobs = [j for j in self.live(name) if not inside or j.id != inside.id]
         for j in jobs:
             self.scheduler.delete(j.site, j.id)
         self.scheduler.wait_ended([(j.site, j.id) for j in jobs])
@@ -155,7 +160,7 @@ class Testbed(ABC):
         that the task adopts and that end with it. The jobs per site."""
         seconds = parse_walltime(walltime)
         self._check_request(request)
-        if live := [j for s in request for j in self.scheduler.live(s, name)]:
+        if live := self.live(name, request):
             raise UserError(f"live OAR jobs are named {name!r} already ({', '.join(str(j.id) for j in live)}): "
                             f"choose another --name or end them (invoke release --name {name})")
         jobs: dict[str, int] = {}
@@ -170,6 +175,18 @@ class Testbed(ABC):
             self._end(jobs)
             raise
         return jobs
+
+    def batch_command(self, task: str, name: str) -> str:
+        """The batch job's shell command: this checkout's `invoke <task>` on this testbed with
+        the same results root, then `invoke release` of the batch's other jobs; the task's exit code."""
+        invoke = f"{self.batch_prefix}{shlex.quote(sys.executable)} -m invoke"
+        env = {"G5KDEPLOY_TESTBED": self.kind,
+               "G5KDEPLOY_RESULTS": os.path.abspath(os.environ.get("G5KDEPLOY_RESULTS", "results"))}
+        if "G5KDEPLOY_HOME" in os.environ:
+            env["G5KDEPLOY_HOME"] = os.environ["G5KDEPLOY_HOME"]
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        return (f"cd {shlex.quote(os.getcwd())} && export {exports} && "
+                f"{{ {invoke} {task}; rc=$?; {invoke} release --name {shlex.quote(name)}; exit $rc; }}")
 
     def deadline(self, max_age: float = 30) -> float | None:
         """When the first live reservation ends (unix time), asked from OAR at most every
@@ -238,18 +255,6 @@ class Testbed(ABC):
             for role in (n.site, n.cluster, "all"):
                 roles.setdefault(role, []).append(host)
         return Roles(roles)
-
-
-def in_job(kind: str, task: str, name: str, prefix: str = "") -> str:
-    """The batch job's shell command: this checkout's `invoke <task>` on this testbed with the
-    same results root, then `invoke release` of the batch's other jobs; the task's exit code."""
-    invoke = f"{prefix}{shlex.quote(sys.executable)} -m invoke"
-    env = {"G5KDEPLOY_TESTBED": kind, "G5KDEPLOY_RESULTS": os.path.abspath(os.environ.get("G5KDEPLOY_RESULTS", "results"))}
-    if "G5KDEPLOY_HOME" in os.environ:
-        env["G5KDEPLOY_HOME"] = os.environ["G5KDEPLOY_HOME"]
-    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    return (f"cd {shlex.quote(os.getcwd())} && export {exports} && "
-            f"{{ {invoke} {task}; rc=$?; {invoke} release --name {shlex.quote(name)}; exit $rc; }}")
 
 
 def open(kind: str = "local", **kwargs) -> Testbed:  # noqa: A001 - mirrors DESIGN.md

@@ -18,7 +18,7 @@ import yaml
 
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import Outcome, console
-from g5kdeploy.testbed import Testbed, in_job
+from g5kdeploy.testbed import Testbed
 from g5kdeploy.testbed.description import Description
 from g5kdeploy.testbed.model import DOMAIN, Cluster, Node, NodeSet, Site, expand_hostlist, format_walltime
 from g5kdeploy.testbed.oar import Job, Scheduler
@@ -91,6 +91,7 @@ def _job(site: str, j) -> Job:
 
 class G5kTestbed(Testbed):
     """The real Grid'5000 (or any server that speaks its API, see testbed/local/g5k_api.py)."""
+    kind = "g5k"
     environments = ()       # any environment Kadeploy knows
 
     def __init__(self, client, config: dict):
@@ -174,9 +175,6 @@ class G5kTestbed(Testbed):
         if gateway == "auto":
             gateway = None if socket.getfqdn().endswith("." + DOMAIN) else ACCESS
         return out | ({"gateway": gateway, "gateway_user": self.user} if gateway else {})
-
-    def batch_command(self, task: str, name: str) -> str:
-        return in_job("g5k", task, name)
 
     def output_dir(self) -> Path:
         return Path.home()

@@ -65,14 +65,11 @@ class Scheduler(ABC):
     def extend(self, site: str, job: int, seconds: int) -> None:
         """Ask OAR for `seconds` more walltime (granted at its next scheduling pass)."""
 
-    def wait(self, jobs: dict[str, int], timeout: float = 300,
-             tick: Callable[[dict], None] | None = None) -> dict[str, Job]:
+    def wait(self, jobs: dict[str, int], timeout: float = 300) -> dict[str, Job]:
         """Poll until every job runs; a job that ends first is an error."""
         deadline = time.monotonic() + timeout
         while True:
             st = {site: self.job(site, j) for site, j in jobs.items()}
-            if tick:
-                tick(st)
             if all(s.state == "running" for s in st.values()):
                 return st
             for s in st.values():
@@ -84,8 +81,8 @@ class Scheduler(ABC):
                 raise UserError(f"OAR jobs not running after {timeout:.0f} s ({waiting}): nodes busy? see oarstat")
             time.sleep(0.5)
 
-    def wait_ended(self, jobs: dict[str, int] | list[tuple[str, int]], timeout: float = 60) -> None:
-        pairs = list(jobs.items()) if isinstance(jobs, dict) else list(jobs)
+    def wait_ended(self, pairs: list[tuple[str, int]], timeout: float = 60) -> None:
+        """Poll until every (site, job) has ended."""
         deadline = time.monotonic() + timeout
         while any(self.job(s, j).live for s, j in pairs):
             if time.monotonic() > deadline:

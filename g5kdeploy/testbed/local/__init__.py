@@ -15,7 +15,7 @@ from pathlib import Path
 from g5kdeploy import HOME
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import parallel
-from g5kdeploy.testbed import Testbed, in_job as _in_job
+from g5kdeploy.testbed import Testbed
 from g5kdeploy.testbed import description as descriptions
 from g5kdeploy.testbed.description import Description, parse_rate
 from g5kdeploy.testbed.local import network, oar_server
@@ -29,14 +29,18 @@ DEFAULT_HOME = HOME
 
 
 class LocalTestbed(Testbed):
+    kind = "local"
     environments = ("debian12-g5kdeploy",)   # named root filesystems nodes can be deployed with
+    # batch jobs run as the OAR user (OAR refuses root); the toolkit runs as root through sudo
+    batch_prefix = ("sudo -n --preserve-env=OAR_JOB_ID,OAR_NODEFILE,OAR_JOB_NAME,G5KDEPLOY_TESTBED,"
+                    "G5KDEPLOY_RESULTS,G5KDEPLOY_HOME ")
 
     def __init__(self, desc: Description, workdir: Path = DEFAULT_HOME):
         super().__init__()
         self.description, self.workdir = desc, Path(workdir)
         self.journal = Journal(self.workdir / "state.jsonl")
         self.files = NodeFiles(self.workdir, desc)
-        self.oar = self.scheduler = oar_server.client()
+        self.scheduler = oar_server.client()
 
     # -- life cycle ---------------------------------------------------------------------
     @classmethod
@@ -150,11 +154,6 @@ class LocalTestbed(Testbed):
                 raise RuntimeError(f"sshd did not come back (see {self.files.node_dir(node) / 'console.log'})")
 
         return {o.item.hostname: o for o in parallel(reimage, nodes, f"deploying {environment}")}
-
-    def batch_command(self, task: str, name: str) -> str:
-        """As the OAR user, run `invoke <task>` here as root, then end the batch's other jobs."""
-        keep = "OAR_JOB_ID,OAR_NODEFILE,OAR_JOB_NAME,G5KDEPLOY_TESTBED,G5KDEPLOY_RESULTS,G5KDEPLOY_HOME"
-        return _in_job("local", task, name, prefix=f"sudo -n --preserve-env={keep} ")
 
     def output_dir(self) -> Path:
         return Path(pwd.getpwnam(oar_server.USER).pw_dir)
