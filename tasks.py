@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import os
@@ -48,13 +47,6 @@ def user_errors(fn):
     return wrapper
 
 
-def _experiment_module(name: str):
-    try:
-        return importlib.import_module(f"experiments.{name.replace('-', '_')}")
-    except ModuleNotFoundError:
-        raise UserError(f"unknown experiment {name!r}: see the experiments/ directory") from None
-
-
 @task(help={"description": "TOML testbed description (default: the embedded 2-site testbed)"})
 @user_errors
 def testbed_up(c, description=None):
@@ -71,7 +63,7 @@ def testbed_up(c, description=None):
 @user_errors
 def testbed_destroy(c):
     """Remove everything the local testbed created (also after a crash)."""
-    from experiments.deploy_nimbus import CLOUDS
+    from g5kdeploy.nimbus.deploy import CLOUDS
     from g5kdeploy.testbed.local import destroy, leftovers
     problems = destroy()
     CLOUDS.unlink(missing_ok=True)      # the clouds lived on the testbed's nodes
@@ -102,40 +94,50 @@ def testbed_status(c):
 @user_errors
 def testbed_validate(c, seconds=3):
     """Measure intra- and inter-site throughput beside the configured rates."""
-    from experiments.testbed_check import measure_throughput
+    from g5kdeploy.remote import probe
     from g5kdeploy.testbed import NodeSet, open as open_testbed
     tb = open_testbed("local")
     nodes = NodeSet(n for site in tb.nodes().by_site().values() for n in site[:2])
-    for r in measure_throughput(tb, nodes, float(seconds)):
+    for r in (probe.throughput_row(tb, *path, float(seconds)) for path in probe.paths(nodes)):
         ratio = r["throughput_mbit_s"] / r["configured_mbit_s"]
         print(f"{r['scope']:5} {r['src']:>32} -> {r['dst']:<32} {r['throughput_mbit_s']:8.1f} Mbit/s "
               f"configured {r['configured_mbit_s']:6.0f}  ({ratio:.0%})")
 
 
 @task(help={"name": "experiment name (a file in experiments/)",
-            "param": "override a parameter, key=JSON value (repeatable)",
+            "param": "set a parameter, key=value (JSON or text; repeatable; full=true: the full grid)",
             "resume": "run id of an earlier run to go on with (its sweep's points done are kept)",
-            "testbed": "local (embedded) or g5k"}, iterable=["param"])
+            "testbed": "local (embedded, brought up if needed) or g5k",
+            "list_params": "print the experiment's parameters, their types and defaults"}, iterable=["param"])
 @user_errors
-def experiment(c, name, param=None, resume=None, testbed=TESTBED):
+def experiment(c, name, param=None, resume=None, testbed=TESTBED, list_params=False):
     """Run an experiment into results/<name>/<run-id>/ (or go on with run --resume)."""
     from g5kdeploy import engine
-    from g5kdeploy.testbed import open as open_testbed
-    module = _experiment_module(name)
-    overrides = {}
-    for p in param or []:
-        key, sep, value = p.partition("=")
-        if not sep or key not in module.PARAMS:
-            raise UserError(f"bad --param {p!r}: use key=value with key in {sorted(module.PARAMS)}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    run = engine.execute(module, open_testbed(testbed), overrides, resume=resume)
+    exp = engine.load_experiment(name)
+    if list_params:
+        print("\n".join(engine.describe(exp)))
+        return
+    overrides = _overrides(param)
+    if not resume:                  # bad parameters: refused before the testbed is brought up
+        engine.check(exp, _described(testbed), overrides)
+    run = engine.execute(exp, _testbed(testbed), overrides, resume=resume)
     from g5kdeploy.results import load
-    if hasattr(module, "summary"):
-        print("\n".join(module.summary(load(run.dir))))
+    print("\n".join(exp.summary(load(run.dir))))
     print(f"results: {run.dir}")
+
+
+def _overrides(params) -> dict:
+    """--param key=value, the value read as JSON when it is JSON, else as text."""
+    out = {}
+    for p in params or []:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise UserError(f"bad --param {p!r}: write key=value (see --list-params)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _sites(text: str) -> dict[str, int]:
@@ -217,22 +219,22 @@ def _enclosing_name(tb) -> str:
 @user_errors
 def deploy_nimbus(c, sites="rennes,nancy", vmms_per_site=1, testbed="local", propagation="qcow", image_size_mb=32):
     """Reserve nodes, deploy them, configure one Nimbus-style cloud per site in parallel."""
-    from experiments import deploy_nimbus as module
     from g5kdeploy import engine
-    from g5kdeploy.nimbus.deploy import teardown
-    params = {"sites": sites, "vmms_per_site": int(vmms_per_site), "propagation": propagation,
-              "image_size_mb": int(image_size_mb)}
-    module.check(_description(testbed), **params)     # bad input: an error before anything is done
+    from g5kdeploy.nimbus.deploy import CLOUDS, teardown
+    exp = engine.load_experiment("deploy-nimbus")
+    params = {"sites": sites, "vmms_per_site": vmms_per_site, "propagation": propagation,
+              "image_size_mb": image_size_mb}
+    engine.check(exp, _described(testbed), params)     # bad input: an error before anything is done
     tb = _testbed(testbed)
-    problems = teardown(module.CLOUDS, tb)     # a new deployment replaces the previous one
+    problems = teardown(CLOUDS, tb)     # a new deployment replaces the previous one
     if problems:
         print("previous clouds: " + "; ".join(problems))
-    run = engine.execute(module, tb, params)
+    run = engine.execute(exp, tb, params)
     from g5kdeploy.results import load
-    print("\n".join(module.summary(load(run.dir))))
-    for site, cloud in json.loads(module.CLOUDS.read_text()).items():
+    print("\n".join(exp.summary(load(run.dir))))
+    for site, cloud in json.loads(CLOUDS.read_text()).items():
         print(f"{site:8} {cloud['endpoint']}  service {cloud['service']}  VMMs {', '.join(cloud['vmms'])}")
-    print(f"credentials: {module.CLOUDS}")
+    print(f"credentials: {CLOUDS}")
     print(f"results: {run.dir}")
 
 
@@ -240,22 +242,20 @@ def deploy_nimbus(c, sites="rennes,nancy", vmms_per_site=1, testbed="local", pro
 @user_errors
 def nimbus_destroy(c, testbed="local"):
     """Terminate the clouds' guests and end their OAR jobs."""
-    from experiments import deploy_nimbus as module
-    from g5kdeploy.nimbus.deploy import teardown
-    problems = teardown(module.CLOUDS, _testbed(testbed, bring_up=False))
+    from g5kdeploy.nimbus.deploy import CLOUDS, teardown
+    problems = teardown(CLOUDS, _testbed(testbed, bring_up=False))
     if problems:
         raise Exit("nimbus-destroy: " + "; ".join(problems), code=1)
     print("clouds destroyed")
 
 
-def _description(kind: str):
-    """The description of the testbed a command will use (the local one need not be up)."""
-    from g5kdeploy.testbed import open as open_testbed
+def _described(kind: str):
+    """The testbed a command will use, to check a request against (the local one need not be up)."""
     if kind != "local":
-        return open_testbed(kind).description
+        return _testbed(kind, bring_up=False)
     from g5kdeploy.testbed import description
     from g5kdeploy.testbed.local import LocalTestbed, is_up
-    return LocalTestbed.attach().description if is_up() else description.load()
+    return LocalTestbed.attach() if is_up() else LocalTestbed(description.load())
 
 
 def _testbed(kind: str, bring_up: bool = True):
@@ -277,9 +277,9 @@ def report(c, run_dir):
     meta = Path(run_dir) / "params.json"
     if not meta.exists():
         raise UserError(f"{run_dir} is not a run directory (no params.json)")
-    module = _experiment_module(json.loads(meta.read_text())["experiment"])
-    print("\n".join(module.summary(load(run_dir))))
-    for path in engine.redraw(module, run_dir):
+    exp = engine.load_experiment(json.loads(meta.read_text())["experiment"])
+    print("\n".join(exp.summary(load(run_dir))))
+    for path in engine.redraw(exp, run_dir):
         print(f"figure: {path}")
 
 
@@ -302,12 +302,21 @@ def test(c, unit=False, k=None):
         raise Exit(code=result.exited)
 
 
-@task(help={"name": "benchmark file in benchmarks/: bringup, remote-exec, deploy-nimbus, shrinker, shrinker-pull"})
+def _benchmarks() -> dict[str, str]:
+    """Benchmark name -> its first docstring line (every benchmarks/*.py but the shared helper)."""
+    import ast
+    return {p.stem.replace("_", "-"): (ast.get_docstring(ast.parse(p.read_text())) or "").split("\n")[0]
+            for p in sorted((Path(__file__).parent / "benchmarks").glob("*.py")) if p.stem != "common"}
+
+
+@task(help={"name": "the benchmark (`list`: each with what it measures): " + ", ".join(_benchmarks())})
 @user_errors
 def benchmark(c, name):
     """Run a benchmark (prints ratios measured side by side in one run)."""
-    path = Path("benchmarks") / f"{name.replace('-', '_')}.py"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem.replace("_", "-") for p in Path("benchmarks").glob("*.py")))
-        raise UserError(f"no benchmark {name!r}: use one of {known}")
-    c.run(f"{sys.executable} {path}")
+    known = _benchmarks()
+    if name in ("list", "--help", "-h"):       # invoke hands a positional argument its --help
+        print("\n".join(f"{n:14} {doc}" for n, doc in known.items()))
+        return
+    if name not in known:
+        raise UserError(f"no benchmark {name!r}: use one of {', '.join(known)}")
+    c.run(shlex.join([sys.executable, "-m", f"benchmarks.{name.replace('-', '_')}"]))

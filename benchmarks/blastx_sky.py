@@ -7,25 +7,23 @@ blastx at once as the host has cores (natively, no Dask), which is the most any 
 on this shared machine can get."""
 import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/, benchmarks/
 
-from benchmarks import common  # noqa: E402
-from experiments import blastx_sky  # noqa: E402
-from g5kdeploy import engine  # noqa: E402
-from g5kdeploy.results import load  # noqa: E402
-from g5kdeploy.sky import blast, data  # noqa: E402
+from benchmarks import common
+from experiments import blastx_sky
+from g5kdeploy import engine
+from g5kdeploy.results import load
+from g5kdeploy.sky import blast, data
 
 
 def host_ceiling(cores: int, repeats: int = 3) -> float:
     """Median over repeats of T(one blastx alone) / T(`cores` blastx at once)."""
     with tempfile.TemporaryDirectory() as tmp:
-        data.generate(data.Spec(proteins=blastx_sky.PARAMS["proteins"], queries=240, decoys=60), Path(tmp))
+        data.generate(data.Spec(proteins=blastx_sky.Params().proteins, queries=240, decoys=60), Path(tmp))
         db = str(data.make_database(Path(tmp) / "proteins.fasta", Path(tmp) / "db"))
         queries = (Path(tmp) / "queries.fasta").read_text()
         blast.blastx(queries, db)                       # warm: the database in the page cache
@@ -46,7 +44,7 @@ def main() -> None:
     cores = os.cpu_count()
     ceiling = host_ceiling(cores)
     layouts = [{"rennes": 1}, {"rennes": 1, "nancy": 1}] + ([{"rennes": cores}] if cores > 2 else [{"rennes": 2}])
-    run = engine.execute(blastx_sky, tb, {"platforms": layouts, "loss": None, "repeats": 3})
+    run = engine.execute(blastx_sky.EXPERIMENT, tb, {"platforms": layouts, "loss": None, "repeats": 3})
     df = load(run.dir)
     print("\n".join(blastx_sky.summary(df)))
     runs = df[df.level == "run"]

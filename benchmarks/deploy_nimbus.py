@@ -7,15 +7,13 @@ The guest image is built once before (it is cached); results go to a temporary d
 2 nodes: rennes only (service + 1 VMM); 4, 8, 16: half on rennes, half on nancy."""
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/, benchmarks/
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 from experiments import deploy_nimbus
 from g5kdeploy import engine
+from g5kdeploy.nimbus import deploy
 from g5kdeploy.nimbus.deploy import teardown
 from g5kdeploy.results import load
 from g5kdeploy.vm import image
@@ -26,19 +24,19 @@ SIZES = {2: (["rennes"], 1), 4: (["rennes", "nancy"], 1), 8: (["rennes", "nancy"
 
 def main() -> None:
     tb = common.testbed()
-    image.build(size_mb=deploy_nimbus.PARAMS["image_size_mb"])
+    image.build(size_mb=deploy_nimbus.Params().image_size_mb)
     times = {n: [] for n in SIZES}
     stages = {n: {} for n in SIZES}
     for _ in range(REPEATS):
         for n, (sites, vmms) in SIZES.items():
-            teardown(deploy_nimbus.CLOUDS, tb)
+            teardown(deploy.CLOUDS, tb)
             t0 = time.monotonic()
-            run = engine.execute(deploy_nimbus, tb, {"sites": sites, "vmms_per_site": vmms})
+            run = engine.execute(deploy_nimbus.EXPERIMENT, tb, {"sites": sites, "vmms_per_site": vmms})
             times[n].append(time.monotonic() - t0)
             rows = load(run.dir)
             for stage, r in rows.groupby("stage", sort=False):
                 stages[n].setdefault(stage, []).append(r["end"].max() - r["start"].min())
-    teardown(deploy_nimbus.CLOUDS, tb)
+    teardown(deploy.CLOUDS, tb)
     for n, ts in times.items():
         parts = "  ".join(f"{s} {statistics.median(v):.1f}" for s, v in stages[n].items())
         print(f"{n:2} nodes: median {statistics.median(ts):5.1f} s (runs {', '.join(f'{t:.1f}' for t in ts)})  [{parts}]")

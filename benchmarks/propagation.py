@@ -3,20 +3,17 @@ N = 1..16 VMs on as many VMMs, 250 Mbit/s LAN, medians of 3 runs (methods interl
 Goals: chain T(N) <= 1.25 x its wire limit S/B + (N-1)c/B for every N, and T(16)/T(1) <= 1.3;
 scp within +-15 % of its model N.S/B; pre-propagated qcow: instantiation per VM <= 0.5 s and
 flat in N (boot reported apart). T = propagation time (start -> last VMM's copy checked)."""
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/, benchmarks/
 
-from benchmarks import common  # noqa: E402
-from experiments import propagation  # noqa: E402
-from g5kdeploy import engine  # noqa: E402
-from g5kdeploy.results import load  # noqa: E402
+from benchmarks import common
+from experiments import propagation
+from g5kdeploy import engine
+from g5kdeploy.results import load
 
 
 def main() -> None:
     tb = common.testbed()
-    run = engine.execute(propagation, tb, {"methods": ["scp", "chain", "qcow"], "repeats": 3})
+    run = engine.execute(propagation.EXPERIMENT, tb, {"methods": ["scp", "chain", "qcow"], "repeats": 3})
     df = load(run.dir)
     r = df[df.level == "request"].astype({"n_vms": int})
     med = r.groupby(["method", "n_vms"])[["propagation_s", "total_s", "wire_limit_s", "model_scp_s",

@@ -3,20 +3,17 @@ guests, 100 Mbit/s WAN, 4 hypervisors per site, median of 3 (sizes and methods i
 Goals: 8 guests: WAN bytes <= 0.4 x stock, total time <= 0.5 x stock, downtime <= stock's;
 1 guest: total time <= 1.05 x stock. Downtime: the longest of the cluster, from QEMU's run-state
 trace (source vCPU stop -> destination start), the same measure for both methods."""
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/, benchmarks/
 
-from benchmarks import common  # noqa: E402
-from experiments import shrinker  # noqa: E402
-from g5kdeploy import engine  # noqa: E402
-from g5kdeploy.results import load  # noqa: E402
+from benchmarks import common
+from experiments import shrinker
+from g5kdeploy import engine
+from g5kdeploy.results import load
 
 
 def main() -> None:
     tb = common.testbed()
-    run = engine.execute(shrinker, tb, {"hypervisors_per_site": 4, "methods": ["stock", "shrinker"],
+    run = engine.execute(shrinker.EXPERIMENT, tb, {"vmms_per_site": 4, "methods": ["stock", "shrinker"],
                                         "cluster_sizes": [1, 8], "repeats": 3, "warmup_s": 5})
     c = load(run.dir)
     c = c[c.level == "cluster"]

@@ -2,17 +2,14 @@
 WAN, Shrinker with `pull=at-once` (the thesis: a digest no destination host holds is pulled
 from the source at once) and `pull=deferred` (retried, deferred to the next round, pulled
 only once the guest is stopped), runs alternated, 3 each. Prints medians and ratios."""
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # experiments/, benchmarks/
 
-from benchmarks import common  # noqa: E402
-from experiments import shrinker  # noqa: E402
-from g5kdeploy import engine  # noqa: E402
-from g5kdeploy.results import load  # noqa: E402
+from benchmarks import common
+from experiments import shrinker
+from g5kdeploy import engine
+from g5kdeploy.results import load
 
 POLICIES = ("at-once", "deferred")
 
@@ -22,7 +19,7 @@ def main(repeats: int = 3) -> None:
     frames = []
     for r in range(repeats):
         for policy in POLICIES:
-            run = engine.execute(shrinker, tb, {"hypervisors_per_site": 4, "methods": ["shrinker"],
+            run = engine.execute(shrinker.EXPERIMENT, tb, {"vmms_per_site": 4, "methods": ["shrinker"],
                                                 "cluster_sizes": [8], "pull": policy, "warmup_s": 5})
             frames.append(load(run.dir).assign(pull=policy, repeat=r))
     df = pd.concat(frames)

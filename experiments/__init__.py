@@ -1,1 +1,3 @@
-"""One file per experiment: NAME, PARAMS, main(run, testbed, **params), summary(rows)."""
+"""One file per experiment, each ending with `EXPERIMENT = <its Experiment>()`: the interface
+and a template to copy are in g5kdeploy/engine/experiment.py. Files here never import each
+other."""

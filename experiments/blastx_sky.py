@@ -27,69 +27,97 @@ Rows, by `level`:
   data: proteins, queries, database_residues, query_bases, database_bytes, true_found,
     true_total, decoys_hit (of the sequential hit table against the generator's truth)
   ship: host, bytes, time_s (the database's chain broadcast, until every copy is checked)
-  sequential: repeat, host, time_s, hits
+  sequential: repeat, host, time_s, hits, sha256 (of the sorted hit table)
   run: kind (static|elastic|loss), platform ("rennes:1,nancy:1"), repeat, sites, workers,
     cores, tasks, makespan_s (job submitted -> last task), speedup, efficiency, hits,
     hits_equal; elastic: extended_at_s, joined_at_s, added_cores, baseline_s, ideal_s;
     loss: lost_worker, lost_at_s
   task: kind, platform, repeat, chunk, worker, site, start_s, end_s, queries, hits
+  cloud (workers_on=instances): the clouds' deployment rows (as deploy-nimbus)
 Each task is also in events.jsonl (stage "blastx-task"), with the extension and the loss."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from experiments import deploy_nimbus
+from dataclasses import dataclass
+
 from g5kdeploy import remote
-from g5kdeploy.engine import stage, sweep
+from g5kdeploy.engine import Experiment, param, reserved, stage, sweep
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus import deploy as clouds_api
 from g5kdeploy.nimbus.config import INSTANCE_TYPES
-from g5kdeploy.results import Run
+from g5kdeploy.results import Run, pyplot, save_figure
 from g5kdeploy.sky import blast, data, platform as sky
-from g5kdeploy.testbed import NodeSet, Testbed
+from g5kdeploy.testbed import NodeSet, Testbed, heads
 
-NAME = "blastx-sky"
-PARAMS = {"platforms": [{"rennes": 1}, {"rennes": 2}, {"rennes": 1, "nancy": 1}, {"rennes": 2, "nancy": 2}],
-          "elastic": {"start": {"rennes": 1}, "add": {"nancy": 1}, "at_fraction": 0.3},
-          "loss": {"workers": {"rennes": 1, "nancy": 1}, "at_fraction": 0.3},
-          "proteins": 20000, "queries": 2400, "decoys": 600, "seed": 1, "chunks": 60,
-          "query_file": None, "database_fasta": None,
-          "workers_on": "nodes", "instance_type": "m1.large",
-          "threads_per_worker": 1, "repeats": 1, "walltime": "2:00"}
 WORKERS_ON = ("nodes", "instances")
-FULL = {"repeats": 3}
+
+
+@dataclass(frozen=True)
+class Elastic:
+    """§3.7: start on `start`; when `at_fraction` of the tasks are done, `add` joins."""
+    start: dict[str, int]
+    add: dict[str, int]
+    at_fraction: float
+
+
+@dataclass(frozen=True)
+class Loss:
+    """At `at_fraction` of the tasks, the last of `workers` is killed."""
+    workers: dict[str, int]
+    at_fraction: float
+
+
+@dataclass(frozen=True)
+class Params:
+    platforms: list[dict[str, int]] = param([{"rennes": 1}, {"rennes": 2}, {"rennes": 1, "nancy": 1},
+                                             {"rennes": 2, "nancy": 2}], "static platforms (Table 3.2)")
+    elastic: Elastic | None = param(Elastic({"rennes": 1}, {"nancy": 1}, 0.3), "the elastic run; null: none")
+    loss: Loss | None = param(Loss({"rennes": 1, "nancy": 1}, 0.3), "the worker-loss run; null: none")
+    proteins: int = param(20000, "generated database proteins")
+    queries: int = param(2400, "generated queries")
+    decoys: int = param(600, "generated decoy queries (no true hit)")
+    seed: int = param(1, "data generator seed")
+    chunks: int = param(60, "tasks: query chunks")
+    query_file: str | None = param(None, "your own nucleotide FASTA instead of generated queries")
+    database_fasta: str | None = param(None, "your own protein FASTA instead of the generated database")
+    workers_on: str = param("nodes", " or ".join(WORKERS_ON))
+    instance_type: str = param("m1.large", "instances' type (workers_on=instances)")
+    threads_per_worker: int = param(1, "threads of each Dask worker")
+    repeats: int = param(1, "repeats of every run")
+    walltime: str = param("2:00", "OAR walltime, H:MM")
+    FULL = {"repeats": 3}
 
 
 def label(workers: dict[str, int]) -> str:
     return ",".join(f"{s}:{n}" for s, n in workers.items())
 
 
-def layouts(p: dict) -> list[dict[str, int]]:
+def layouts(p: Params) -> list[dict[str, int]]:
     """Every worker layout the run uses."""
-    out = list(p["platforms"])
-    if p["elastic"]:
-        out += [p["elastic"]["start"], p["elastic"]["add"]]
-    if p["loss"]:
-        out.append(p["loss"]["workers"])
+    out = list(p.platforms)
+    if p.elastic:
+        out += [p.elastic.start, p.elastic.add]
+    if p.loss:
+        out.append(p.loss.workers)
     return out
 
 
-def nodes_needed(p: dict) -> dict[str, int]:
+def nodes_needed(p: Params) -> dict[str, int]:
     """Per site, the most workers any layout asks (the elastic run's start and add together),
     plus the master on the first site (and each cloud's service node for instances)."""
     need: dict[str, int] = {}
-    grown = [{s: p["elastic"]["start"].get(s, 0) + p["elastic"]["add"].get(s, 0)
-              for s in {**p["elastic"]["start"], **p["elastic"]["add"]}}] if p["elastic"] else []
-    for layout in list(p["platforms"]) + grown + ([p["loss"]["workers"]] if p["loss"] else []):
+    grown = [{s: p.elastic.start.get(s, 0) + p.elastic.add.get(s, 0)
+              for s in {**p.elastic.start, **p.elastic.add}}] if p.elastic else []
+    for layout in list(p.platforms) + grown + ([p.loss.workers] if p.loss else []):
         for site, n in layout.items():
             need[site] = max(need.get(site, 0), n)
-    if p["workers_on"] == "instances":
+    if p.workers_on == "instances":
         need = {site: n + 1 for site, n in need.items()}          # each site's cloud service node
     first = next(iter(layouts(p)[0]))
     need[first] = need.get(first, 0) + 1
@@ -114,56 +142,20 @@ def _check_fraction(value, what: str) -> None:
         raise UserError(f"{what} must be a fraction of the tasks between 0 and 1, not {value!r}")
 
 
-def check_params(p: dict, description) -> None:
-    if not p["platforms"] and not p["elastic"] and not p["loss"]:
-        raise UserError("nothing to run: give platforms, elastic or loss")
-    for layout in layouts(p):
-        if not isinstance(layout, dict) or not layout or min(layout.values(), default=0) < 1:
-            raise UserError(f"bad worker layout {layout!r}: use {{site: workers, ...}} with at least 1 worker per site")
-        for site in layout:
-            if site not in description.sites:
-                raise UserError(f"unknown site {site}: the testbed has {', '.join(description.sites)}")
-    if p["elastic"]:
-        _check_fraction(p["elastic"]["at_fraction"], "elastic.at_fraction")
-    if p["loss"]:
-        _check_fraction(p["loss"]["at_fraction"], "loss.at_fraction")
-        if sum(p["loss"]["workers"].values()) < 2:
-            raise UserError("loss.workers needs at least 2 workers: one is killed, the others finish the job")
-    if p["workers_on"] not in WORKERS_ON:
-        raise UserError(f"workers_on={p['workers_on']!r}: use one of {', '.join(WORKERS_ON)}")
-    if p["instance_type"] not in INSTANCE_TYPES:
-        raise UserError(f"unknown instance type {p['instance_type']!r}: use {', '.join(INSTANCE_TYPES)}")
-    if int(p["chunks"]) < 1 or int(p["threads_per_worker"]) < 1 or int(p["repeats"]) < 1:
-        raise UserError("chunks, threads_per_worker and repeats must be at least 1")
-    if p["query_file"]:
-        _records(p["query_file"], "query_file")
-    if p["database_fasta"]:
-        _records(p["database_fasta"], "database_fasta")
-    if not (p["query_file"] and p["database_fasta"]):
-        _spec(p).check()
-    sizes = {s: sum(1 for n in description.nodes() if n.site == s) for s in description.sites}
-    for site, n in nodes_needed(p).items():
-        if n > sizes[site]:
-            raise UserError(f"the runs need {n} nodes on {site} (workers, the master on the first site, the "
-                            f"clouds' service nodes for instances), "
-                            f"which has {sizes[site]}: ask fewer workers or use a larger testbed")
+def _spec(p: Params) -> data.Spec:
+    return data.Spec(proteins=p.proteins, queries=p.queries, decoys=p.decoys, seed=p.seed)
 
 
-def _spec(p: dict) -> data.Spec:
-    return data.Spec(proteins=int(p["proteins"]), queries=int(p["queries"]), decoys=int(p["decoys"]),
-                     seed=int(p["seed"]))
-
-
-def prepare(p: dict, work: Path) -> tuple[Path, Path, dict]:
+def prepare(p: Params, work: Path) -> tuple[Path, Path, dict]:
     """The queries, the database (makeblastdb) and the truth when generated."""
     truth: dict = {}
-    if p["query_file"] and p["database_fasta"]:
-        queries, proteins, summary = Path(p["query_file"]), Path(p["database_fasta"]), {}
+    if p.query_file and p.database_fasta:
+        queries, proteins, summary = Path(p.query_file), Path(p.database_fasta), {}
     else:
         summary = data.generate(_spec(p), work)
-        queries = Path(p["query_file"] or work / "queries.fasta")
-        proteins = Path(p["database_fasta"] or work / "proteins.fasta")
-        if not p["query_file"]:
+        queries = Path(p.query_file or work / "queries.fasta")
+        proteins = Path(p.database_fasta or work / "proteins.fasta")
+        if not p.query_file:
             truth = json.loads((work / "truth.json").read_text())
     db = data.make_database(proteins, work / "db").parent
     summary["database_bytes"] = sum(f.stat().st_size for f in db.iterdir())
@@ -213,7 +205,7 @@ class Workers:
 class Runs:
     """The job runs of one experiment, each on a fresh platform."""
 
-    def __init__(self, run: Run, p: dict, master, workers: Workers):
+    def __init__(self, run: Run, p: Params, master, workers: Workers):
         self.run, self.p, self.master, self.workers = run, p, master, workers
         self.reference: dict = {}
         self.static: dict[str, list[float]] = {}
@@ -223,13 +215,10 @@ class Runs:
 
     def one(self, kind: str, layout: dict[str, int], repeat: int, actions=None, chunks: int | None = None) -> dict:
         """Start a platform on `layout`, run the job; its run row (makespan, speedup...)."""
-        threads = int(self.p["threads_per_worker"])
-        plat = sky.Platform(self.master, threads).start()
-        try:
+        threads = self.p.threads_per_worker
+        with sky.Platform(self.master, threads).running() as plat:
             self.workers.add(plat, layout)
-            events = plat.job(chunks or int(self.p["chunks"]), actions(plat) if actions else None)
-        finally:
-            plat.stop()
+            events = plat.job(chunks or self.p.chunks, actions(plat) if actions else None)
         key = {"kind": kind, "platform": label(layout), "repeat": repeat}
         tasks = _task_rows(self.run, events, self.workers.host, **key)
         submitted = next(e["t"] for e in events if e["event"] == "submitted")
@@ -257,17 +246,17 @@ class Runs:
         return statistics.median(self.static[label(layout)])
 
     def elastic(self, repeat: int) -> dict:
-        e = self.p["elastic"]
-        start, add = e["start"], e["add"]
+        e = self.p.elastic
+        start, add = e.start, e.add
         row = self.one("elastic", start, repeat,
-                       lambda plat: {e["at_fraction"]: lambda: self.workers.add(plat, add, beside=start)})
+                       lambda plat: {e.at_fraction: lambda: self.workers.add(plat, add, beside=start)})
         extension = next(x for x in row["events"] if x["event"] == "action")
         joined = min((x["start"] for x in row["events"] if x["event"] == "task" and x["worker"] in extension["result"]),
                      default=float("nan"))      # nan: the job ended before the new workers took a task
         t_x = extension["t"] - row["submitted_at"]
-        c, c_add = row["cores"], sum(add.values()) * int(self.p["threads_per_worker"])
+        c, c_add = row["cores"], sum(add.values()) * self.p.threads_per_worker
         base = self.baseline(start, repeat)
-        self.run.event("elastic", "extend", None, at_s=t_x, workers=extension["result"], fraction=e["at_fraction"])
+        self.run.event("elastic", "extend", None, at_s=t_x, workers=extension["result"], fraction=e.at_fraction)
         row.update(platform=f"{label(start)}+{label(add)}", extended_at_s=t_x,
                    joined_at_s=joined - row["submitted_at"], added_cores=c_add, baseline_s=base,
                    ideal_s=t_x + (base - t_x) * c / (c + c_add))
@@ -279,8 +268,8 @@ class Runs:
                 victim = list(plat.workers)[-1]
                 plat.kill_worker(victim)
                 return victim
-            return {self.p["loss"]["at_fraction"]: kill}
-        row = self.one("loss", self.p["loss"]["workers"], repeat, lose)
+            return {self.p.loss.at_fraction: kill}
+        row = self.one("loss", self.p.loss.workers, repeat, lose)
         kill = next(x for x in row["events"] if x["event"] == "action")
         row.update(lost_worker=kill["result"], lost_at_s=kill["end"] - row["submitted_at"])   # once the kill returned
         self.run.event("loss", "kill", None, worker=kill["result"], at_s=row["lost_at_s"])
@@ -296,30 +285,101 @@ def platform_nodes(run: Run, testbed: Testbed, res, first: str, workers_on: str,
     """Deploy the reservation: the master, and the workers' nodes or one cloud per site
     (its first node the service, the others VMMs). The master, the nodes that hold the
     database, and where workers come from."""
-    by_site = {s: sorted(ns, key=lambda n: ipaddress.ip_address(n.address)) for s, ns in res.nodes.by_site().items()}
-    master = by_site[first][0]
-    rest = {s: [n for n in ns if n is not master] for s, ns in by_site.items()}
+    sites = heads(res.nodes)
+    master = sites[first][0]
+    rest = {s: ([] if s == first else [head]) + list(others) for s, (head, others) in sites.items()}
     if workers_on == "nodes":
         _deploy(run, testbed, res.nodes)
         return master, [n for ns in rest.values() for n in ns], Workers(nodes=rest)
     _deploy(run, testbed, [master])
     cloud_nodes = NodeSet([n for ns in rest.values() for n in ns])
-    clouds = deploy_nimbus.build(run, testbed, dataclasses.replace(res, nodes=cloud_nodes), time.time(),
-                                 vmm_memory_mb=INSTANCE_TYPES[instance_type], level="cloud")
+    clouds = clouds_api.build(run, testbed, dataclasses.replace(res, nodes=cloud_nodes), time.time(), stage,
+                              vmm_memory_mb=INSTANCE_TYPES[instance_type], level="cloud")
     vmms = {h for c in clouds.values() for h in c["vmms"]}
     return master, [n for n in cloud_nodes if n.hostname in vmms], Workers(clouds=clouds, instance_type=instance_type)
 
 
-def main(run: Run, testbed: Testbed, platforms, elastic, loss, chunks, threads_per_worker, repeats, walltime,
-         workers_on, instance_type, **p):
-    p.update(platforms=platforms, elastic=elastic, loss=loss, chunks=chunks, threads_per_worker=threads_per_worker,
-             workers_on=workers_on, instance_type=instance_type)
-    need = nodes_needed(p)
-    with stage(run, "reserve"):
-        res = testbed.reserve(need, walltime=walltime, name=NAME)
-    workers = None
-    try:
-        master, hosts, workers = platform_nodes(run, testbed, res, next(iter(need)), workers_on, instance_type)
+def table_3_2(df):
+    """Table 3.2 redrawn from the static runs, medians over repeats; with `busy`, the share of
+    the workers' time spent in blastx (Σ task time / (makespan · cores): what the platform
+    loses to scheduling and stragglers), `task_s` (the median task, which grows when the
+    host's cores are contended) and the host's cores, which cap the speedup here."""
+    import os
+    keys = ["kind", "platform", "repeat"]
+    runs = df[(df.level == "run") & (df.kind == "static")]
+    tasks = df[df.level == "task"].assign(task_s=lambda t: t.end_s - t.start_s)
+    runs = runs.merge(tasks.groupby(keys).task_s.agg(busy_s="sum", task_s="median").reset_index(), on=keys)
+    runs = runs.assign(busy=runs.busy_s / (runs.makespan_s * runs.cores))
+    t = (runs.groupby(["platform", "sites", "workers", "cores"], sort=False)
+         .agg(makespan_s=("makespan_s", "median"), speedup=("speedup", "median"), efficiency=("efficiency", "median"),
+              busy=("busy", "median"), task_s=("task_s", "median"), hits_equal=("hits_equal", "all"),
+              repeats=("makespan_s", "size")).reset_index())
+    t["host_cores"] = os.cpu_count()
+    return t
+
+
+def _gantt(ax, tasks, title: str, mark: float, what: str) -> None:
+    workers = sorted(tasks.worker.unique())
+    colors = {s: f"C{i}" for i, s in enumerate(sorted(tasks.site.unique()))}
+    for t in tasks.itertuples():
+        ax.barh(workers.index(t.worker), t.end_s - t.start_s, left=t.start_s, color=colors[t.site], edgecolor="white")
+    ax.axvline(mark, color="tab:red", lw=0.8, label=what)
+    ax.set_yticks(range(len(workers)), workers, fontsize=7)
+    ax.set(xlabel="time since submission (s)", title=title)
+    ax.legend(fontsize=7)
+
+
+class BlastxSky(Experiment):
+    name = "blastx-sky"
+    Params = Params
+
+    def validate(self, p: Params, testbed: Testbed) -> None:
+        if not p.platforms and not p.elastic and not p.loss:
+            raise UserError("nothing to run: give platforms, elastic or loss")
+        for layout in layouts(p):
+            if not isinstance(layout, dict) or not layout or min(layout.values(), default=0) < 1:
+                raise UserError(f"bad worker layout {layout!r}: use {{site: workers, ...}} with at least 1 worker per site")
+            self.known_sites(testbed, layout)
+        if p.elastic:
+            _check_fraction(p.elastic.at_fraction, "elastic.at_fraction")
+        if p.loss:
+            _check_fraction(p.loss.at_fraction, "loss.at_fraction")
+            if sum(p.loss.workers.values()) < 2:
+                raise UserError("loss.workers needs at least 2 workers: one is killed, the others finish the job")
+        self.one_of("workers_on", p.workers_on, WORKERS_ON)
+        self.one_of("instance type", p.instance_type, INSTANCE_TYPES)
+        if p.chunks < 1 or p.threads_per_worker < 1 or p.repeats < 1:
+            raise UserError("chunks, threads_per_worker and repeats must be at least 1")
+        if p.query_file:
+            _records(p.query_file, "query_file")
+        if p.database_fasta:
+            _records(p.database_fasta, "database_fasta")
+        if not (p.query_file and p.database_fasta):
+            _spec(p).check()
+        sizes = {s: site.size for s, site in testbed.description.sites.items()}
+        for site, n in nodes_needed(p).items():
+            if n > sizes[site]:
+                raise UserError(f"the runs need {n} nodes on {site} (workers, the master on the first site, the "
+                                f"clouds' service nodes for instances), "
+                                f"which has {sizes[site]}: ask fewer workers or use a larger testbed")
+
+    def request(self, p: Params, testbed: Testbed) -> dict[str, int]:
+        return nodes_needed(p)
+
+    def main(self, run: Run, testbed: Testbed, p: Params) -> None:
+        need = nodes_needed(p)
+        with reserved(run, testbed, need, p.walltime, self.job_name) as res:
+            master, hosts, workers = platform_nodes(run, testbed, res, next(iter(need)), p.workers_on,
+                                                    p.instance_type)
+            try:
+                self._runs(run, p, need, master, hosts, workers)
+            finally:
+                workers.release()
+
+    def _runs(self, run: Run, p: Params, need: dict, master, hosts: list, workers: Workers) -> None:
+        """Configure the platform's nodes, make and ship the data, time the sequential
+        reference, then every run of the sweep."""
+        platforms, elastic, loss, repeats, workers_on = p.platforms, p.elastic, p.loss, p.repeats, p.workers_on
         with stage(run, "configure", [master, *hosts]):
             sky.configure([master, *hosts], logdir=run.dir / "chef")
         with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
@@ -359,127 +419,87 @@ def main(run: Run, testbed: Testbed, platforms, elastic, loss, chunks, threads_p
                 getattr(runs, q["run"])(q["repeat"])
 
         sweep(run, grid, measure, name=lambda q: f"static {label(q['platform'])}" if q["run"] == "static" else q["run"])
-    finally:
-        if workers:
-            workers.release()
-        with stage(run, "release", cleanup=True):
-            testbed.release(res)
+
+    def summary(self, df) -> list[str]:
+        out = []
+        seq = df[df.level == "sequential"]
+        if not seq.empty:
+            out.append(f"sequential blastx: {seq.time_s.median():.1f} s, {int(seq.hits.iloc[0])} hits (median of {len(seq)})")
+        d = df[df.level == "data"]
+        if not d.empty and "true_found" in d and d.true_found.notna().all():
+            r = d.iloc[0]
+            out.append(f"data: {int(r.queries)} queries, {int(r.proteins)} proteins; best hit = source protein for "
+                       f"{int(r.true_found)}/{int(r.true_total)}, decoys with a hit {int(r.decoys_hit)}")
+        for r in table_3_2(df).itertuples():
+            out.append(f"static  {r.platform:22} {int(r.cores):2d} cores  {r.makespan_s:7.1f} s  speedup {r.speedup:5.2f}  "
+                       f"efficiency {r.efficiency:5.1%}  busy {r.busy:5.1%}  task {r.task_s:4.2f} s  "
+                       f"hits equal: {r.hits_equal}  (host cores: {r.host_cores})")
+        for r in df[(df.level == "run") & (df.kind == "elastic")].itertuples():
+            out.append(f"elastic {r.platform:22} extended at {r.extended_at_s:.1f} s, first task of the new workers at "
+                       f"{r.joined_at_s:.1f} s; makespan {r.makespan_s:.1f} s vs baseline {r.baseline_s:.1f} s "
+                       f"({r.makespan_s / r.baseline_s:.2f}) vs ideal {r.ideal_s:.1f} s ({r.makespan_s / r.ideal_s:.2f}); "
+                       f"hits equal: {r.hits_equal}")
+        for r in df[(df.level == "run") & (df.kind == "loss")].itertuples():
+            out.append(f"loss    {r.platform:22} {r.lost_worker} killed at {r.lost_at_s:.1f} s; makespan {r.makespan_s:.1f} s; "
+                       f"{int(r.tasks)} tasks done; hits equal: {r.hits_equal}")
+        return out
+
+    def figures(self, df, outdir) -> list:
+        """table-3.2.csv; fig-3.2-speedup.png (speedup and efficiency against cores, static
+        runs); fig-3.7-elastic.png: (a) tasks completed over time, elastic run vs its baseline
+        vs the ideal, the extension instant marked, (b) the elastic run's tasks per worker,
+        (c) the worker-loss run's tasks, the kill marked."""
+        plt = pyplot()
+        paths = []
+        table = table_3_2(df)
+        if not table.empty:
+            table.to_csv(outdir / "table-3.2.csv", index=False)
+            fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+            a.plot(table.cores, table.speedup, "o", label="measured")
+            top = max(table.cores)
+            a.plot([1, top], [1, top], "--", color="gray", label="linear")
+            a.axhline(table.host_cores.iloc[0], color="tab:red", lw=0.8, label="host cores")
+            for r in table.itertuples():
+                a.annotate(r.platform, (r.cores, r.speedup), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            a.set(xlabel="worker cores", ylabel="speedup over sequential blastx", title="BLASTx speedup (Table 3.2)")
+            a.legend(fontsize=8)
+            b.bar(range(len(table)), table.efficiency * 100)
+            b.set_xticks(range(len(table)), table.platform, fontsize=7, rotation=20)
+            b.axhline(85, color="gray", ls="--", lw=0.8)
+            b.set(ylabel="parallel efficiency (%)", title="efficiency")
+            save_figure(fig, outdir / "fig-3.2-speedup.png")
+            paths += [outdir / "table-3.2.csv", outdir / "fig-3.2-speedup.png"]
+        runs, tasks = df[df.level == "run"], df[df.level == "task"]
+        elastic = runs[runs.kind == "elastic"]
+        if elastic.empty:
+            return paths
+        e = elastic.iloc[0]
+        start = e.platform.split("+")[0]
+        fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
+        mine = tasks[(tasks.kind == "elastic") & (tasks.repeat == e["repeat"])]
+        base = tasks[(tasks.kind == "static") & (tasks.platform == start) & (tasks.repeat == e["repeat"])]
+        if base.empty:
+            base = tasks[(tasks.kind == "static") & (tasks.platform == start)]
+        for t, name in ((base, f"not extended ({start})"), (mine, f"extended ({e.platform})")):
+            ends = sorted(t.end_s)
+            a.step([0, *ends], range(len(ends) + 1), where="post", label=name)
+        ideal = sorted(x if x <= e.extended_at_s else e.extended_at_s + (x - e.extended_at_s) * e.cores / (e.cores + e.added_cores)
+                       for x in base.end_s)
+        a.step([0, *ideal], range(len(ideal) + 1), where="post", ls="--", color="gray", label="ideal")
+        a.axvline(e.extended_at_s, color="tab:red", lw=0.8, label="extension requested")
+        a.axvline(e.joined_at_s, color="tab:red", ls=":", lw=0.8, label="first task on new workers")
+        a.set(xlabel="time since submission (s)", ylabel="tasks completed", title="(a) elastic extension (§3.7)")
+        a.legend(fontsize=7)
+        _gantt(b, mine, "(b) tasks of the extended run", e.extended_at_s, "extension")
+        loss = runs[runs.kind == "loss"]
+        if loss.empty:
+            c.axis("off")
+        else:
+            l = loss.iloc[0]
+            _gantt(c, tasks[(tasks.kind == "loss") & (tasks.repeat == l["repeat"])],
+                   f"(c) worker loss: {l.lost_worker} killed", l.lost_at_s, "kill")
+        save_figure(fig, outdir / "fig-3.7-elastic.png")
+        return paths + [outdir / "fig-3.7-elastic.png"]
 
 
-def table_3_2(df):
-    """Table 3.2 redrawn from the static runs, medians over repeats; with `busy`, the share of
-    the workers' time spent in blastx (Σ task time / (makespan · cores): what the platform
-    loses to scheduling and stragglers), `task_s` (the median task, which grows when the
-    host's cores are contended) and the host's cores, which cap the speedup here."""
-    import os
-    keys = ["kind", "platform", "repeat"]
-    runs = df[(df.level == "run") & (df.kind == "static")]
-    tasks = df[df.level == "task"].assign(task_s=lambda t: t.end_s - t.start_s)
-    runs = runs.merge(tasks.groupby(keys).task_s.agg(busy_s="sum", task_s="median").reset_index(), on=keys)
-    runs = runs.assign(busy=runs.busy_s / (runs.makespan_s * runs.cores))
-    t = (runs.groupby(["platform", "sites", "workers", "cores"], sort=False)
-         .agg(makespan_s=("makespan_s", "median"), speedup=("speedup", "median"), efficiency=("efficiency", "median"),
-              busy=("busy", "median"), task_s=("task_s", "median"), hits_equal=("hits_equal", "all"),
-              repeats=("makespan_s", "size")).reset_index())
-    t["host_cores"] = os.cpu_count()
-    return t
-
-
-def summary(df) -> list[str]:
-    out = []
-    seq = df[df.level == "sequential"]
-    if not seq.empty:
-        out.append(f"sequential blastx: {seq.time_s.median():.1f} s, {int(seq.hits.iloc[0])} hits (median of {len(seq)})")
-    d = df[df.level == "data"]
-    if not d.empty and "true_found" in d and d.true_found.notna().all():
-        r = d.iloc[0]
-        out.append(f"data: {int(r.queries)} queries, {int(r.proteins)} proteins; best hit = source protein for "
-                   f"{int(r.true_found)}/{int(r.true_total)}, decoys with a hit {int(r.decoys_hit)}")
-    for r in table_3_2(df).itertuples():
-        out.append(f"static  {r.platform:22} {int(r.cores):2d} cores  {r.makespan_s:7.1f} s  speedup {r.speedup:5.2f}  "
-                   f"efficiency {r.efficiency:5.1%}  busy {r.busy:5.1%}  task {r.task_s:4.2f} s  "
-                   f"hits equal: {r.hits_equal}  (host cores: {r.host_cores})")
-    for r in df[(df.level == "run") & (df.kind == "elastic")].itertuples():
-        out.append(f"elastic {r.platform:22} extended at {r.extended_at_s:.1f} s, first task of the new workers at "
-                   f"{r.joined_at_s:.1f} s; makespan {r.makespan_s:.1f} s vs baseline {r.baseline_s:.1f} s "
-                   f"({r.makespan_s / r.baseline_s:.2f}) vs ideal {r.ideal_s:.1f} s ({r.makespan_s / r.ideal_s:.2f}); "
-                   f"hits equal: {r.hits_equal}")
-    for r in df[(df.level == "run") & (df.kind == "loss")].itertuples():
-        out.append(f"loss    {r.platform:22} {r.lost_worker} killed at {r.lost_at_s:.1f} s; makespan {r.makespan_s:.1f} s; "
-                   f"{int(r.tasks)} tasks done; hits equal: {r.hits_equal}")
-    return out
-
-
-def figures(df, outdir) -> list:
-    """table-3.2.csv; fig-3.2-speedup.png (speedup and efficiency against cores, static
-    runs); fig-3.7-elastic.png: (a) tasks completed over time, elastic run vs its baseline
-    vs the ideal, the extension instant marked, (b) the elastic run's tasks per worker,
-    (c) the worker-loss run's tasks, the kill marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    paths = []
-    table = table_3_2(df)
-    if not table.empty:
-        table.to_csv(outdir / "table-3.2.csv", index=False)
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-        a.plot(table.cores, table.speedup, "o", label="measured")
-        top = max(table.cores)
-        a.plot([1, top], [1, top], "--", color="gray", label="linear")
-        a.axhline(table.host_cores.iloc[0], color="tab:red", lw=0.8, label="host cores")
-        for r in table.itertuples():
-            a.annotate(r.platform, (r.cores, r.speedup), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        a.set(xlabel="worker cores", ylabel="speedup over sequential blastx", title="BLASTx speedup (Table 3.2)")
-        a.legend(fontsize=8)
-        b.bar(range(len(table)), table.efficiency * 100)
-        b.set_xticks(range(len(table)), table.platform, fontsize=7, rotation=20)
-        b.axhline(85, color="gray", ls="--", lw=0.8)
-        b.set(ylabel="parallel efficiency (%)", title="efficiency")
-        fig.tight_layout()
-        fig.savefig(outdir / "fig-3.2-speedup.png", dpi=100)
-        plt.close(fig)
-        paths += [outdir / "table-3.2.csv", outdir / "fig-3.2-speedup.png"]
-    runs, tasks = df[df.level == "run"], df[df.level == "task"]
-    elastic = runs[runs.kind == "elastic"]
-    if elastic.empty:
-        return paths
-    e = elastic.iloc[0]
-    start = e.platform.split("+")[0]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
-    mine = tasks[(tasks.kind == "elastic") & (tasks.repeat == e["repeat"])]
-    base = tasks[(tasks.kind == "static") & (tasks.platform == start) & (tasks.repeat == e["repeat"])]
-    if base.empty:
-        base = tasks[(tasks.kind == "static") & (tasks.platform == start)]
-    for t, name in ((base, f"not extended ({start})"), (mine, f"extended ({e.platform})")):
-        ends = sorted(t.end_s)
-        a.step([0, *ends], range(len(ends) + 1), where="post", label=name)
-    ideal = sorted(x if x <= e.extended_at_s else e.extended_at_s + (x - e.extended_at_s) * e.cores / (e.cores + e.added_cores)
-                   for x in base.end_s)
-    a.step([0, *ideal], range(len(ideal) + 1), where="post", ls="--", color="gray", label="ideal")
-    a.axvline(e.extended_at_s, color="tab:red", lw=0.8, label="extension requested")
-    a.axvline(e.joined_at_s, color="tab:red", ls=":", lw=0.8, label="first task on new workers")
-    a.set(xlabel="time since submission (s)", ylabel="tasks completed", title="(a) elastic extension (§3.7)")
-    a.legend(fontsize=7)
-    _gantt(b, mine, "(b) tasks of the extended run", e.extended_at_s, "extension")
-    loss = runs[runs.kind == "loss"]
-    if loss.empty:
-        c.axis("off")
-    else:
-        l = loss.iloc[0]
-        _gantt(c, tasks[(tasks.kind == "loss") & (tasks.repeat == l["repeat"])],
-               f"(c) worker loss: {l.lost_worker} killed", l.lost_at_s, "kill")
-    fig.tight_layout()
-    fig.savefig(outdir / "fig-3.7-elastic.png", dpi=100)
-    plt.close(fig)
-    return paths + [outdir / "fig-3.7-elastic.png"]
-
-
-def _gantt(ax, tasks, title: str, mark: float, what: str) -> None:
-    workers = sorted(tasks.worker.unique())
-    colors = {s: f"C{i}" for i, s in enumerate(sorted(tasks.site.unique()))}
-    for t in tasks.itertuples():
-        ax.barh(workers.index(t.worker), t.end_s - t.start_s, left=t.start_s, color=colors[t.site], edgecolor="white")
-    ax.axvline(mark, color="tab:red", lw=0.8, label=what)
-    ax.set_yticks(range(len(workers)), workers, fontsize=7)
-    ax.set(xlabel="time since submission (s)", title=title)
-    ax.legend(fontsize=7)
+EXPERIMENT = BlastxSky()

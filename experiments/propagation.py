@@ -10,49 +10,62 @@ guests, timed until every guest is running and contextualized, then all are term
 2, cache=warm: §3.5.4, the cache is hit). The site's LAN is shaped at lan_rate during the
 run (restored after): this machine's 2 cores carry every emulated VMM, so 16 VMMs forwarding
 the chain at 1 Gbit/s each exceed what they can compute (the chain then measures the CPU,
-not the wire); at 250 Mbit/s they do not. None keeps the testbed's own rate.
+not the wire); at 250 Mbit/s they do not. None keeps the testbed's own rate. Needs the
+testbed's configured rates (the models) and link shaping when lan_rate is set.
 
 Rows, by `level`:
-  request: method, n_vms, repeat, attempt, cache (none|cold|warm), ok, error,
+  request: method, n_vms, repeat, attempt, cache (none|cold|warm), outcome (ok|failed), error,
     total_s (RunInstances -> every guest contextualized), propagation_s (propagation start ->
     the last VMM's copy checked), repository_tx_bytes (the repository node's NIC, headers
     included), image_bytes, lan_mbit, chunk_bytes, model_scp_s (N·S/B, Table 3.1's model),
-    wire_limit_s (S/B + (N-1)·c/B, the pipelined chain), instantiation_s and boot_s (medians
-    over the guests), disk_bytes (on the VMMs' disks, summed)
-  vm: id, vmm, propagated_s (since the request), instantiation_s (copy checked -> QEMU
+    wire_limit_s (S/B + (N-1)·c/B, the pipelined chain), instantiation_s, volume_s and boot_s
+    (medians over the guests), disk_bytes (on the VMMs' disks, summed)
+  vm (with its request's columns): id, vmm, state, error, propagated_s (since the request), instantiation_s (copy checked -> QEMU
     running: ssh, volume, tap, QEMU), volume_s (creating the guest's disk), boot_s (QEMU
     running -> contextualized, all peers known), ready_s (since the request)
-  vmm: vmm, completion_s (since the propagation start), bytes (received), cache_lookup (hit|miss),
+  vmm (with its request's columns): vmm, completion_s (since the propagation start), bytes (received), cache_lookup (hit|miss),
     disk_bytes (allocated by the guests' disks, and by the image cache for the qcow methods)
   prepropagation: before `qcow` requests, filling the caches: n_filled, time_s, bytes
   deploy: the cloud's deployment stages (as deploy-nimbus)"""
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
 
-from experiments import deploy_nimbus
+from dataclasses import dataclass
+
 from g5kdeploy import remote
-from g5kdeploy.engine import stage, sweep
+from g5kdeploy.engine import Experiment, param, reserved, stage, sweep
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus import chain, deploy
-from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, command
+from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES
 from g5kdeploy.nimbus.propagation import CACHE, INCOMING
 from g5kdeploy.progress import console
-from g5kdeploy.results import Run
-from g5kdeploy.testbed import Testbed
+from g5kdeploy.results import Run, pyplot, save_figure
+from g5kdeploy.testbed import Feature, Testbed
 from g5kdeploy.testbed.description import parse_rate
 from g5kdeploy.vm import image as vm_image
 from g5kdeploy.vm.qemu import VMS
 
-NAME = "propagation"
-PARAMS = {"site": "rennes", "methods": list(PROPAGATION_MODES), "vm_counts": [1, 2, 4, 8, 16], "vms_per_vmm": 1,
-          "image_size_mb": 256, "lan_rate": "250mbit", "instance_type": "m1.tiny", "repeats": 1,
-          "timeout_s": 600, "walltime": "2:00", "runner": "itamae", "full": False}
-FULL = {"repeats": 3}
-IMAGE = "debian"
+IMAGE = vm_image.NAME
+PROPAGATION = "g5kdeploy.nimbus.propagation"     # the cloud's module run on its service node
+
+
+@dataclass(frozen=True)
+class Params:
+    site: str = param("rennes", "the site whose cloud is measured")
+    methods: list[str] = param(list(PROPAGATION_MODES), ", ".join(PROPAGATION_MODES))
+    vm_counts: list[int] = param([1, 2, 4, 8, 16], "guests per request (N)")
+    vms_per_vmm: int = param(1, "guests per VMM node")
+    image_size_mb: int = param(256, "size of the guest image (random payload inside)")
+    lan_rate: str | None = param("250mbit", "the site's LAN rate during the run (null: the testbed's)")
+    instance_type: str = param("m1.tiny", ", ".join(INSTANCE_TYPES))
+    repeats: int = param(1, "repeats of the grid")
+    timeout_s: float = param(600.0, "seconds a request may take to be running")
+    walltime: str = param("2:00", "OAR walltime, H:MM")
+    runner: str = param("itamae", "what converges the cookbooks (itamae, chef-solo)")
+    FULL = {"repeats": 3}
 # Thesis Table 3.1: a 5 GB image over 125 MB/s, N copies from one repository.
 THESIS_TABLE_3_1 = {1: "41 s", 2: "1 min 22 s", 4: "2 min 44 s", 8: "5 min 28 s", 16: "10 min 55 s",
                     32: "21 min 51 s", 64: "43 min 41 s", 128: "1 h 27 min 23 s", 256: "2 h 54 min 46 s",
@@ -88,36 +101,9 @@ def table_3_1(counts=tuple(THESIS_TABLE_3_1), size_mb: float = 5 * 1024, rate_mb
     return df
 
 
-def check_params(p: dict, description) -> None:
-    if p["site"] not in description.sites:
-        raise UserError(f"unknown site {p['site']}: the testbed has {', '.join(description.sites)}")
-    for m in p["methods"]:
-        if m not in PROPAGATION_MODES:
-            raise UserError(f"unknown method {m!r}: use {', '.join(PROPAGATION_MODES)}")
-    if not p["vm_counts"] or min(p["vm_counts"]) < 1:
-        raise UserError("vm_counts must be a list of numbers of VMs, each at least 1")
-    if p["instance_type"] not in INSTANCE_TYPES:
-        raise UserError(f"unknown instance type {p['instance_type']!r}: use {', '.join(INSTANCE_TYPES)}")
-    if int(p["vms_per_vmm"]) < 1:
-        raise UserError("vms_per_vmm must be at least 1")
-    if p["lan_rate"] is not None:
-        parse_rate(p["lan_rate"], "lan_rate")
-    vm_image.check(int(p["image_size_mb"]))
-    free = sum(1 for n in description.nodes() if n.site == p["site"])
-    need = 1 + _vmm_count(p)
-    if need > free:
-        raise UserError(f"{max(p['vm_counts'])} VMs at {p['vms_per_vmm']} per VMM need {need} nodes on {p['site']}, "
-                        f"which has {free}: lower vm_counts, raise vms_per_vmm or use a larger testbed")
-
-
-def _vmm_count(p: dict) -> int:
-    return math.ceil(max(p["vm_counts"]) / int(p["vms_per_vmm"]))
-
-
-def points(p: dict) -> list[dict]:
+def points(p: Params) -> list[dict]:
     """The sweep: every (repeat, N, method)."""
-    return [dict(repeat=r, n_vms=n, method=m) for r in range(int(p["repeats"])) for n in p["vm_counts"]
-            for m in p["methods"]]
+    return [dict(repeat=r, n_vms=n, method=m) for r in range(p.repeats) for n in p.vm_counts for m in p.methods]
 
 
 def attempts(point: dict) -> list[dict]:
@@ -128,55 +114,132 @@ def attempts(point: dict) -> list[dict]:
     return [dict(point, cache=c, attempt=a) for c, a in tries]
 
 
-def main(run: Run, testbed: Testbed, **p) -> None:
-    p.pop("full")                      # the engine applied FULL and checked the parameters
-    site, size_mb = p["site"], int(p["image_size_mb"])
-    memory = INSTANCE_TYPES[p["instance_type"]]
-    t0 = time.time()
-    with stage(run, "reserve"):
-        res = testbed.reserve({site: 1 + _vmm_count(p)}, p["walltime"], name="propagation")
-    before = testbed.rates()["lan"].get(site) if hasattr(testbed, "rates") else None
-    cloud, failures = None, []
-    try:
-        payload = vm_image.random_payload(size_mb - max(16, size_mb // 8))
-        cloud = deploy_nimbus.build(run, testbed, res, t0, vmm_memory_mb=memory * int(p["vms_per_vmm"]),
-                                    image=IMAGE, image_size_mb=size_mb, payload=payload, runner=p["runner"],
-                                    level="deploy")[site]
-        if p["lan_rate"]:
-            testbed.shape(site, site, p["lan_rate"])
-        rate = parse_rate(p["lan_rate"]) if p["lan_rate"] else testbed.rates()["lan"][site]
-        image_bytes = vm_image.build(size_mb=size_mb, payload=payload).disk.stat().st_size
-
-        def measure(point: dict) -> None:
-            for t in attempts(point):
-                if t["method"] == "qcow":
-                    _prepropagate(run, cloud, t)
-                elif t["method"] == "chain+qcow" and t["cache"] == "cold":
-                    remote.run(f"rm -f {CACHE}/*", cloud["vmms"])
-                failures.extend(_request(run, cloud, t, p, image_bytes, rate))
-
-        sweep(run, points(p), measure, name=lambda q: f"request {q['method']} x{q['n_vms']}")
-    finally:
-        if cloud and (problem := deploy.terminate_all(cloud)):
-            console.print(f"[red]could not terminate every guest: {problem}")
-        if before:
-            testbed.shape(site, site, f"{before}bit")
-        testbed.release(res)
-    if failures:
-        raise RuntimeError("failed requests: " + "; ".join(failures))
+def _vmm_count(p: Params) -> int:
+    return math.ceil(max(p.vm_counts) / p.vms_per_vmm)
 
 
-def _on_service(cloud: dict, module_args: str, what: str):
-    """What a cloud module run on the service node prints (JSON)."""
-    r = remote.run(command(module_args), [cloud["service"]])[0]
-    if not r.ok:
-        raise RuntimeError(f"{what} failed: {r.error or r.stderr.strip()[-300:]}")
-    return json.loads(r.stdout)
+class Propagation(Experiment):
+    name = "propagation"
+    Params = Params
+
+    def request(self, p: Params, testbed: Testbed) -> dict[str, int]:
+        return {p.site: 1 + _vmm_count(p)}                                   # the service node + VMMs
+
+    def needs(self, p: Params) -> set:
+        return {Feature.RATES} | ({Feature.SHAPING} if p.lan_rate else set())
+
+    def validate(self, p: Params, testbed: Testbed) -> None:
+        self.known_sites(testbed, [p.site])
+        self.one_of("method", p.methods, PROPAGATION_MODES)
+        self.one_of("instance type", p.instance_type, INSTANCE_TYPES)
+        if not p.vm_counts or min(p.vm_counts) < 1:
+            raise UserError("vm_counts must be a list of numbers of VMs, each at least 1")
+        if p.vms_per_vmm < 1:
+            raise UserError("vms_per_vmm must be at least 1")
+        if p.lan_rate is not None:
+            parse_rate(p.lan_rate, "lan_rate")
+        vm_image.check(p.image_size_mb)
+        free = testbed.description.sites[p.site].size
+        need = 1 + _vmm_count(p)
+        if need > free:
+            raise UserError(f"{max(p.vm_counts)} VMs at {p.vms_per_vmm} per VMM need {need} nodes on {p.site}, "
+                            f"which has {free}: lower vm_counts, raise vms_per_vmm or use a larger testbed")
+
+    def main(self, run: Run, testbed: Testbed, p: Params) -> None:
+        site, size_mb = p.site, p.image_size_mb
+        memory = INSTANCE_TYPES[p.instance_type]
+        t0 = time.time()
+        before = testbed.rates()["lan"].get(site)
+        failures: list[str] = []
+        with reserved(run, testbed, self.request(p, testbed), p.walltime, self.job_name) as res:
+            cloud = None
+            try:
+                payload = vm_image.random_payload(size_mb - max(16, size_mb // 8))
+                cloud = deploy.build(run, testbed, res, t0, stage, vmm_memory_mb=memory * p.vms_per_vmm,
+                                     image=IMAGE, image_size_mb=size_mb, payload=payload, runner=p.runner,
+                                     level="deploy")[site]
+                if p.lan_rate:
+                    testbed.shape(site, site, p.lan_rate)
+                rate = parse_rate(p.lan_rate) if p.lan_rate else testbed.rates()["lan"][site]
+                image_bytes = vm_image.build(size_mb=size_mb, payload=payload).disk.stat().st_size
+
+                def measure(point: dict) -> None:
+                    for t in attempts(point):
+                        if t["method"] == "qcow":
+                            _prepropagate(run, cloud, t)
+                        elif t["method"] == "chain+qcow" and t["cache"] == "cold":
+                            remote.run(f"rm -f {CACHE}/*", cloud["vmms"])
+                        failures.extend(_request(run, cloud, t, p, image_bytes, rate))
+
+                sweep(run, points(p), measure, name=lambda q: f"request {q['method']} x{q['n_vms']}")
+            finally:
+                if cloud and (problem := deploy.terminate_all(cloud)):
+                    console.print(f"[red]could not terminate every guest: {problem}")
+                if p.lan_rate and before:
+                    testbed.shape(site, site, f"{before}bit")
+        if failures:
+            raise RuntimeError("failed requests: " + "; ".join(failures))
+
+    def summary(self, rows) -> list[str]:
+        r = _series(rows)
+        out = [] if not r.empty else ["no request was measured"]
+        for (series, n), g in r.groupby(["series", "n_vms"]):
+            m = g[["total_s", "propagation_s", "repository_tx_bytes", "image_bytes", "model_scp_s", "wire_limit_s",
+                   "instantiation_s", "boot_s", "disk_bytes"]].median()
+            line = (f"{series:18} x{n:<3} total {m.total_s:6.1f} s  propagation {m.propagation_s:6.2f} s  "
+                    f"repository sent {m.repository_tx_bytes / m.image_bytes:5.2f} x image  "
+                    f"instantiation {m.instantiation_s:5.2f} s  boot {m.boot_s:5.1f} s  "
+                    f"disk {m.disk_bytes / n / 2**20:6.1f} MiB/VM")
+            if series == "scp":
+                line += f"  | vs model N*S/B {m.propagation_s / m.model_scp_s:.2f}"
+            elif series.startswith("chain") and "warm" not in series:
+                line += f"  | vs wire limit {m.propagation_s / m.wire_limit_s:.2f}"
+            out.append(line)
+        chain_rows = r[r.series == "chain"].groupby("n_vms")["propagation_s"].median()
+        if len(chain_rows) > 1:
+            out.append(f"chain T({chain_rows.index.max():.0f})/T({chain_rows.index.min():.0f}) = "
+                       f"{chain_rows.iloc[-1] / chain_rows.iloc[0]:.2f}")
+        t = table_3_1()
+        out.append(f"Table 3.1 model (5 GB, 125 MB/s): {int(t.matches.sum())}/{len(t)} rows equal to the thesis's")
+        ok = r["outcome"] == "ok"
+        return out + [f"{int(ok.sum())}/{len(ok)} requests had every guest running and contextualized"]
+
+
+    def figures(self, df, outdir) -> list:
+        """Fig 3.6 redrawn: (a) time until every guest is running and contextualized, (b)
+        propagation time (log scale: pre-propagated and cached requests take ~10 ms) with the models dashed (SCP N·S/B, the chain's wire limit), vs N; and
+        the Table 3.1 model against the thesis (csv)."""
+        plt = pyplot()
+        table = table_3_1()
+        table.to_csv(outdir / "table-3.1.csv", index=False)
+        paths = [outdir / "table-3.1.csv"]
+        r = _series(df)
+        if r.empty:
+            return paths
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        colors = dict(zip(sorted(r.series.unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+        for ax, column, title in ((axes[0], "total_s", "(a) RunInstances to all contextualized"),
+                                  (axes[1], "propagation_s", "(b) propagation (log scale)")):
+            for series, g in r.groupby("series"):
+                m = g.groupby("n_vms")[column].median()
+                ax.plot(m.index, m.values, "o-", color=colors[series], label=series)
+            ax.set(xscale="log", xlabel="number of VMs", ylabel="time (s)", title=title)
+            ax.set_xticks(sorted(r.n_vms.unique()), [str(n) for n in sorted(r.n_vms.unique())])
+        models = r.groupby("n_vms")[["model_scp_s", "wire_limit_s"]].median()
+        axes[1].plot(models.index, models.model_scp_s, "--", color=colors.get("scp", "gray"), label="SCP model N·S/B")
+        axes[1].plot(models.index, models.wire_limit_s, "--", color=colors.get("chain", "black"),
+                     label="chain wire limit S/B+(N-1)c/B")
+        axes[1].set_yscale("log")
+        axes[1].legend(fontsize=7)
+        rate, size = r.lan_mbit.iloc[0], r.image_bytes.iloc[0] / 2**20
+        fig.suptitle(f"Propagation of a {size:.0f} MiB image, {rate:.0f} Mbit/s LAN (thesis Fig 3.6)")
+        save_figure(fig, outdir / "fig-3.6-propagation.png")
+        return [outdir / "fig-3.6-propagation.png"] + paths
 
 
 def _prepropagate(run: Run, cloud: dict, t: dict) -> None:
     t0 = time.time()
-    filled = [d for d in _on_service(cloud, f"propagation prepropagate {IMAGE}", "pre-propagation")
+    filled = [d for d in remote.run_module(cloud["service"], PROPAGATION, f"prepropagate {IMAGE}")
               if d["cache"] == "miss"]
     run.row(level="prepropagation", repeat=t["repeat"], n_vms=t["n_vms"], method=t["method"], n_filled=len(filled),
             time_s=round(time.time() - t0, 3), bytes=sum(d["bytes"] for d in filled))
@@ -204,20 +267,20 @@ def _wait_running(ec2, ids: list[str], timeout: float) -> list[dict]:
         time.sleep(0.3)
 
 
-def _request(run: Run, cloud: dict, t: dict, p: dict, image_bytes: int, rate: int) -> list[str]:
+def _request(run: Run, cloud: dict, t: dict, p: Params, image_bytes: int, rate: int) -> list[str]:
     """One RunInstances of N guests, measured, then terminated; the failures."""
     ec2, n = deploy.client(cloud), t["n_vms"]
     b = rate / 8
     common = dict(t, lan_mbit=rate / 1e6, image_bytes=image_bytes, chunk_bytes=chain.CHUNK)
     tx0 = _tx_bytes(cloud["service"])
-    r = ec2.run_instances(ImageId=IMAGE, MinCount=n, MaxCount=n, InstanceType=p["instance_type"],
+    r = ec2.run_instances(ImageId=IMAGE, MinCount=n, MaxCount=n, InstanceType=p.instance_type,
                           TagSpecifications=[{"ResourceType": "instance",
                                               "Tags": [{"Key": "propagation", "Value": t["method"]}]}])
     ids = [i["InstanceId"] for i in r["Instances"]]
     try:
-        guests = _wait_running(ec2, ids, p["timeout_s"])
+        guests = _wait_running(ec2, ids, p.timeout_s)
         tx = _tx_bytes(cloud["service"]) - tx0
-        records = _on_service(cloud, f"store {' '.join(ids)}", "reading the cloud's store")
+        records = remote.run_module(cloud["service"], "g5kdeploy.nimbus.store", " ".join(ids))
         disk = _disk_bytes(sorted({i["vmm"] for i in records}), cache="qcow" in t["method"])
     finally:
         ec2.terminate_instances(InstanceIds=ids)
@@ -236,7 +299,7 @@ def _request(run: Run, cloud: dict, t: dict, p: dict, image_bytes: int, rate: in
                 completion_s=_seconds(start, i.get("propagated_at")), disk_bytes=disk.get(host))
     propagated = max((i.get("propagated_at") or 0 for i in records), default=None)
     ready = None if bad else max(i.get("contextualized_at") or 0 for i in records)
-    run.row(level="request", **common, ok=not bad, error="; ".join(bad),
+    run.row(level="request", **common, outcome="failed" if bad else "ok", error="; ".join(bad),
             total_s=_seconds(records[0]["requested_at"], ready), propagation_s=_seconds(start, propagated),
             repository_tx_bytes=tx, model_scp_s=round(scp_model_s(n, image_bytes, b), 3),
             wire_limit_s=round(wire_limit_s(n, image_bytes, b), 3), disk_bytes=sum(disk.values()),
@@ -265,62 +328,4 @@ def _series(df):
     return r
 
 
-def summary(rows) -> list[str]:
-    r = _series(rows)
-    out = [] if not r.empty else ["no request was measured"]
-    for (series, n), g in r.groupby(["series", "n_vms"]):
-        m = g[["total_s", "propagation_s", "repository_tx_bytes", "image_bytes", "model_scp_s", "wire_limit_s",
-               "instantiation_s", "boot_s", "disk_bytes"]].median()
-        line = (f"{series:18} x{n:<3} total {m.total_s:6.1f} s  propagation {m.propagation_s:6.2f} s  "
-                f"repository sent {m.repository_tx_bytes / m.image_bytes:5.2f} x image  "
-                f"instantiation {m.instantiation_s:5.2f} s  boot {m.boot_s:5.1f} s  "
-                f"disk {m.disk_bytes / n / 2**20:6.1f} MiB/VM")
-        if series == "scp":
-            line += f"  | vs model N*S/B {m.propagation_s / m.model_scp_s:.2f}"
-        elif series.startswith("chain") and "warm" not in series:
-            line += f"  | vs wire limit {m.propagation_s / m.wire_limit_s:.2f}"
-        out.append(line)
-    chain_rows = r[r.series == "chain"].groupby("n_vms")["propagation_s"].median()
-    if len(chain_rows) > 1:
-        out.append(f"chain T({chain_rows.index.max():.0f})/T({chain_rows.index.min():.0f}) = "
-                   f"{chain_rows.iloc[-1] / chain_rows.iloc[0]:.2f}")
-    t = table_3_1()
-    out.append(f"Table 3.1 model (5 GB, 125 MB/s): {int(t.matches.sum())}/{len(t)} rows equal to the thesis's")
-    ok = r["ok"]
-    return out + [f"{int(ok.sum())}/{len(ok)} requests had every guest running and contextualized"]
-
-
-def figures(df, outdir) -> list:
-    """Fig 3.6 redrawn: (a) time until every guest is running and contextualized, (b)
-    propagation time (log scale: pre-propagated and cached requests take ~10 ms) with the models dashed (SCP N·S/B, the chain's wire limit), vs N; and
-    the Table 3.1 model against the thesis (csv)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    table = table_3_1()
-    table.to_csv(outdir / "table-3.1.csv", index=False)
-    paths = [outdir / "table-3.1.csv"]
-    r = _series(df)
-    if r.empty:
-        return paths
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = dict(zip(sorted(r.series.unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for ax, column, title in ((axes[0], "total_s", "(a) RunInstances to all contextualized"),
-                              (axes[1], "propagation_s", "(b) propagation (log scale)")):
-        for series, g in r.groupby("series"):
-            m = g.groupby("n_vms")[column].median()
-            ax.plot(m.index, m.values, "o-", color=colors[series], label=series)
-        ax.set(xscale="log", xlabel="number of VMs", ylabel="time (s)", title=title)
-        ax.set_xticks(sorted(r.n_vms.unique()), [str(n) for n in sorted(r.n_vms.unique())])
-    models = r.groupby("n_vms")[["model_scp_s", "wire_limit_s"]].median()
-    axes[1].plot(models.index, models.model_scp_s, "--", color=colors.get("scp", "gray"), label="SCP model N·S/B")
-    axes[1].plot(models.index, models.wire_limit_s, "--", color=colors.get("chain", "black"),
-                 label="chain wire limit S/B+(N-1)c/B")
-    axes[1].set_yscale("log")
-    axes[1].legend(fontsize=7)
-    rate, size = r.lan_mbit.iloc[0], r.image_bytes.iloc[0] / 2**20
-    fig.suptitle(f"Propagation of a {size:.0f} MiB image, {rate:.0f} Mbit/s LAN (thesis Fig 3.6)")
-    fig.tight_layout()
-    fig.savefig(outdir / "fig-3.6-propagation.png", dpi=100)
-    plt.close(fig)
-    return [outdir / "fig-3.6-propagation.png"] + paths
+EXPERIMENT = Propagation()

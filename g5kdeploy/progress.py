@@ -37,7 +37,7 @@ def parallel(fn: Callable[[Any], Any], items: Iterable, description: str, worker
         t0 = time.monotonic()
         try:
             return Outcome(items[i], True, fn(items[i]), duration_s=time.monotonic() - t0)
-        except Exception as e:  # noqa: BLE001 - reported per item
+        except Exception as e:  # reported per item
             return Outcome(items[i], False, error=str(e) or type(e).__name__, duration_s=time.monotonic() - t0)
 
     with bar(description, len(items)) as progress, ThreadPoolExecutor(max(1, min(workers, len(items)))) as pool:

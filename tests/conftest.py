@@ -96,3 +96,125 @@ def redis_address(tmp_path_factory):
     yield f"127.0.0.1:{port}"
     p.terminate()
     p.wait()
+
+
+# -- engine unit tests: no root, no testbed ------------------------------------------------------
+class FakeScheduler:
+    """An OAR that runs nothing: jobs start at once on the first free hosts of their site."""
+
+    def __init__(self, testbed):
+        self.testbed, self.jobs, self.next_id = testbed, {}, 1
+
+    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=()):
+        from g5kdeploy.testbed.oar import Job
+        held = {h for j in self.jobs.values() if j.live for h in j.hosts}
+        free = [n.hostname for n in self.testbed.nodes() if n.site == site and n.hostname not in held]
+        job = Job(site, self.next_id, "running" if len(free) >= nodes else "waiting", name,
+                  free[:nodes] if len(free) >= nodes else [], time.time(), walltime_s)
+        self.jobs[job.id], self.next_id = job, self.next_id + 1
+        return job.id
+
+    def job(self, site, job):
+        return self.jobs[job]
+
+    def live(self, site, name):
+        return [j for j in self.on_site(site) if j.name == name]
+
+    def on_site(self, site):
+        return [j for j in self.jobs.values() if j.live and j.site == site]
+
+    def delete(self, site, *jobs):
+        for j in jobs:
+            self.jobs[j].state = "terminated"
+
+    def extend(self, site, job, seconds):
+        self.jobs[job].walltime_s += seconds
+
+    def wait(self, jobs, timeout=300):
+        from g5kdeploy.errors import UserError
+        if waiting := [f"{s}:{j}" for s, j in jobs.items() if self.jobs[j].state != "running"]:
+            raise UserError(f"OAR jobs not running ({', '.join(waiting)})")
+        return {s: self.jobs[j] for s, j in jobs.items()}
+
+    def wait_ended(self, pairs, timeout=60):
+        assert not any(self.jobs[j].live for _, j in pairs)
+
+
+def fake_testbed(features=(), queues=False, description=SMALL):
+    """A testbed of the small description whose OAR and nodes are in memory: for the engine's
+    parameter parsing, feature refusal and release on every exit, in milliseconds."""
+    from g5kdeploy.progress import Outcome
+    from g5kdeploy.testbed import Testbed
+    from g5kdeploy.testbed import description as descriptions
+
+    class Fake(Testbed):
+        kind, environments = "fake", ()
+
+        def __init__(self):
+            super().__init__()
+            self.description = descriptions.load(description)
+            self.features, self.queues = frozenset(features), queues
+            self.scheduler = FakeScheduler(self)
+
+        def nodes(self, hosts=None):
+            from g5kdeploy.testbed.model import expand_hostlist
+            every = self.description.nodes()
+            names = set(expand_hostlist(hosts)) if hosts else set()
+            return every if hosts is None else type(every)(n for n in every if {n.hostname, n.short} & names)
+
+        def reimage(self, nodes, environment):
+            return {n.hostname: Outcome(n, True) for n in nodes}
+
+        def ssh_settings(self):
+            return {"user": "root"}
+
+        def output_dir(self):
+            return Path("/nonexistent")
+
+        def destroy(self):
+            pass
+
+    return Fake()
+
+
+def experiment_of(name, main, needs=(), **defaults):
+    """An Experiment whose main is `main(run, testbed, **params)`, its parameters `defaults`."""
+    import dataclasses
+    from g5kdeploy import engine
+    params = dataclasses.make_dataclass(
+        "Params", [(k, type(v), dataclasses.field(default=v)) for k, v in defaults.items()], frozen=True)
+
+    class Function(engine.Experiment):
+        Params = params
+
+        def needs(self, p):
+            return set(needs)
+
+        def main(self, run, testbed, p):
+            main(run, testbed, **dataclasses.asdict(p))
+
+    Function.name = name
+    return Function()
+
+
+def drawn(experiment, run_dir, outdir) -> dict[str, list[dict]]:
+    """Redraw a run's figures into outdir; per PNG, what each of its axes shows: title,
+    axis labels, scales, the labels of its lines and of its legend, and its bar count."""
+    from matplotlib.figure import Figure
+    from g5kdeploy.results import load
+    seen, save = {}, Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        seen[Path(path).name] = [{
+            "title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+            "xscale": ax.get_xscale(), "yscale": ax.get_yscale(),
+            "lines": [line.get_label() for line in ax.get_lines()],
+            "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else [],
+            "bars": len(ax.patches), "visible": ax.axison} for ax in fig.axes]
+        return save(fig, path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", record)
+        paths = experiment.figures(load(run_dir), Path(outdir))
+    assert {p.name for p in paths if p.suffix == ".png"} == set(seen)
+    return seen

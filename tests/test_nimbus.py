@@ -10,7 +10,7 @@ import botocore.exceptions
 import pandas as pd
 import pytest
 
-from conftest import invoke, own_testbed
+from conftest import drawn, invoke, own_testbed
 from experiments import deploy_nimbus
 from g5kdeploy import engine, remote
 from g5kdeploy.nimbus import deploy
@@ -24,9 +24,9 @@ USER_DATA = "#!/bin/sh\necho \"hello from $(hostname)\" > /www/hello\n"
 def clouds(small_description):
     """rennes: service + 2 VMMs, nancy: service + 1 VMM (the small testbed's 5 nodes)."""
     with own_testbed(small_description) as tb:
-        run = engine.execute(deploy_nimbus, tb, {"vmms_per_site": {"rennes": 2, "nancy": 1}})
-        yield tb, run, json.loads(deploy_nimbus.CLOUDS.read_text())
-        assert deploy.teardown(deploy_nimbus.CLOUDS, tb) == []
+        run = engine.execute(deploy_nimbus.EXPERIMENT, tb, {"vmms_per_site": {"rennes": 2, "nancy": 1}})
+        yield tb, run, json.loads(deploy.CLOUDS.read_text())
+        assert deploy.teardown(deploy.CLOUDS, tb) == []
 
 
 def guests(ec2, ids):
@@ -63,10 +63,13 @@ def vmm_leftovers(vmms, ids) -> str:
     return "".join(x.stdout for x in r)
 
 
-def test_deployment_timeline(clouds):
+def test_deployment_timeline(clouds, tmp_path):
     tb, run, info = clouds
     rows = pd.read_parquet(run.dir / "rows.parquet")
     assert (rows["outcome"] == "ok").all()
+    timeline, = drawn(deploy_nimbus.EXPERIMENT, run.dir, tmp_path)["deploy-nimbus.png"]
+    assert timeline["bars"] == len(rows)                                # one bar per node and stage
+    assert timeline["legend"] == ["reserve", "deploy", "image", "ship", "configure", "upload", "verify"]
     stages = rows.groupby("node")["stage"].apply(set).to_dict()
     assert stages.pop("frontend") == {"image"}
     node_stages = {"reserve", "deploy", "ship", "configure"}
@@ -87,10 +90,11 @@ def test_second_converge_changes_nothing(clouds):
     plans = deploy.plan(res_nodes, tb.description)
     for p in plans:                     # the same credentials as the running clouds
         p.access_key, p.secret_key = info[p.site]["access_key"], info[p.site]["secret_key"]
-    guest = vm_image.build(size_mb=deploy_nimbus.PARAMS["image_size_mb"])
-    again = deploy.configure(plans, guest, deploy_nimbus.CLOUDS.parent)
+    guest = vm_image.build(size_mb=deploy_nimbus.Params().image_size_mb)
+    again = deploy.configure(plans, guest, deploy.CLOUDS.parent)
     assert all(c.ok for c in again), [c.error for c in again]
-    assert {c.host: c.changed for c in again} == {c.host: 0 for c in again}
+    assert {c.host: c.changed for c in again} == {c.host: 0 for c in again}, \
+        [line for c in again if c.changed for line in c.log.splitlines() if "will change from" in line]
 
 
 @pytest.mark.parametrize("mode", ["scp", "chain", "qcow", "chain+qcow"])

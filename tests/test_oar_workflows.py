@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, invoke, own_testbed
+from conftest import ROOT, experiment_of, invoke, own_testbed
 from g5kdeploy import engine
 from g5kdeploy.errors import UserError
 from g5kdeploy.testbed.local import oar_server
@@ -107,10 +106,6 @@ def test_batch_job_runs_the_experiment_inside_its_jobs(tb):
     assert r.returncode == 2 and r.stderr.strip() == "error: rennes has 3 nodes, 9 requested: ask for fewer"
 
 
-def _module(name, main, params=None):
-    return types.SimpleNamespace(NAME=name, PARAMS=params or {}, main=main)
-
-
 def test_walltime_guard_stops_before_a_stage_that_cannot_fit(tb):
     def main(run, testbed):
         res = testbed.reserve({"rennes": 1}, "0:00:40", name="guarded")
@@ -125,7 +120,7 @@ def test_walltime_guard_stops_before_a_stage_that_cannot_fit(tb):
 
     jobs = _live(tb)
     with pytest.raises(engine.WalltimeReached) as e:
-        engine.execute(_module("guarded", main), tb)
+        engine.execute(experiment_of("guarded", main), tb)
     run_dir = Path(os.environ["G5KDEPLOY_RESULTS"]) / "guarded" / e.value.run_id
     meta = json.loads((run_dir / "params.json").read_text())
     assert meta["stopped"]["before"] == "long" and meta["stopped"]["left_s"] < 40
@@ -203,13 +198,13 @@ def test_deploy_goes_on_above_min_and_stops_below_it(tb, broken_node):
         finally:
             testbed.release(res)
 
-    run = engine.execute(_module("partial", main, {"need": 2}), tb)
+    run = engine.execute(experiment_of("partial", main, need=2), tb)
     meta = json.loads((run.dir / "params.json").read_text())
     assert meta["nodes"] == "paradent-[1-2].rennes.grid5000.fr"
     assert list(meta["failed_nodes"]) == [broken_node.hostname] and "Not a directory" in meta["failed_nodes"][broken_node.hostname]
     assert list(pd.read_parquet(run.dir / "rows.parquet").deployed) == [2]
     with pytest.raises(UserError, match=r"deploy: 2 of 3 nodes deployed, 3 needed \(paradent-3.rennes.grid5000.fr: "):
-        engine.execute(_module("partial", main, {"need": 3}), tb)
+        engine.execute(experiment_of("partial", main, need=3), tb)
     assert not _live(tb)
 
 
@@ -318,7 +313,7 @@ def test_g5k_backend_runs_an_experiment_end_to_end(tb, g5k):
     from experiments import testbed_check
     from g5kdeploy.testbed.g5k import G5kTestbed
     g, _, _ = g5k
-    run = engine.execute(testbed_check, g, {"repeats": 1, "exec_nodes": [1, 4], "iperf_seconds": 1})
+    run = engine.execute(testbed_check.EXPERIMENT, g, {"repeats": 1, "exec_nodes": [1, 4], "iperf_seconds": 1})
     df = pd.read_parquet(run.dir / "rows.parquet")
     assert set(df.metric) == {"throughput", "rtt", "exec_latency"} and (df.hosts_ok.dropna() > 0).all()
     meta = json.loads((run.dir / "params.json").read_text())
@@ -327,3 +322,13 @@ def test_g5k_backend_runs_an_experiment_end_to_end(tb, g5k):
     assert "gateway" not in g.ssh_settings()
     outside = G5kTestbed(g.client, {**g.config, "gateway": "auto"})     # this host is not in grid5000.fr
     assert outside.ssh_settings()["gateway"] == "access.grid5000.fr" and outside.ssh_settings()["gateway_user"] == "alice"
+
+
+def test_g5k_refuses_what_it_lacks_before_submitting_a_job(tb, g5k):
+    from experiments import shrinker
+    g, _, _ = g5k
+    jobs = _live(tb)
+    with pytest.raises(UserError, match="shrinker with these parameters needs link shaping .*which the g5k "
+                                        "testbed does not offer: run it with --testbed local"):
+        engine.execute(shrinker.EXPERIMENT, g, {"vmms_per_site": 1})
+    assert _live(tb) == jobs

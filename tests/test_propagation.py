@@ -6,16 +6,17 @@ bad parameters fail in one line and reserve nothing."""
 import pandas as pd
 import pytest
 
-from conftest import invoke, own_testbed
+from conftest import drawn, fake_testbed, invoke, own_testbed
 from experiments import propagation
 from g5kdeploy import engine, remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.results import load
+from g5kdeploy.testbed import Feature
 
 @pytest.fixture(scope="module")
 def measured(small_description):
     with own_testbed(small_description) as tb:
-        run = engine.execute(propagation, tb, {"vm_counts": [1, 2], "image_size_mb": 32})
+        run = engine.execute(propagation.EXPERIMENT, tb, {"vm_counts": [1, 2], "image_size_mb": 32})
         yield tb, run, load(run.dir)
 
 
@@ -27,7 +28,7 @@ def requests(df):
 def test_every_request_has_every_guest_running(measured):
     _, _, df = measured
     r = requests(df)
-    assert r.ok.all(), r.error.tolist()
+    assert (r.outcome == "ok").all(), r.error.tolist()
     assert sorted(zip(r.method, r.n_vms, r.cache)) == sorted(
         (m, n, c) for n in (1, 2) for m, c in (("scp", "none"), ("chain", "none"), ("qcow", "warm"),
                                                ("chain+qcow", "cold"), ("chain+qcow", "warm")))
@@ -67,7 +68,7 @@ def test_pre_propagated_qcow_sends_nothing_at_request_time(measured):
 def test_cached_copies_equal_the_repository_image(measured):
     tb, run, df = measured
     clouds = pd.read_json(run.dir / "clouds.json")
-    cloud = clouds[propagation.PARAMS["site"]]
+    cloud = clouds[propagation.Params().site]
     repository = remote.run(f"sha256sum /var/lib/nimbus/repository/{propagation.IMAGE}.img", [cloud["service"]])
     cached = remote.run("sha256sum /var/lib/nimbus/cache/debian.img; cat /var/lib/nimbus/cache/debian.sha256",
                         cloud["vmms"])
@@ -76,9 +77,14 @@ def test_cached_copies_equal_the_repository_image(measured):
 
 
 @pytest.mark.testbed
-def test_figure_and_table_3_1(measured):
+def test_figure_and_table_3_1(measured, tmp_path):
     _, run, _ = measured
     assert (run.dir / "figures" / "fig-3.6-propagation.png").stat().st_size > 10_000
+    total, prop = drawn(propagation.EXPERIMENT, run.dir, tmp_path)["fig-3.6-propagation.png"]
+    series = ["chain", "chain+qcow (cold)", "chain+qcow (warm)", "qcow", "scp"]       # one line per method
+    assert total["lines"] == series and total["title"].startswith("(a)") and total["xscale"] == "log"
+    assert prop["lines"] == series + ["SCP model N·S/B", "chain wire limit S/B+(N-1)c/B"]
+    assert prop["yscale"] == "log" and prop["ylabel"] == "time (s)" and prop["legend"] == prop["lines"]
     table = pd.read_csv(run.dir / "figures" / "table-3.1.csv")
     assert table.matches.all() and list(table.n_vms) == [2 ** k for k in range(11)]
 
@@ -101,10 +107,4 @@ def test_models_match_the_thesis():
     assert propagation.wire_limit_s(1, 256 * mb, 32 * mb) == 8
     assert propagation.wire_limit_s(16, 256 * mb, 32 * mb, chunk=mb) == 8 + 15 / 32
     with pytest.raises(UserError, match="rennes"):
-        propagation.check_params({**propagation.PARAMS, "site": "paris"}, _description())
-
-
-def _description():
-    from conftest import SMALL
-    from g5kdeploy.testbed import description
-    return description.load(SMALL)
+        engine.check(propagation.EXPERIMENT, fake_testbed(features=Feature), {"site": "paris"})

@@ -3,7 +3,7 @@ and real Redis, beside stock QEMU; every correctness check of the experiment mus
 import pandas as pd
 import pytest
 
-from conftest import own_testbed
+from conftest import drawn, own_testbed
 from experiments import shrinker
 from g5kdeploy import engine
 
@@ -11,16 +11,20 @@ pytestmark = pytest.mark.testbed
 
 
 @pytest.fixture(scope="module")
-def rows(small_description):
+def run(small_description):
     with own_testbed(small_description) as tb:
-        run = engine.execute(shrinker, tb, {"hypervisors_per_site": 1, "methods": ["stock", "shrinker"],
-                                            "cluster_sizes": [2], "warmup_s": 1})
-        yield pd.read_parquet(run.dir / "rows.parquet")
+        yield engine.execute(shrinker.EXPERIMENT, tb, {"vmms_per_site": 1, "methods": ["stock", "shrinker"],
+                                                       "cluster_sizes": [2], "warmup_s": 1})
+
+
+@pytest.fixture(scope="module")
+def rows(run):
+    return pd.read_parquet(run.dir / "rows.parquet")
 
 
 def test_every_guest_passes_the_correctness_checks(rows):
     guests = rows[rows.level == "guest"]
-    assert len(guests) == 4 and guests.ok.all()
+    assert len(guests) == 4 and (guests.outcome == "ok").all()
     assert guests.ram_verified.all() and guests.runs_at_destination.all() and guests.source_gone.all()
 
 
@@ -51,3 +55,11 @@ def test_shrinker_sends_less_on_the_wan_than_stock(rows):
     c = rows[rows.level == "cluster"].set_index("method")
     assert c.loc["shrinker", "wan_bytes"] < 0.8 * c.loc["stock", "wan_bytes"]
     assert c.loc["stock", "wan_bytes"] > 2 * 40e6           # ~60 MB of non-zero RAM per idle guest
+
+
+def test_the_figure_shows_each_method_and_chunk_type(run, tmp_path):
+    time_, wan, chunks, downtime = drawn(shrinker.EXPERIMENT, run.dir, tmp_path)["shrinker-idle.png"]
+    for ax in (time_, wan, downtime):
+        assert ax["lines"] == ["shrinker", "stock"] and ax["xlabel"] == "virtual machines"
+    assert wan["ylabel"] == "(b) data on the WAN (MB)"
+    assert chunks["legend"] == ["fully sent", "deduplicated", "pulled from source"] and chunks["bars"] == 3

@@ -1,6 +1,5 @@
 """Shrinker under faults, on a testbed with two destination hypervisors: a peer serving
 corrupted chunks, the destination index restarted mid-migration, the source agent killed."""
-import json
 import threading
 
 import pytest
@@ -19,7 +18,7 @@ def sites():
     with own_testbed(description.load(ROOT / "tests" / "faults.toml")) as tb:
         res = tb.reserve({"rennes": 2, "nancy": 3}, walltime="0:30", name="shrinker-faults")
         tb.deploy(res.nodes)
-        src, dst = cluster.sites(res.nodes, "rennes", "nancy")
+        src, dst = cluster.sides(res.nodes, "rennes", "nancy")
         cluster.configure(src, dst, image.build())
         yield src, dst
         tb.release(res)
@@ -30,12 +29,8 @@ def guests(sites):
     src, dst = sites
     cluster.flush_redis(src, dst)
     plans = cluster.plan_cluster(src, dst, 2, "f")
-    try:
-        cluster.start_cluster(plans, "idle", 128, 32, 4)
+    with cluster.guests_running(plans, "idle", 128, 32, 4):
         yield plans
-    finally:
-        cluster.stop_agents(dst)
-        cluster.stop_cluster(plans)
 
 
 def redis_keys(node) -> int:
@@ -57,7 +52,7 @@ def in_background(fn):
     def target():
         try:
             out["value"] = fn()
-        except Exception as e:  # noqa: BLE001 - checked by the test
+        except Exception as e:      # checked by the test
             out["error"] = e
     t = threading.Thread(target=target)
     t.start()
@@ -67,38 +62,38 @@ def in_background(fn):
 def test_a_peer_serving_corrupted_chunks_is_caught(sites, guests):
     src, dst = sites
     assert guests[0].destination != guests[1].destination          # they are each other's peers
-    cluster.start_agents(dst, "--corrupt-every 5")
-    reports = cluster.migrate(guests, "shrinker", src, dst)
+    with cluster.agents_running(dst, "--corrupt-every 5"):
+        reports = cluster.migrate(guests, "shrinker", src, dst)
     assert sum(r["destination"].get("corrupt", 0) for r in reports) > 0
     assert all(c["runs_at_destination"] and c["source_gone"] for c in cluster.check(guests))
 
 
 def test_index_restarted_mid_migration_still_migrates_correctly(sites, guests):
     src, dst = sites
-    cluster.start_agents(dst)
-    t, out = in_background(lambda: cluster.migrate(guests, "shrinker", src, dst))
-    wait_until(lambda: redis_keys(src.redis) > 0)                   # the migration is under way
-    restart = remote.run("redis-cli -p 6379 shutdown nosave; redis-server /etc/redis/g5kdeploy.conf", [dst.redis])
-    assert restart.ok, restart.summary()
-    t.join(300)
+    with cluster.agents_running(dst):
+        t, out = in_background(lambda: cluster.migrate(guests, "shrinker", src, dst))
+        wait_until(lambda: redis_keys(src.redis) > 0)                   # the migration is under way
+        restart = remote.run("redis-cli -p 6379 shutdown nosave; redis-server /etc/redis/g5kdeploy.conf", [dst.redis])
+        assert restart.ok, restart.summary()
+        t.join(300)
     assert "error" not in out, out.get("error")                     # RAM verified equal at the stop
     assert all(c["runs_at_destination"] and c["source_gone"] for c in cluster.check(guests))
 
 
 def test_killed_source_agent_fails_cleanly(sites, guests):
     src, dst = sites
-    cluster.start_agents(dst)
     victim = guests[0]
-    t, out = in_background(lambda: cluster.migrate(guests, "shrinker", src, dst))
-    wait_until(lambda: redis_keys(src.redis) > 0)
-    agent = f"^/usr/bin/python3 -m g5kdeploy.shrinker.source --guest {victim.id} "   # not its ssh/sh parents
-    pid = remote.run(f"pgrep -f '{agent}'", [victim.source])[0].stdout.split()
-    assert len(pid) == 1, f"the source agent was not found: {pid}"
-    remote.run(f"kill -9 {pid[0]}", [victim.source])
-    t.join(300)
+    with cluster.agents_running(dst):
+        t, out = in_background(lambda: cluster.migrate(guests, "shrinker", src, dst))
+        wait_until(lambda: redis_keys(src.redis) > 0)
+        agent = f"^/usr/bin/python3 -m g5kdeploy.shrinker.source --guest {victim.id} "   # not its ssh/sh parents
+        pid = remote.run(f"pgrep -f '{agent}'", [victim.source])[0].stdout.split()
+        assert len(pid) == 1, f"the source agent was not found: {pid}"
+        remote.run(f"kill -9 {pid[0]}", [victim.source])
+        t.join(300)
     assert "error" in out and victim.source.short in str(out["error"])
     def ticks() -> int:
-        return json.loads(remote.run(f"{cluster.PY}.hv ticks --id {victim.id}", [victim.source])[0].stdout)["tick"]
+        return remote.run_module(victim.source, "g5kdeploy.shrinker.vmm", f"ticks --id {victim.id}")["tick"]
     first = ticks()
     wait_until(lambda: ticks() > first, timeout=10)                 # the guest goes on at the source
     left = remote.run("ls /var/lib/g5kdeploy/vms /dev/shm", [victim.destination])[0].stdout

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SMALL, invoke, own_testbed
+from conftest import ROOT, drawn, fake_testbed, invoke, own_testbed
 from experiments import blastx_sky
 from g5kdeploy import engine, remote
 from g5kdeploy.errors import UserError
@@ -67,11 +67,6 @@ def test_blast_errors_are_one_line(dataset, tmp_path):
     assert json.loads(p.stdout)["error"] == "BlastError: the query file holds no FASTA record"
 
 
-def _description():
-    from g5kdeploy.testbed import description
-    return description.load(SMALL)
-
-
 @pytest.mark.parametrize("change, word", [
     ({"platforms": [{"paris": 1}]}, "unknown site paris"),
     ({"platforms": [{"nancy": 3}]}, "need 4 nodes on nancy"),
@@ -84,26 +79,27 @@ def _description():
 def test_bad_parameters_are_refused(change, word):
     small = {"platforms": [{"rennes": 1}], "elastic": None, "loss": None}
     with pytest.raises(UserError, match=word):
-        blastx_sky.check_params({**blastx_sky.PARAMS, **small, **change}, _description())
+        engine.check(blastx_sky.EXPERIMENT, fake_testbed(), {**small, **change})
 
 
 def test_an_empty_query_file_is_refused(tmp_path):
     (tmp_path / "q.fasta").write_text("\n")
     with pytest.raises(UserError, match="holds no FASTA record"):
-        blastx_sky.check_params({**blastx_sky.PARAMS, "query_file": str(tmp_path / "q.fasta")}, _description())
+        engine.check(blastx_sky.EXPERIMENT, fake_testbed(), {"query_file": str(tmp_path / "q.fasta")})
 
 
 def test_nodes_needed_counts_the_master_and_the_grown_platform():
-    p = {**blastx_sky.PARAMS, "platforms": [{"rennes": 2}],
-         "elastic": {"start": {"rennes": 1}, "add": {"rennes": 2, "nancy": 1}, "at_fraction": 0.5},
-         "loss": {"workers": {"nancy": 2}, "at_fraction": 0.5}}
+    p = engine.parameters(blastx_sky.EXPERIMENT, {
+        "platforms": [{"rennes": 2}], "elastic": {"start": {"rennes": 1}, "add": {"rennes": 2, "nancy": 1},
+                                                  "at_fraction": 0.5},
+        "loss": {"workers": {"nancy": 2}, "at_fraction": 0.5}})
     assert blastx_sky.nodes_needed(p) == {"rennes": 4, "nancy": 2}
 
 
 @pytest.fixture(scope="module")
 def measured(small_description):
     with own_testbed(small_description) as tb:
-        run = engine.execute(blastx_sky, tb, {
+        run = engine.execute(blastx_sky.EXPERIMENT, tb, {
             "platforms": [{"rennes": 1}, {"rennes": 1, "nancy": 1}],
             "elastic": {"start": {"rennes": 1}, "add": {"nancy": 1}, "at_fraction": 0.25},
             "loss": {"workers": {"rennes": 1, "nancy": 1}, "at_fraction": 0.25},
@@ -149,13 +145,23 @@ def test_a_killed_worker_changes_nothing_but_time(measured):
 
 
 @pytest.mark.testbed
-def test_the_timeline_figures_and_cleanup(measured):
+def test_the_timeline_figures_and_cleanup(measured, tmp_path):
     _, run, df, left = measured
     ev = events(run.dir)
     assert len(ev[ev.stage == "blastx-task"]) == len(df[df.level == "task"])
     assert {"extend", "kill"} <= set(ev.phase)
     for name in ("table-3.2.csv", "fig-3.2-speedup.png", "fig-3.7-elastic.png"):
         assert (run.dir / "figures" / name).stat().st_size > 0
+    figures = drawn(blastx_sky.EXPERIMENT, run.dir, tmp_path)
+    speedup, efficiency = figures["fig-3.2-speedup.png"]
+    assert speedup["lines"] == ["measured", "linear", "host cores"] and speedup["xlabel"] == "worker cores"
+    assert efficiency["bars"] == 2                                     # one bar per static platform
+    elastic, extended, lost = figures["fig-3.7-elastic.png"]
+    assert elastic["lines"] == ["not extended (rennes:1)", "extended (rennes:1+nancy:1)", "ideal",
+                                "extension requested", "first task on new workers"]
+    tasks = df[df.level == "task"]
+    assert extended["bars"] == len(tasks[tasks.kind == "elastic"]) == 16      # one bar per task
+    assert lost["bars"] == len(tasks[tasks.kind == "loss"]) and lost["title"].startswith("(c) worker loss")
     assert all(r.ok and not r.stdout.strip() for r in left), [(r.host, r.stdout) for r in left]
 
 

@@ -14,7 +14,7 @@ from g5kdeploy.results import load
 @pytest.fixture(scope="module")
 def measured(small_description):
     with own_testbed(small_description) as tb:
-        run = engine.execute(blastx_sky, tb, {
+        run = engine.execute(blastx_sky.EXPERIMENT, tb, {
             "workers_on": "instances", "platforms": [{"rennes": 1}],
             "elastic": {"start": {"rennes": 1}, "add": {"nancy": 1}, "at_fraction": 0.25},
             "loss": {"workers": {"rennes": 1, "nancy": 1}, "at_fraction": 0.25},

@@ -68,8 +68,8 @@ def test_resume_with_other_parameters_or_no_such_run_is_one_line(tmp_path):
 def test_guard_uses_declared_then_past_durations(tmp_path):
     earlier = Run("demo", {}, root=tmp_path)
     for d in (40.0, 50.0, 60.0):
-        earlier.event("copy", "end", duration_s=d, status="ok")
-    earlier.event("copy", "end", duration_s=999.0, status="failed: boom")     # failures do not count
+        earlier.event("copy", "end", duration_s=d, outcome="ok")
+    earlier.event("copy", "end", duration_s=999.0, outcome="failed: boom")     # failures do not count
     run = Run("demo", {}, root=tmp_path)
     assert engine.expected_duration(run, "copy") == 50.0
     run.deadline = lambda: time.time() + engine.MARGIN_S + 45
@@ -83,23 +83,13 @@ def test_guard_uses_declared_then_past_durations(tmp_path):
 
 
 def test_a_skipped_point_fails_the_run_after_the_others(tmp_path, monkeypatch):
-    import types
-    from g5kdeploy.testbed.local import LocalTestbed
+    from conftest import experiment_of, fake_testbed
     monkeypatch.setenv("G5KDEPLOY_RESULTS", str(tmp_path))
 
     def main(run, testbed):
         engine.sweep(run, POINTS, _measure(run, fail_at=POINTS[1]))
 
-    class NoNodes(LocalTestbed):      # the engine only asks it for its deadline and ssh settings
-        def __init__(self):
-            super(LocalTestbed, self).__init__()
-            self.description = types.SimpleNamespace(source={"name": "none"})
-
-        def ssh_settings(self):
-            return {"user": "root"}
-
-    module = types.SimpleNamespace(NAME="demo", PARAMS={}, main=main)
     with pytest.raises(RuntimeError, match=r"1 sweep point\(s\) failed"):
-        engine.execute(module, NoNodes())
+        engine.execute(experiment_of("demo", main), fake_testbed())
     run_dir = next((tmp_path / "demo").iterdir())
     assert len(pd.read_parquet(run_dir / "rows.parquet")) == 10

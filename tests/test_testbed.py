@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from conftest import invoke, own_testbed
+from conftest import drawn, invoke, own_testbed
+from g5kdeploy import engine
 from g5kdeploy import remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.remote import probe
@@ -140,6 +141,10 @@ def test_experiment_testbed_check_writes_rows(tb, tmp_path):
     assert (df[df.metric == "exec_latency"].hosts_ok == df[df.metric == "exec_latency"].nodes).all()
     assert json.load(open(f"{run_dir}/params.json"))["params"]["repeats"] == 1
     assert _active_jobs(tb) == {}
+    latency, throughput = drawn(engine.load_experiment("testbed-check"), run_dir, tmp_path)["testbed-check.png"]
+    assert latency["lines"] == ["ssh", "taktuk"] and latency["xlabel"] == "nodes"
+    assert throughput["bars"] == 2 * len(df[df.metric == "throughput"]) and throughput["yscale"] == "log"
+    assert throughput["legend"] == ["configured", "measured (iperf3)"]
 
 
 def test_unknown_experiment_and_param_are_one_line(tb):

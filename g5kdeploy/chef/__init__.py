@@ -190,7 +190,7 @@ def apply(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | No
 
 
 def apply_all(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | None = None,
-              runner: str = "itamae", logdir: Path | None = None, min: int | None = None  # noqa: A002
+              runner: str = "itamae", logdir: Path | None = None, min: int | None = None
               ) -> list[Converge]:
     """`apply`, going on when at least `min` nodes (default: all) converged; else raising
     with each failed node and its reason. Failed nodes stay in the list (`ok` false)."""

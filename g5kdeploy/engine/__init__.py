@@ -2,19 +2,24 @@
 sweeps that resume; a walltime guard that stops cleanly before a stage cannot fit."""
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Callable, Iterable
 
 from g5kdeploy import jsonlines, remote
+from g5kdeploy.engine.experiment import Experiment, describe, param, parameters
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import console
 from g5kdeploy.results import Run, load, stored_params
-from g5kdeploy.testbed import NodeSet, Testbed
+from g5kdeploy.testbed import Feature, NodeSet, Testbed
+
+__all__ = ["Experiment", "param", "parameters", "describe", "load_experiment", "check", "execute", "redraw", "stage",
+           "reserved", "sweep", "WalltimeReached"]
 
 MARGIN_S = 15     # kept in reserve at the end of a reservation: releasing, saving the rows
 
@@ -35,7 +40,7 @@ def expected_duration(run: Run, name: str) -> float | None:
         run.durations = {}
         for path in sorted(run.dir.parent.glob("*/events.jsonl")):
             for e in jsonlines.read(path):
-                if e.get("phase") == "end" and e.get("status") == "ok" and e.get("node") is None:
+                if e.get("phase") == "end" and e.get("outcome", e.get("status")) == "ok" and e.get("node") is None:
                     run.durations.setdefault(e["stage"], []).append(e["duration_s"])
     found = run.durations.get(name)
     return statistics.median(found) if found else None
@@ -65,16 +70,16 @@ def stage(run: Run, name: str, nodes=None, expected_s: float | None = None, clea
     for n in names:
         run.event(name, "start", n)
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] stage [bold]{name}[/bold]")
-    status = "ok"
+    outcome = "ok"
     try:
         yield
     except BaseException as e:
-        status = f"failed: {type(e).__name__}: {e}"
+        outcome = f"failed: {type(e).__name__}: {e}"
         raise
     finally:
         for n in names:
-            run.event(name, "end", n, duration_s=time.time() - t0, status=status)
-        if status == "ok" and run.durations is not None:
+            run.event(name, "end", n, duration_s=time.time() - t0, outcome=outcome)
+        if outcome == "ok" and run.durations is not None:
             run.durations.setdefault(name, []).append(time.time() - t0)
 
 
@@ -106,7 +111,7 @@ def sweep(run: Run, points: Iterable[dict], measure: Callable[[dict], None],
                 measure(p)
         except (WalltimeReached, UserError):
             raise
-        except Exception as e:  # noqa: BLE001 - a failed point is skipped, the sweep goes on
+        except Exception as e:      # a failed point is skipped, the sweep goes on
             run.mark(key, "skipped", error=f"{type(e).__name__}: {e}")
             console.print(f"[yellow]point {key} skipped: {type(e).__name__}: {e}")
         else:
@@ -118,29 +123,62 @@ def sweep(run: Run, points: Iterable[dict], measure: Callable[[dict], None],
             "todo": sum(k not in done and k not in skipped for k in keys)}
 
 
-def parameters(module: ModuleType, overrides: dict) -> dict:
-    """The module's PARAMS, its FULL grid on top when `full` is true, then the overrides."""
-    full = getattr(module, "FULL", {}) if str(overrides.get("full", "")).lower() in ("true", "1") else {}
-    return {**module.PARAMS, **full, **overrides}
+@contextmanager
+def reserved(run: Run, testbed: Testbed, request: dict[str, int], walltime: str | int, name: str,
+             keep: bool = False, **options):
+    """testbed.reserved() as the run's `reserve` and `release` stages: released once on every
+    exit (failure, Ctrl-C, SIGTERM, the walltime guard); `keep=True`: only on failure."""
+    with stage(run, "reserve"):
+        res = testbed.reserve(request, walltime, name, **options)
+    with testbed.releasing(res, keep, around=lambda: stage(run, "release", cleanup=True)):
+        yield res
 
 
-def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None,
+def load_experiment(name: str) -> Experiment:
+    """experiments/<name>.py's EXPERIMENT (`blastx-sky` is experiments/blastx_sky.py)."""
+    try:
+        module = importlib.import_module(f"experiments.{name.replace('-', '_')}")
+    except ModuleNotFoundError as e:
+        if e.name != f"experiments.{name.replace('-', '_')}":
+            raise
+        raise UserError(f"unknown experiment {name!r}: see the experiments/ directory") from None
+    experiment = getattr(module, "EXPERIMENT", None)
+    if not isinstance(experiment, Experiment):
+        raise UserError(f"experiments/{module.__name__.split('.')[-1]}.py defines no EXPERIMENT = <Experiment>()")
+    return experiment
+
+
+def check(experiment: Experiment, testbed: Testbed, overrides: dict | None = None):
+    """The experiment's Params from the overrides, once the testbed is known to have the
+    features they need and the experiment's own checks passed; else a one-line UserError."""
+    params = parameters(experiment, overrides)
+    lacking = experiment.needs(params) - testbed.features
+    if missing := [f.value for f in Feature if f in lacking]:
+        raise UserError(f"{experiment.name} with these parameters needs {' and '.join(missing)}, which the "
+                        f"{testbed.kind} testbed does not offer: run it with --testbed local")
+    experiment.validate(params, testbed)
+    return params
+
+
+def execute(experiment: Experiment, testbed: Testbed, overrides: dict | None = None,
             resume: str | None = None) -> Run:
-    """Run an experiment module (NAME, PARAMS, main(run, testbed, **params)) into a run directory,
-    or go on with run `resume` (its stored parameters, under the overrides). Its
-    check_params(params, description), if any, runs first: bad parameters leave no run. params.json ends with the OAR jobs, the nodes used and those left out;
-    a sweep point that failed fails the run once the others are done."""
-    overrides = {**(stored_params(module.NAME, resume) if resume else {}), **(overrides or {})}
-    params = parameters(module, overrides)
-    if check := getattr(module, "check_params", None):
-        check(params, testbed.description)
-    run = Run(module.NAME, params, testbed=testbed.description.source, run_id=resume, resume=bool(resume))
+    """Run an experiment into a run directory, or go on with run `resume` (its stored
+    parameters, under the overrides). Parameters are parsed, the testbed's features and
+    the experiment's own checks run first: what cannot run leaves no run and reserves
+    nothing. params.json ends with the OAR jobs, the nodes used and those left out; a
+    sweep point that failed fails the run once the others are done."""
+    overrides = {**(stored_params(experiment.name, resume) if resume else {}), **(overrides or {})}
+    params = check(experiment, testbed, overrides)
+    if request := experiment.request(params, testbed):
+        testbed.check_request(request, experiment.job_name)
+    run = Run(experiment.name, dataclasses.asdict(params), testbed=testbed.description.source, run_id=resume,
+              resume=bool(resume))
     run.deadline = testbed.deadline
     ssh = testbed.ssh_settings()
     remote.use_gateway(f"{ssh['gateway_user']}@{ssh['gateway']}" if ssh.get("gateway") else None)
     first, failed_before = len(testbed.used), dict(testbed.failed_nodes)
     try:
-        module.main(run, testbed, **params)
+        experiment.main(run, testbed, params)
         if skipped := run.points("skipped"):
             raise RuntimeError(f"{len(skipped)} sweep point(s) failed and were skipped (the others' rows are "
                                f"saved): reasons in {run.dir / 'sweep' / 'skipped.jsonl'}")
@@ -157,12 +195,10 @@ def execute(module: ModuleType, testbed: Testbed, overrides: dict | None = None,
                  oar_jobs=[{"site": s, "job": j, "adopted": s in r.adopted} for r in mine for s, j in r.jobs.items()])
         if run.rows:
             run.save()
-            redraw(module, run.dir)
+            redraw(experiment, run.dir)
     return run
 
 
-def redraw(module: ModuleType, run_dir: str | Path) -> list[Path]:
-    """A run's figures drawn from its rows (an experiment without `figures` draws none)."""
-    if not hasattr(module, "figures"):
-        return []
-    return module.figures(load(run_dir), Path(run_dir) / "figures")
+def redraw(experiment: Experiment, run_dir: str | Path) -> list[Path]:
+    """A run's figures drawn from its rows."""
+    return experiment.figures(load(run_dir), Path(run_dir) / "figures")

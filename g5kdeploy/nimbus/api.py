@@ -15,14 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from g5kdeploy import on_node
 from g5kdeploy.nimbus import ec2, propagation, sigv4, ssh, web
-from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud, command
+from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
 from g5kdeploy.nimbus.ec2 import EC2Error
 from g5kdeploy.nimbus.store import Store
 from g5kdeploy.vm.qemu import VMS
 
 log = logging.getLogger("nimbus.api")
-VMM = command("vmm")
+VMM = on_node("g5kdeploy.nimbus.vmm")
 ALIVE = ("pending", "running")
 
 
@@ -147,7 +148,7 @@ class Service:
                              *([f"--share {shlex.quote(i['tags']['share'])}"] if i["tags"].get("share") else [])])
             try:
                 out = json.loads(ssh.run(key, i["vmm"], f"{VMM} start {args}"))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._terminate(i, f"start failed: {e}")
                 return
             if self.store.get(i["id"])["state"] not in ALIVE:       # terminated while launching
@@ -168,7 +169,7 @@ class Service:
             try:
                 propagation.propagate(self.cloud, mode, str(image), image.stem, self.digest(image), placement, tag,
                                       delivered)
-            except Exception as e:  # noqa: BLE001 - the instances not yet started carry the failure
+            except Exception as e:  # the instances not yet started carry the failure
                 log.exception("propagation failed")
                 for i in instances:
                     if i not in ready:
@@ -242,7 +243,7 @@ class Service:
             return 200, ec2.response(action, self.ACTIONS[action](self, params))
         except EC2Error as e:
             return e.status, ec2.error(e)
-        except Exception as e:  # noqa: BLE001 - reported to the client as EC2 does
+        except Exception as e:  # reported to the client as EC2 does
             log.exception("internal error")
             return 500, ec2.error(EC2Error("InternalError", f"{type(e).__name__}: {e}", 500))
 

@@ -26,7 +26,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PORT = 8790
+from g5kdeploy.nimbus.config import CHAIN_PORT, LIB
+
+PORT = CHAIN_PORT
 CHUNK = 256 * 1024            # bytes read, written and forwarded at a time
 IDLE_TIMEOUT_S = 60           # a silent upstream, or a next hop that does not answer, fails the stream
 REPORT_TIMEOUT_S = 600        # how long a VMM waits for the outcomes of the rest of the chain
@@ -225,7 +227,7 @@ class _Server(socketserver.ThreadingTCPServer):
 
 def serve(config: dict) -> _Server:
     """The VMM's chain daemon: one thread per stream."""
-    token, root = config["token"], Path(config.get("root", "/var/lib/nimbus"))
+    token, root = config["token"], Path(config.get("root", LIB))
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):

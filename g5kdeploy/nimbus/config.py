@@ -6,17 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from g5kdeploy import on_node
-
 CONFIG = Path("/etc/nimbus/cloud.json")
 PROPAGATION_MODES = ("scp", "chain", "qcow", "chain+qcow")
 INSTANCE_TYPES = {"m1.tiny": 96, "m1.small": 128, "m1.medium": 256, "m1.large": 512}   # MiB of guest RAM
+API_PORT = 8773                 # every cloud's EC2 API, on its service node
+BROKER_PORT = 8774              # its context broker
+CHAIN_PORT = 8790               # the VMMs' chain daemons (nimbus.chain)
 LIB = Path("/var/lib/nimbus")   # on service and VMM nodes: repository/, boot/, cache/, incoming/, vms/
-
-
-def command(module: str) -> str:
-    """The shell command that runs `g5kdeploy.nimbus.<module>` on a node."""
-    return on_node(f"g5kdeploy.nimbus.{module}")
 
 
 @dataclass
@@ -35,14 +31,14 @@ class Cloud:
     prefix: int
     gateway: str
     broker: str                           # host:port the guests reach
-    api_port: int = 8773
+    api_port: int = API_PORT
     redis: str = "127.0.0.1:6379"
     propagation: str = "qcow"
     ssh_key: str = "/root/.ssh/nimbus_id"
     bridge: str = "br0"
     repository: str = str(LIB / "repository")
     context_timeout_s: int = 300          # a guest not contextualized by then is stopped
-    chain_port: int = 8790                # the VMMs' chain daemons (nimbus.chain)
+    chain_port: int = CHAIN_PORT
     chain_token: str = ""
 
     @classmethod

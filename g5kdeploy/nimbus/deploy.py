@@ -1,6 +1,7 @@
 """The frontend side of deploy-nimbus: plan one cloud per site on reserved nodes, converge
 the service and VMM roles on them in parallel, fill each repository, check each cloud answers
-boto3, and write the clouds file (endpoints and credentials) that clients read."""
+boto3, and write the clouds file (endpoints and credentials) that clients read. `build` does
+all of it with one row per node and stage, for every experiment that needs clouds."""
 from __future__ import annotations
 
 import hashlib
@@ -14,14 +15,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from g5kdeploy import chef, remote
+from g5kdeploy import HOME, chef, remote
 from g5kdeploy.errors import UserError
-from g5kdeploy.testbed.model import Node, NodeSet
+from g5kdeploy.nimbus.config import API_PORT, BROKER_PORT, CHAIN_PORT, LIB
+from g5kdeploy.testbed.model import Node, NodeSet, heads
 from g5kdeploy.vm import image as vm_image
 from g5kdeploy.vm.image import GuestImage
 
-API_PORT = 8773
-REPOSITORY = "/var/lib/nimbus/repository"
+REPOSITORY = str(LIB / "repository")
+CLOUDS = HOME / "nimbus" / "clouds.json"      # endpoints and credentials of the clouds up
 
 
 @dataclass
@@ -55,15 +57,14 @@ def plan(nodes: NodeSet, description) -> list[CloudPlan]:
     """Per site: the first node runs the service, the others are VMMs; guests get the upper
     half of the site subnet (nodes hold the lower part, the gateway its last address)."""
     plans = []
-    for site, site_nodes in nodes.by_site().items():
-        if len(site_nodes) < 2:
+    for site, (service, vmms) in heads(nodes).items():
+        if not vmms:
             raise UserError(f"site {site} needs at least 2 nodes (a service node and a VMM)")
         subnet = description.site_subnet(site)
         hosts = list(subnet.hosts())
         taken = sum(1 for n in description.nodes() if n.site == site)
         pool = (str(hosts[max(taken + 1, len(hosts) // 2)]), str(hosts[-2]))
-        ordered = sorted(site_nodes, key=lambda n: n.address)
-        plans.append(CloudPlan(site, ordered[0], ordered[1:], pool, subnet.prefixlen, description.site_gateway(site)))
+        plans.append(CloudPlan(site, service, vmms, pool, subnet.prefixlen, description.site_gateway(site)))
     return plans
 
 
@@ -73,12 +74,14 @@ def assignments(plans: list[CloudPlan], vmm_memory_mb: int, propagation: str) ->
         out[p.service] = ("nimbus-service", {
             "g5kdeploy": {"address": p.service.address},
             "nimbus": {"site": p.site, "credentials": {p.access_key: p.secret_key}, "pool": list(p.pool),
+                       "api_port": API_PORT, "broker_port": BROKER_PORT, "chain_port": CHAIN_PORT,
                        "prefix": p.prefix, "gateway": p.gateway, "propagation": propagation,
                        "chain_token": p.chain_token,
                        "vmms": [{"host": v.hostname, "memory_mb": vmm_memory_mb, "cpus": 1} for v in p.vmms]}})
         for v in p.vmms:
             out[v] = ("nimbus-vmm", {"g5kdeploy": {"address": v.address},
-                                     "nimbus": {"prefix": p.prefix, "chain_token": p.chain_token}})
+                                     "nimbus": {"prefix": p.prefix, "chain_token": p.chain_token,
+                                                "chain_port": CHAIN_PORT}})
     return out
 
 
@@ -164,7 +167,76 @@ def teardown(path: Path, testbed) -> list[str]:
     if jobs:
         try:
             testbed.release(Reservation(jobs, NodeSet(), datetime.now(), "nimbus"))
-        except Exception as e:  # noqa: BLE001 - jobs of a testbed that was rebuilt are gone already
+        except Exception as e:      # jobs of a testbed that was rebuilt are gone already
             problems.append(f"OAR jobs {sorted(jobs.values())}: {e}")
     path.unlink()
     return problems
+
+
+def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512, propagation: str = "qcow",
+          image: str = vm_image.NAME, image_size_mb: int = 32, payload: Path | None = None, runner: str = "itamae",
+          **columns) -> dict:
+    """Deploy, converge and check one cloud per site of the reservation, into the run's rows
+    (with `columns` added), each step in `stage` (the engine's: this layer is below it);
+    the clouds' client information. Also writes the run's clouds.json (without secrets)."""
+    plans = plan(res.nodes, testbed.description)
+    rows = Rows(run, plans, columns)
+    rows.add_all(res.nodes, "reserve", reserved_at, time.time())
+    t = time.time()
+    with stage(run, "deploy"):
+        outcomes = testbed.deploy(res.nodes)
+    for host, o in outcomes.items():
+        rows.add(host, "deploy", t, t + o.duration_s, o.ok, o.error)
+    rows.fail_if("deployment")
+    with stage(run, "configure"):
+        t = time.time()
+        guest = vm_image.build(size_mb=int(image_size_mb), payload=payload and Path(payload))
+        rows.add("frontend", "image", t, time.time(), True)
+        converged = configure(plans, guest, CLOUDS.parent, int(vmm_memory_mb), propagation, runner, run.dir / "logs")
+        for c in converged:
+            rows.add(c.host, "ship", c.ship_start, c.ship_end, c.shipped, "" if c.shipped else c.error)
+            if c.shipped:
+                rows.add(c.host, "configure", c.start, c.end, c.ok, c.error, changed=c.changed)
+        t = time.time()
+        for r in upload_image(plans, guest, image):
+            rows.add(r.host, "upload", t, t + r.duration_s, r.ok, r.error)
+    rows.fail_if("configuration")
+    clouds = {p.site: p.client_info(res.jobs) for p in plans}
+    with stage(run, "verify"):
+        for p in plans:
+            t = time.time()
+            images = verify(clouds[p.site])
+            rows.add(p.service.hostname, "verify", t, time.time(), image in images, images=",".join(images))
+    rows.fail_if("verification")
+    (run.dir / "clouds.json").write_text(json.dumps(
+        {s: {k: v for k, v in c.items() if k != "secret_key"} for s, c in clouds.items()}, indent=2))
+    return clouds
+
+
+class Rows:
+    """The run's rows, one per node and stage, with each node's site and role."""
+
+    def __init__(self, run, plans: list[CloudPlan], columns: dict | None = None):
+        self.run, self.failed, self.columns = run, [], columns or {}
+        self.where = {"frontend": ("", "frontend")}
+        for p in plans:
+            self.where[p.service.hostname] = (p.site, "service")
+            self.where.update({v.hostname: (p.site, "vmm") for v in p.vmms})
+
+    def add(self, host: str, stage_name: str, start: float, end: float, ok: bool, error: str = "", **extra) -> None:
+        site, role = self.where[host]
+        outcome = "ok" if ok else "failed"
+        self.run.row(**self.columns, site=site, node=host, role=role, stage=stage_name, start=round(start, 3),
+                     end=round(end, 3), duration_s=round(end - start, 3), outcome=outcome, error=error or "", **extra)
+        self.run.event(stage_name, "start", host, t=start)
+        self.run.event(stage_name, "end", host, t=end, duration_s=round(end - start, 3), outcome=outcome)
+        if not ok:
+            self.failed.append(f"{host} ({stage_name}): {error}")
+
+    def add_all(self, nodes, stage_name: str, start: float, end: float) -> None:
+        for n in nodes:
+            self.add(n.hostname, stage_name, start, end, True)
+
+    def fail_if(self, what: str) -> None:
+        if self.failed:
+            raise RuntimeError(f"{what} failed on " + "; ".join(self.failed))

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from g5kdeploy import on_node
 from g5kdeploy.nimbus import chain, ssh
-from g5kdeploy.nimbus.config import CONFIG, LIB, Cloud, command
+from g5kdeploy.nimbus.config import CONFIG, LIB, Cloud
 
 CACHE = LIB / "cache"
 INCOMING = LIB / "incoming"
@@ -43,7 +44,7 @@ def _scp(cloud: Cloud, source: str, host: str, path: str, digest: str, keep_as: 
     """scp a copy, then check it on the VMM (removed if wrong; installed as `keep_as` if given)."""
     try:
         ssh.scp(cloud.ssh_key, source, host, path)
-        ssh.run(cloud.ssh_key, host, f"{command('propagation')} verify {path} {digest}"
+        ssh.run(cloud.ssh_key, host, f"{on_node('g5kdeploy.nimbus.propagation')} verify {path} {digest}"
                                      + (f" --keep-as {keep_as}" if keep_as else ""))
     except ssh.RemoteError as e:
         return Delivery(host, False, time.time(), error=str(e))

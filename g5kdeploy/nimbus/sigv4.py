@@ -1,6 +1,7 @@
 """AWS Signature Version 4 checks for requests to our EC2 endpoint (standard library only)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -28,7 +29,7 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 def _canonical_query(query: str) -> str:
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    q = lambda s: urllib.parse.quote(s, safe="-_.~")   # noqa: E731
+    q = functools.partial(urllib.parse.quote, safe="-_.~")
     return "&".join(f"{q(k)}={q(v)}" for k, v in sorted(pairs))
 
 

@@ -5,6 +5,7 @@ are reported and can be filtered out, never raised as one bulk exception."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -15,6 +16,7 @@ from typing import Iterable
 
 import execo
 
+from g5kdeploy import on_node
 from g5kdeploy.errors import UserError
 from g5kdeploy.remote import _execo_py3
 from g5kdeploy.testbed.model import Node, expand_hostlist
@@ -130,6 +132,20 @@ def run(command: str, hosts, method: str = "ssh", timeout: float | None = None) 
         if timeout and r.exit_code in (124, 137):
             r.ok, r.error = False, f"timeout after {timeout} s"
     return results
+
+
+def run_module(node, module: str, args: str = "", timeout: float | None = 600) -> dict:
+    """Run `python3 -m <module> <args>` from the sources on a node; the JSON it prints
+    (`{}` for none). A failure raises RuntimeError with the node and its error."""
+    r = run(f"{on_node(module)} {args}", [node], timeout=timeout)[0]
+    try:
+        out = json.loads(r.stdout) if r.stdout.strip() else {}
+    except json.JSONDecodeError:
+        out = {}
+    if not r.ok:
+        why = out.get("error") if isinstance(out, dict) else None
+        raise RuntimeError(f"{str(node).split('.')[0]}: {why or r.error or r.stderr.strip()[-300:]}")
+    return out
 
 
 def put(local_files: list[str | Path], hosts, remote_dir: str = ".", method: str = "ssh") -> Results:

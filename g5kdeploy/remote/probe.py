@@ -32,3 +32,29 @@ def rtt_ms(src: Node, dst: Node, count: int = 10) -> float:
         raise RuntimeError(f"ping {src} -> {dst}: {r.summary()}")
     times = [float(t) for t in re.findall(r"time=([\d.]+) ms", r[0].stdout)]
     return statistics.median(times)
+
+
+def paths(nodes) -> list[tuple]:
+    """Two nodes of each site (intra) and the first node of each pair of sites, both ways (inter)."""
+    sites = nodes.by_site()
+    out = [(s[0], s[1], "intra") for s in sites.values() if len(s) > 1]
+    firsts = [s[0] for s in sites.values()]
+    return out + [(a, b, "inter") for a in firsts for b in firsts if a is not b]
+
+
+def configured_mbit(testbed, src: Node, dst: Node) -> float:
+    """The rate the testbed gives the path src -> dst (NaN where it does not say)."""
+    from g5kdeploy.testbed import Feature
+    if Feature.RATES not in testbed.features:
+        return float("nan")
+    rates = testbed.rates()
+    if src.site == dst.site:
+        return rates["lan"][src.site] / 1e6
+    return rates["wan"]["|".join(sorted((src.site, dst.site)))] / 1e6
+
+
+def throughput_row(testbed, src: Node, dst: Node, scope: str, seconds: float) -> dict:
+    """One measured path beside its configured rate."""
+    return {"metric": "throughput", "src": src.hostname, "dst": dst.hostname, "scope": scope,
+            "throughput_mbit_s": throughput(src, dst, seconds) / 1e6,
+            "configured_mbit_s": configured_mbit(testbed, src, dst)}

@@ -151,3 +151,20 @@ def load(run_dir: str | Path) -> pd.DataFrame:
 
 def events(run_dir: str | Path) -> pd.DataFrame:
     return pd.read_json(Path(run_dir) / "events.jsonl", lines=True)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (figures are drawn without a display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay a figure out, write it as a PNG and free it; its path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

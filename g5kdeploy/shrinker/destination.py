@@ -20,10 +20,7 @@ import traceback
 from collections import defaultdict
 
 from g5kdeploy.shrinker import chunks as C
-from g5kdeploy.vm.qemu import QMP
-
-RAM = "/dev/shm/g5kvm-{guest}"
-QMP_PATH = "/var/lib/g5kdeploy/vms/{guest}/qmp.sock"
+from g5kdeploy.vm.qemu import QMP, QMP_SOCKET, RAM, VMS
 BATCH = 1024
 PULL_POLICIES = ("deferred", "at-once")
 
@@ -133,7 +130,7 @@ class Migration:
         self.agent, self.inp, self.out = agent, inp, out
         self.guest, self.chunk = hello["guest"], hello["chunk"]
         self.hash, self.dsize = C.digest_fn(hello["digest"]), C.ALGORITHMS[hello["digest"]]
-        self.path = RAM.format(guest=self.guest)
+        self.path = RAM.format(name=self.guest)
         self.fd = os.open(self.path, os.O_RDWR)
         if os.fstat(self.fd).st_size != hello["size"]:
             raise RuntimeError(f"{self.path} is not {hello['size']} bytes: is the destination QEMU started?")
@@ -173,7 +170,7 @@ class Migration:
     def run(self) -> None:
         """Read the channel; digests go, a round at a time, to one resolver thread (the reader
         never waits for it: pull replies arrive on this same channel)."""
-        self.qmp = QMP(QMP_PATH.format(guest=self.guest))      # opened now: `cont` must be quick
+        self.qmp = QMP(str(VMS / self.guest / QMP_SOCKET))      # opened now: `cont` must be quick
         self.send(C.HELLO)
         work: queue.Queue = queue.Queue()
         resolver = threading.Thread(target=self.resolver, args=(work,), daemon=True)
@@ -247,7 +244,7 @@ class Migration:
                     self.send(C.ROUND_ACK, number, json.dumps({"deferred": len(self.deferred)}).encode())
                 if number == 1:               # most of the RAM is in place: copy it now, out of
                     self.update_snapshot()    # the downtime; the stop re-reads what changes after
-            except Exception as e:  # noqa: BLE001 - the source resumes its guest
+            except Exception as e:  # the source resumes its guest
                 traceback.print_exc()
                 self.send(C.ABORT, 0, f"{type(e).__name__}: {e}".encode())
                 return
@@ -371,7 +368,7 @@ class Handler(socketserver.StreamRequestHandler):
             if migration and migration.guest not in agent.done:     # its source went away
                 print(f"{migration.guest}: the source closed the channel", file=sys.stderr, flush=True)
                 agent.index.forget(migration.guest)
-        except Exception as e:  # noqa: BLE001 - reported to the source, then the channel closes
+        except Exception as e:  # reported to the source, then the channel closes
             traceback.print_exc()
             with contextlib.suppress(OSError):
                 C.send(self.wfile, C.ABORT, 0, f"{type(e).__name__}: {e}".encode())

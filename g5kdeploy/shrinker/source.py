@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-deferred", type=int, default=16, help="unresolved digests the stop may leave to pulls")
     try:
         result = Source(p.parse_args(argv)).migrate()
-    except Exception as e:  # noqa: BLE001 - one line for the orchestrator
+    except Exception as e:  # one line for the orchestrator
         json.dump({"error": f"{type(e).__name__}: {e}"}, sys.stdout)
         sys.exit(1)
     json.dump(result, sys.stdout)

@@ -10,6 +10,7 @@ import json
 import tarfile
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from g5kdeploy import chef, on_node, remote
 from g5kdeploy.progress import parallel
 from g5kdeploy.sky.data import DB_NAME
 from g5kdeploy.testbed.model import Node
+from g5kdeploy.vm import image as vm_image
 
 ROOT = "/var/lib/g5kdeploy-sky"           # on every node of the platform (the sky-node role makes it)
 DB = f"{ROOT}/db/{DB_NAME}"
@@ -72,7 +74,6 @@ mkdir -p /host && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,ms
 mount -t proc proc /host/proc && mount -t devtmpfs dev /host/dev && mount -t tmpfs tmpfs /host/tmp || exit 1
 exec chroot /host {command}
 """
-IMAGE = "debian"                          # the image deploy-nimbus registers in every cloud
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _spawn(node: Node, command: str, log: str, what: str) -> Daemon:
 
 @dataclass
 class Platform:
-    """The scheduler and its workers; `stop()` ends every daemon it started."""
+    """The scheduler and its workers, for the block of `running()`."""
     master: Node
     threads: int = 1
     scheduler: Daemon | None = None
@@ -117,16 +118,24 @@ class Platform:
     def address(self) -> str:
         return f"tcp://{self.master.address}:{PORT}"
 
-    def start(self) -> "Platform":
+    @contextmanager
+    def running(self):
+        """`with Platform(master).running() as plat:` the scheduler up for the block; every
+        daemon and instance it started ended when the block ends."""
+        try:
+            self._start()
+            yield self
+        finally:
+            self._stop()
+
+    def _start(self) -> None:
         log = f"{ROOT}/scheduler.log"
         self.scheduler = _spawn(self.master, f"{SCHEDULER} --host {self.master.address} "
                                              f"--port {PORT} --no-dashboard", log, "Dask scheduler")
         up = remote.run(f"for i in $(seq 150); do grep -q 'Scheduler at' {log} && exit 0; "
                         f"kill -0 {self.scheduler.pid} || break; sleep 0.2; done; tail -3 {log}; exit 1", [self.master])[0]
         if not up.ok:
-            self.stop()
             raise RuntimeError(f"the Dask scheduler did not start on {self.master.short}: {up.stdout.strip()[-300:]}")
-        return self
 
     def _worker(self, name: str, local_dir: str) -> str:
         return (f"{WORKER} {self.address} --name {name} --nthreads {self.threads} --no-nanny --no-dashboard "
@@ -147,7 +156,7 @@ class Platform:
     def add_instances(self, ec2, site: str, count: int, instance_type: str) -> list[str]:
         """Ask a site's cloud for `count` instances that boot into workers of this platform
         (they join when booted); their names."""
-        r = ec2.run_instances(ImageId=IMAGE, MinCount=count, MaxCount=count, InstanceType=instance_type,
+        r = ec2.run_instances(ImageId=vm_image.NAME, MinCount=count, MaxCount=count, InstanceType=instance_type,
                               UserData=INSTANCE_WORKER.format(command=self._worker(f"{site}/$g5k_id", "/tmp/dask")),
                               TagSpecifications=[{"ResourceType": "instance", "Tags": [
                                   {"Key": "share", "Value": "/"}, {"Key": "role", "Value": "dask-worker"}]}])
@@ -162,7 +171,7 @@ class Platform:
         instance terminated."""
         self.workers.pop(name).stop("KILL")
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         for daemon in [*self.workers.values(), *([self.scheduler] if self.scheduler else [])]:
             daemon.stop()
         self.workers.clear()

@@ -5,22 +5,33 @@ walltime, deployment thresholds and the EnOSlib export are the same on both back
 and live here; a backend gives its OAR (`scheduler`), its nodes and its reimaging."""
 from __future__ import annotations
 
+import enum
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import Outcome, console
 from g5kdeploy.testbed.description import Description
-from g5kdeploy.testbed.model import Node, NodeSet, Reservation, parse_walltime
+from g5kdeploy.testbed.model import Node, NodeSet, Reservation, heads, parse_walltime
 from g5kdeploy.testbed.oar import Job, Scheduler, enclosing_job
 
-__all__ = ["Testbed", "Node", "NodeSet", "Reservation", "open"]
+__all__ = ["Feature", "Testbed", "Node", "NodeSet", "Reservation", "heads", "open"]
 KINDS = ("local", "g5k")
+
+
+class Feature(enum.Enum):
+    """What only some backends can do; an experiment names those it needs."""
+    SHAPING = "link shaping (tc)"
+    RATES = "configured link rates"
+    WAN_BYTES = "WAN byte counters"
 
 
 class Testbed(ABC):
@@ -29,6 +40,8 @@ class Testbed(ABC):
     description: Description
     scheduler: Scheduler
     environments: tuple[str, ...]
+    features: frozenset[Feature] = frozenset()
+    queues = True                # a request that busy nodes cannot meet waits (False: refused at once)
     batch_prefix = ""            # what a batch job's `invoke` runs under (local: sudo)
 
     def __init__(self) -> None:
@@ -54,9 +67,23 @@ class Testbed(ABC):
     def output_dir(self) -> Path:
         """Where OAR writes batch jobs' OAR.<id>.stdout and .stderr."""
 
-    @abstractmethod
     def shape(self, a: str, b: str, rate: str) -> None:
         """Limit traffic between sites a and b (a == b: the site's LAN links)."""
+        self.require(Feature.SHAPING)
+
+    def rates(self) -> dict:
+        """Configured rates in bit/s: {'lan': {site: r}, 'wan': {'a|b': r}}."""
+        self.require(Feature.RATES)
+
+    def wan_bytes(self) -> dict[str, dict[str, int]]:
+        """Bytes that left (tx) and entered (rx) each site through its WAN uplink so far."""
+        self.require(Feature.WAN_BYTES)
+
+    def require(self, *features: Feature) -> None:
+        """A one-line UserError naming what this backend lacks."""
+        if missing := [f.value for f in features if f not in self.features]:
+            raise UserError(f"the {self.kind} testbed has no {' nor '.join(missing)}: "
+                            "use the local testbed (--testbed local)")
 
     @abstractmethod
     def destroy(self) -> None:
@@ -69,8 +96,7 @@ class Testbed(ABC):
         taken, with the live jobs of the same name on other sites; else a live job named
         `name` is adopted per site; else one job per site is submitted."""
         seconds = parse_walltime(walltime)
-        self._check_request(request)
-        adopted = self._adoptable(request, name)
+        adopted = self.check_request(request, name)
         submitted: dict[str, int] = {}
         try:
             for site in (s for s in request if s not in adopted):
@@ -98,6 +124,15 @@ class Testbed(ABC):
         self.used.append(res)
         return res
 
+    def check_request(self, request: dict[str, int], name: str) -> dict[str, Job]:
+        """A one-line UserError for a request this testbed cannot meet now (unknown site, too
+        many nodes, and locally nodes that other jobs hold); else the jobs it would adopt."""
+        self._check_request(request)
+        adopted = self._adoptable(request, name)
+        if not self.queues:
+            self._check_free({s: n for s, n in request.items() if s not in adopted})
+        return adopted
+
     def _adoptable(self, request: dict[str, int], name: str) -> dict[str, Job]:
         """Per site, the job to take instead of submitting one."""
         out: dict[str, Job] = {}
@@ -112,6 +147,39 @@ class Testbed(ABC):
             if live:
                 out[site] = live[0]
         return out
+
+    @contextmanager
+    def reserved(self, request: dict[str, int], walltime: str | int = "1:00", name: str = "g5kdeploy",
+                 keep: bool = False, **options):
+        """`with testbed.reserved(...) as res:` reserve, and release once on every exit
+        (exception, Ctrl-C, SIGTERM); `keep`: only when the block fails (the jobs outlive it)."""
+        with self.releasing(self.reserve(request, walltime, name, **options), keep) as res:
+            yield res
+
+    @contextmanager
+    def releasing(self, res: Reservation, keep: bool = False, around=nullcontext):
+        """Release `res` when the block ends (`keep`: only if it fails), inside `around()`,
+        with Ctrl-C and SIGTERM held until it is done."""
+        ok = False
+        try:
+            yield res
+            ok = True
+        finally:
+            if not (keep and ok):
+                with around(), signals_held():
+                    self.release(res)
+
+    def _check_free(self, request: dict[str, int]) -> None:
+        """Refuse at once what the nodes that other jobs leave free cannot give."""
+        for site, count in request.items():
+            holders = [j for j in self.scheduler.on_site(site) if j.hosts]
+            free = self.description.sites[site].size - len({h for j in holders for h in j.hosts})
+            if count > free:
+                held = ", ".join(f"{j.id} ({j.name or 'no name'}: {len(j.hosts)} nodes)" for j in holders)
+                ends = sorted({"invoke nimbus-destroy" if j.name == "nimbus" else f"invoke release --name {j.name}"
+                               for j in holders})
+                raise UserError(f"{site}: {count} nodes wanted, {free} free: OAR jobs {held} hold the others; "
+                                f"free them ({', '.join(ends)}) or ask for {free or 'fewer'}")
 
     def _submitted(self, site: str, job: int) -> None:
         """Hook: a job was submitted (the local testbed journals it)."""
@@ -163,6 +231,8 @@ class Testbed(ABC):
         if live := self.live(name, request):
             raise UserError(f"live OAR jobs are named {name!r} already ({', '.join(str(j.id) for j in live)}): "
                             f"choose another --name or end them (invoke release --name {name})")
+        if not self.queues:
+            self._check_free(request)
         jobs: dict[str, int] = {}
         try:
             first, *others = request
@@ -216,7 +286,7 @@ class Testbed(ABC):
         return self.nodes(host)[0]
 
     # -- Kadeploy ------------------------------------------------------------------------------
-    def deploy(self, nodes, environment: str = "debian12-g5kdeploy", min: int | None = None,  # noqa: A002
+    def deploy(self, nodes, environment: str = "debian12-g5kdeploy", min: int | None = None,
                tries: int = 2) -> dict[str, Outcome]:
         """Deploy nodes, retrying those that fail. Goes on when at least `min` (default: all)
         succeeded, recording the others in `failed_nodes`; else a UserError naming them."""
@@ -257,7 +327,26 @@ class Testbed(ABC):
         return Roles(roles)
 
 
-def open(kind: str = "local", **kwargs) -> Testbed:  # noqa: A001 - mirrors DESIGN.md
+@contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block ends (a release is not cut in half), then
+    reach their handlers. Only the main thread can hold them; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def open(kind: str = "local", **kwargs) -> Testbed:  # mirrors DESIGN.md
     """The running testbed of that kind."""
     if kind == "local":
         from g5kdeploy.testbed.local import LocalTestbed

@@ -74,6 +74,10 @@ class G5kApi(Scheduler):
         found = self._jobs(site).list(state="waiting,launching,running", user=self.user, name=name)
         return sorted((_job(site, j) for j in found if getattr(j, "name", name) == name), key=lambda j: j.id)
 
+    @_errors("job listing")
+    def on_site(self, site: str) -> list[Job]:
+        return [_job(site, j) for j in self._jobs(site).list(state="waiting,launching,running")]
+
     @_errors("job deletion")
     def delete(self, site: str, *jobs: int) -> None:
         for job in jobs:
@@ -178,9 +182,6 @@ class G5kTestbed(Testbed):
 
     def output_dir(self) -> Path:
         return Path.home()
-
-    def shape(self, a: str, b: str, rate: str) -> None:
-        raise UserError("Grid'5000's links are real: shaping them is not offered (use the local testbed)")
 
     def destroy(self) -> None:
         """Nothing of Grid'5000 is ours to remove but jobs: end the live ones reserved here."""

@@ -1,6 +1,7 @@
 """What a testbed is made of: sites, clusters, nodes, reservations, node sets."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,6 +68,17 @@ class NodeSet(list):
         for n in self:
             out.setdefault(n.site, NodeSet()).append(n)
         return out
+
+    def by_address(self) -> "NodeSet":
+        """Sorted by IP address (198.18.1.2 before 198.18.1.10)."""
+        return NodeSet(sorted(self, key=lambda n: ipaddress.ip_address(n.address)))
+
+
+def heads(nodes) -> dict[str, tuple[Node, "NodeSet"]]:
+    """Per site, its head node (the lowest IP address: a cloud's service node, the Shrinker
+    site's Redis, the sky's master) and the others, in address order."""
+    return {site: (ns[0], NodeSet(ns[1:])) for site, ns in
+            ((s, group.by_address()) for s, group in NodeSet(nodes).by_site().items())}
 
 
 def expand_hostlist(text: str) -> list[str]:

@@ -58,6 +58,10 @@ class Scheduler(ABC):
         """The user's waiting, launching or running jobs of that name on that site."""
 
     @abstractmethod
+    def on_site(self, site: str) -> list[Job]:
+        """Every user's live jobs on that site, with the hosts they hold."""
+
+    @abstractmethod
     def delete(self, site: str, *jobs: int) -> None:
         """End jobs (oardel)."""
 
@@ -144,6 +148,10 @@ class OarCli(Scheduler):
 
     def live(self, site: str, name: str) -> list[Job]:
         found = [self.job(site, int(job)) for job, st in self.jobs().items() if st.get("name") == name]
+        return sorted((j for j in found if j.live and j.site == site), key=lambda j: j.id)
+
+    def on_site(self, site: str) -> list[Job]:
+        found = (self.job(site, int(job)) for job in self.jobs())
         return sorted((j for j in found if j.live and j.site == site), key=lambda j: j.id)
 
     def delete(self, site: str, *jobs: int) -> None:

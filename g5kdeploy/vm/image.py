@@ -26,6 +26,7 @@ BUSYBOX_PACKAGE = "busybox-static"
 MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "9p", "9pnet_virtio")
 GUEST = resources.files(__package__).joinpath("guest")
 CACHE = HOME / "cache"                                          # debs/ and images/
+NAME = "debian"                                                 # the id clouds register it under
 FORMAT = 3                                                      # bump when the layout changes
 
 
@@ -61,7 +62,7 @@ def _latest_kernel_package() -> str:
 
 
 def boot_files(image: GuestImage, workdir: Path) -> dict[str, Path]:
-    """What hypervisor nodes need to boot guests (the g5kdeploy::qemu recipe installs it):
+    """What VMM nodes need to boot guests (the g5kdeploy::qemu recipe installs it):
     bundle file name -> path; SHA256SUMS is written into workdir."""
     sums = Path(workdir) / "SHA256SUMS"
     sums.write_text(_sh("sha256sum", str(image.kernel_gz), str(image.initrd)))

@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VMS = Path("/var/lib/g5kdeploy/vms")        # on hypervisor nodes: one directory per guest
+VMS = Path("/var/lib/g5kdeploy/vms")        # on VMM nodes: one directory per guest (its QMP socket...)
+RAM = "/dev/shm/g5kvm-{name}"               # a guest's file-backed RAM
+QMP_SOCKET = "qmp.sock"                     # in the guest's directory
 BOOT = Path("/var/lib/g5kdeploy/boot")      # the guest kernel and initramfs (g5kdeploy::qemu recipe)
 RUNSTATE = re.compile(r"@(\d+\.\d+):vm_state_notify running (\d) reason \d+ \((\S+)\)")    # trace lines
 
@@ -52,11 +54,11 @@ class Guest:
 
     def __post_init__(self):
         self.rundir = Path(self.rundir)
-        self.ram_path = Path(self.ram_path or f"/dev/shm/g5kvm-{self.name}")
+        self.ram_path = Path(self.ram_path or RAM.format(name=self.name))
 
     @property
     def qmp_path(self) -> Path:
-        return self.rundir / "qmp.sock"
+        return self.rundir / QMP_SOCKET
 
     @property
     def serial_path(self) -> Path:

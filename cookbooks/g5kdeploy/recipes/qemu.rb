@@ -1,4 +1,4 @@
-# A hypervisor node: QEMU, the guest kernel and initramfs (shipped in the bundle, built on
+# A VMM node: QEMU, the guest kernel and initramfs (shipped in the bundle, built on
 # the frontend from Debian packages), and the guests' directory.
 bundle = node["g5kdeploy"]["bundle"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from g5kdeploy import HOME
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import parallel
-from g5kdeploy.testbed import Testbed
+from g5kdeploy.testbed import Feature, Testbed
 from g5kdeploy.testbed import description as descriptions
 from g5kdeploy.testbed.description import Description, parse_rate
 from g5kdeploy.testbed.local import network, oar_server
@@ -31,6 +31,8 @@ DEFAULT_HOME = HOME
 class LocalTestbed(Testbed):
     kind = "local"
     environments = ("debian12-g5kdeploy",)   # named root filesystems nodes can be deployed with
+    features = frozenset(Feature)
+    queues = False                           # one user: a request busy nodes cannot meet is refused
     # batch jobs run as the OAR user (OAR refuses root); the toolkit runs as root through sudo
     batch_prefix = ("sudo -n --preserve-env=OAR_JOB_ID,OAR_NODEFILE,OAR_JOB_NAME,G5KDEPLOY_TESTBED,"
                     "G5KDEPLOY_RESULTS,G5KDEPLOY_HOME ")
@@ -227,13 +229,13 @@ def destroy(workdir: Path = DEFAULT_HOME) -> list[str]:
             oar = oar_server.client()
             oar.delete("", *jobs)
             oar.wait_ended([("", j) for j in jobs], timeout=30)
-        except Exception as e:  # noqa: BLE001 - best effort: their processes are ended below
+        except Exception as e:  # best effort: their processes are ended below
             log.warning("destroy: OAR did not end jobs %s (%s): ending their processes", jobs, e)
     parallel(stop_all_processes, namespaces, "stopping nodes")
     for e in reversed(entries):
         try:
             _undo(e)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             problems.append(f"{e}: {err}")
     for p in oar_server.jobs_processes():   # jobs' processes oardel did not reach (OAR server down)
         kill(p.pid, term_first=True, timeout=2)

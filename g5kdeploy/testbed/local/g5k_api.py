@@ -163,7 +163,7 @@ class Handler(BaseHTTPRequestHandler):
                     return self._reply(404, {"code": 404, "message": f"not found: {e}"})
                 except (ValueError, json.JSONDecodeError) as e:
                     return self._reply(400, {"code": 400, "message": str(e)})
-                except Exception as e:  # noqa: BLE001 - the API answers 500, as the real one would
+                except Exception as e:  # the API answers 500, as the real one would
                     return self._reply(500, {"code": 500, "message": str(e)})
                 return self._reply(201 if verb == "POST" else 200, out)
         self._reply(404, {"code": 404, "message": f"no route {self.command} {url.path}"})

@@ -1,5 +1,5 @@
-"""Hypervisor-side commands for Shrinker experiments, run on nodes over ssh:
-`python3 -m g5kdeploy.shrinker.hv start|ready|ticks|diagnose|runstate|incoming|stock-migrate|resume|stop ...`.
+"""VMM-side commands for Shrinker experiments, run on nodes over ssh:
+`python3 -m g5kdeploy.shrinker.vmm start|ready|ticks|diagnose|runstate|incoming|stock-migrate|resume|stop ...`.
 Guests are disk-less (their workload runs from the initramfs), RAM in /dev/shm/g5kvm-<id>."""
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def stop(a) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="g5kdeploy.shrinker.hv")
+    p = argparse.ArgumentParser(prog="g5kdeploy.shrinker.vmm")
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("start", "ready", "ticks", "diagnose", "runstate", "incoming", "stock-migrate", "resume", "stop"):
         s = sub.add_parser(name)
