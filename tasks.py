@@ -113,6 +113,13 @@ def testbed_validate(c, seconds=3):
 def experiment(c, name, param=None, resume=None, testbed=TESTBED, list_params=False):
     """Run an experiment into results/<name>/<run-id>/ (or go on with run --resume)."""
     from g5kdeploy import engine
+    if name in ("list", "--help", "-h"):         # invoke hands a positional argument its --help
+        for path in sorted((Path(__file__).parent / "experiments").glob("[!_]*.py")):
+            exp = engine.load_experiment(path.stem)
+            doc = (sys.modules[type(exp).__module__].__doc__ or '').splitlines()[0]
+            print(f"{exp.name:14} {doc.split(': ', 1)[-1]}")
+        print("parameters of one: invoke experiment NAME --list-params")
+        return
     exp = engine.load_experiment(name)
     if list_params:
         print("\n".join(engine.describe(exp)))

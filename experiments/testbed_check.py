@@ -1,5 +1,5 @@
-"""testbed-check: measure the testbed itself — the template every experiment follows
-(the interface: g5kdeploy/engine/experiment.py).
+"""testbed-check: measure the testbed itself: throughput, round trips, remote execution
+(the smallest experiment; the interface and its template: g5kdeploy/engine/experiment.py).
 
 Rows (metric = throughput | rtt | exec_latency):
   throughput: src, dst, scope (intra|inter), throughput_mbit_s, configured_mbit_s (NaN where

@@ -164,3 +164,12 @@ def test_a_request_busy_nodes_cannot_meet_leaves_no_run(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="nancy: 2 nodes wanted, 1 free"):
         engine.execute(engine.load_experiment("shrinker"), tb, {"vmms_per_site": 1})
     assert len(tb.scheduler.jobs) == 1 and not list(tmp_path.iterdir())
+
+
+def test_the_experiments_and_their_parameters_are_listed_without_a_testbed():
+    from conftest import invoke
+    r = invoke("experiment", "--help")
+    assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()[:-1]] == sorted(EXPERIMENTS)
+    r = invoke("experiment", "shrinker", "--list-params")
+    assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()[1:]] == \
+        [*engine.load_experiment("shrinker").Params.__dataclass_fields__, "full"]
