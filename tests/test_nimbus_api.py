@@ -86,8 +86,8 @@ def test_bad_run_requests_leave_nothing(cloud):
 def test_unknown_instance(cloud):
     c, endpoint = cloud
     ec2 = client(endpoint)
-    assert error_code(lambda: ec2.terminate_instances(InstanceIds=["i-0000"])) == "InvalidInstanceID.NotFound"
-    assert error_code(lambda: ec2.describe_instances(InstanceIds=["i-0000"])) == "InvalidInstanceID.NotFound"
+    assert error_code(lambda: ec2.terminate_instances(InstanceIds=["i-00000000"])) == "InvalidInstanceID.NotFound"
+    assert error_code(lambda: ec2.describe_instances(InstanceIds=["i-00000000"])) == "InvalidInstanceID.NotFound"
 
 
 def test_placement_spreads_and_respects_capacity(cloud):
@@ -97,3 +97,152 @@ def test_placement_spreads_and_respects_capacity(cloud):
     assert len(slots) == 4
     assert sorted(h for h, _ in slots) == ["vmm-1", "vmm-1", "vmm-2", "vmm-2"]
     assert len({a for _, a in slots}) == 4
+
+
+# -- the request as an attacker sends it (issue 16): signatures bound to the body and scope ------
+def signed(endpoint, body: bytes, region="rennes", service="ec2", secret=SECRET):
+    """A POST signed by botocore's own SigV4Auth, as boto3 signs it."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    request = AWSRequest(method="POST", url=endpoint + "/", data=body,
+                         headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    SigV4Auth(Credentials(KEY, secret), service, region).add_auth(request)
+    return request
+
+
+def send(endpoint, body: bytes, headers) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(urllib.request.Request(endpoint + "/", data=body, headers=dict(headers))) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+RUN = b"Action=RunInstances&Version=2016-11-15&ImageId=debian&MinCount=1&MaxCount=1"
+
+
+def test_a_captured_signature_does_not_run_another_body(cloud):
+    import hashlib
+    c, endpoint = cloud
+    captured = signed(endpoint, b"Action=DescribeImages&Version=2016-11-15")
+    assert send(endpoint, captured.body, captured.headers)[0] == 200           # the genuine request
+    forged = dict(captured.headers, **{"X-Amz-Content-SHA256": hashlib.sha256(captured.body).hexdigest()})
+    status, out = send(endpoint, RUN, forged)
+    assert status == 401 and b"AuthFailure" in out and b"X-Amz-Content-SHA256" in out
+    assert send(endpoint, RUN, captured.headers)[0] == 401                      # nor without the header
+    assert client(endpoint).describe_instances()["Reservations"] == []           # nothing was launched
+
+
+def test_the_credential_scope_must_be_this_clouds(cloud):
+    c, endpoint = cloud
+    nancy = boto3.client("ec2", endpoint_url=endpoint, region_name="nancy", aws_access_key_id=KEY,
+                         aws_secret_access_key=SECRET)
+    assert error_code(lambda: nancy.describe_images()) == "AuthFailure"
+    other = signed(endpoint, b"Action=DescribeImages&Version=2016-11-15", service="s3")
+    status, out = send(endpoint, other.body, other.headers)
+    assert status == 401 and b"rennes/ec2" in out
+
+
+@pytest.mark.parametrize("path, query, body", [
+    ("/", "", b"Action=DescribeImages&Version=2016-11-15"),
+    ("/", "Version=2016-11-15&Action=DescribeInstances&InstanceId.1=i-1", b""),
+    ("/a b/~x", "b=2&a=1&a=0&empty=&sp=a%20b", "UserData=h\u00e9llo+w%C3%B6rld&Tag=a%2Fb".encode()),
+])
+def test_requests_are_canonicalized_as_botocore_does(path, query, body):
+    from urllib.parse import urlsplit
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from g5kdeploy.nimbus import sigv4
+    request = AWSRequest(method="POST", url=f"http://198.19.1.1:8773{path}" + (f"?{query}" if query else ""),
+                         data=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    auth = SigV4Auth(Credentials(KEY, SECRET), "ec2", "rennes")
+    auth.add_auth(request)
+    url = urlsplit(request.url)
+    headers = {**request.headers, "Host": url.netloc}            # what the server receives
+    signed_headers = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    del request.headers["Authorization"]                        # botocore's canonical request is of the unsigned one
+    sent = request.body or b""                                    # botocore keeps an empty body as ''
+    ours = sigv4.canonical_request("POST", url.path, url.query, headers, signed_headers, sent)
+    assert ours == auth.canonical_request(request)
+    assert sigv4.verify("POST", url.path, url.query, headers, sent, {KEY: SECRET}, "rennes") == KEY
+
+
+def test_a_non_utf8_body_is_the_clients_error(cloud):
+    c, endpoint = cloud
+    request = signed(endpoint, b"Action=DescribeImages&Version=2016-11-15&X=\xff")
+    status, out = send(endpoint, request.body, request.headers)
+    assert status == 400 and b"InvalidParameterValue" in out
+
+
+def _raw(port, data: bytes) -> bytes:
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        return s.recv(4096)
+
+
+def test_bad_or_huge_lengths_are_answered_before_any_body_is_read(cloud):
+    c, endpoint = cloud
+    port = int(endpoint.rsplit(":", 1)[1])
+    assert _raw(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n").startswith(b"HTTP/1.0 400")
+    huge = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 209715200\r\n\r\n"      # 200 MiB announced, none sent
+    assert _raw(port, huge).startswith(b"HTTP/1.0 413")
+
+
+def test_an_idle_connection_is_closed():
+    import logging
+    import socket
+    from g5kdeploy.nimbus import web
+    server = web.serve(lambda *request: (200, "text/plain", b"ok"), 0, logging.getLogger("test"), idle_timeout=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
+            assert s.recv(1) == b""             # closed by the server, long before our 10 s
+    finally:
+        server.shutdown()
+
+
+# -- ids from users and from Redis never reach a shell as code (issue 16) -------------------------
+PLANTED = "i-x;touch${IFS}PWNED"
+
+
+def _recording_ssh(monkeypatch) -> list[str]:
+    commands = []
+    monkeypatch.setattr(api.ssh, "run", lambda key, host, command, **kw: commands.append(command) or "{}")
+    return commands
+
+
+def test_a_malformed_instance_id_is_refused_and_runs_nothing(cloud, monkeypatch):
+    c, endpoint = cloud
+    commands = _recording_ssh(monkeypatch)
+    for call in (lambda: client(endpoint).terminate_instances(InstanceIds=[PLANTED]),
+                 lambda: client(endpoint).describe_instances(InstanceIds=["i-../../etc"])):
+        assert error_code(call) == "InvalidInstanceID.Malformed"
+    assert commands == []
+
+
+def test_an_id_planted_in_redis_is_never_listed_nor_terminated(cloud, monkeypatch):
+    c, endpoint = cloud
+    commands = _recording_ssh(monkeypatch)
+    Store(c.redis).put({"id": PLANTED, "vmm": "vmm-1", "state": "running", "reservation": "r-0", "launch_time": ""})
+    ec2 = client(endpoint)
+    listed = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert listed == []                                  # what nimbus-destroy would have terminated
+    assert commands == []
+
+
+def test_vmm_commands_keep_each_argument_one_word(monkeypatch):
+    import shlex
+    from g5kdeploy.nimbus import vmm
+    commands = _recording_ssh(monkeypatch)
+    service = api.Service.__new__(api.Service)
+    service.cloud = Cloud(site="rennes", credentials={}, vmms=[], pool=("198.19.1.100", "198.19.1.109"), prefix=24,
+                          gateway="198.19.1.254", broker="198.19.1.1:8774")
+    service._stop_vm({"vmm": "vmm-1", "id": PLANTED})
+    assert shlex.split(commands[0])[-2:] == ["stop", PLANTED]          # one word, not a second command
+    with pytest.raises(SystemExit):                                     # and the agent refuses it
+        vmm.main(["stop", PLANTED])

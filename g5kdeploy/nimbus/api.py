@@ -142,12 +142,12 @@ class Service:
         started, ready = time.time(), []
 
         def boot(i: dict) -> None:
-            args = " ".join([f"--id {i['id']} --ip {i['ip']}/{self.cloud.prefix} --gateway {self.cloud.gateway}",
-                             f"--name {i['name']} --broker {self.cloud.broker} --ctx {i['ctx']}",
-                             f"--memory {i['memory_mb']} --bridge {self.cloud.bridge}", *disks[i["id"]],
-                             *([f"--share {shlex.quote(i['tags']['share'])}"] if i["tags"].get("share") else [])])
+            args = ["--id", i["id"], "--ip", f"{i['ip']}/{self.cloud.prefix}", "--gateway", self.cloud.gateway,
+                    "--name", i["name"], "--broker", self.cloud.broker, "--ctx", i["ctx"],
+                    "--memory", str(i["memory_mb"]), "--bridge", self.cloud.bridge, *disks[i["id"]],
+                    *(["--share", i["tags"]["share"]] if i["tags"].get("share") else [])]
             try:
-                out = json.loads(ssh.run(key, i["vmm"], f"{VMM} start {args}"))
+                out = json.loads(self._vmm(i, "start", *args))
             except Exception as e:
                 self._terminate(i, f"start failed: {e}")
                 return
@@ -185,12 +185,17 @@ class Service:
                 time.monotonic() < deadline:
             time.sleep(1)
         for i in pending:
-            console = ssh.run(self.cloud.ssh_key, i["vmm"], f"tail -c 200 {VMS}/{i['id']}/serial.log || true")
+            console = ssh.run(self.cloud.ssh_key, i["vmm"],
+                              f"tail -c 200 {shlex.quote(str(VMS / i['id'] / 'serial.log'))} || true")
             self._terminate(i, f"not contextualized after {self.cloud.context_timeout_s} s; "
                                f"console ends with: {console.strip()!r}")
 
+    def _vmm(self, i: dict, *argv: str) -> str:
+        """Run the VMM agent of instance i's VMM with these arguments (each one word there)."""
+        return ssh.run(self.cloud.ssh_key, i["vmm"], f"{VMM} {shlex.join(argv)}")
+
     def _stop_vm(self, i: dict) -> None:
-        ssh.run(self.cloud.ssh_key, i["vmm"], f"{VMM} stop {i['id']}")
+        self._vmm(i, "stop", i["id"])
 
     def _terminate(self, i: dict, error: str = "") -> None:
         """shutting-down, its QEMU and volume gone on the VMM, then terminated."""
@@ -201,7 +206,9 @@ class Service:
     # instances ----------------------------------------------------------------------------
     def _selected(self, p: dict) -> list[dict]:
         wanted = ec2.members(p, "InstanceId")
-        known = {i["id"]: i for i in self.store.instances()}
+        if malformed := [i for i in wanted if not ec2.well_formed(i)]:
+            raise EC2Error("InvalidInstanceID.Malformed", f"Invalid id: {', '.join(map(repr, malformed))}")
+        known = {i["id"]: i for i in self.store.instances() if ec2.well_formed(i["id"])}    # none planted
         if unknown := [i for i in wanted if i not in known]:
             raise EC2Error("InvalidInstanceID.NotFound", f"The instance ID '{', '.join(unknown)}' does not exist")
         return [known[i] for i in wanted] if wanted else sorted(known.values(), key=lambda i: i["launch_time"])
@@ -233,7 +240,7 @@ class Service:
     def handle(self, method: str, path: str, query: str, headers: dict, body: bytes) -> tuple[int, bytes]:
         try:
             try:
-                sigv4.verify(method, path, query, headers, body, self.cloud.credentials)
+                sigv4.verify(method, path, query, headers, body, self.cloud.credentials, self.cloud.site)
             except sigv4.SignatureError as e:
                 raise EC2Error("AuthFailure", str(e), 401) from None
             params = ec2.parse_params(body, query)

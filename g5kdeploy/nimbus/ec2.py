@@ -1,6 +1,7 @@
 """The EC2 Query API wire format: parameters in, XML responses and errors out."""
 from __future__ import annotations
 
+import re
 import urllib.parse
 import uuid
 from xml.sax.saxutils import escape
@@ -18,9 +19,22 @@ class EC2Error(Exception):
 
 
 def parse_params(body: bytes, query: str = "") -> dict[str, str]:
+    """The request's parameters (query string, then the form body); a body that is not
+    UTF-8 is the client's error."""
     params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
-    params.update(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
+    try:
+        params.update(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
+    except UnicodeDecodeError:
+        raise EC2Error("InvalidParameterValue", "the request body is not UTF-8 form data") from None
     return params
+
+
+ID = re.compile(r"[ir]-(?:[0-9a-f]{8}|[0-9a-f]{17})")     # instance, reservation ids: EC2's two lengths
+
+
+def well_formed(instance: str) -> bool:
+    """Is this an instance id of ours (checked before it names anything on a VMM)?"""
+    return bool(ID.fullmatch(instance)) and instance.startswith("i-")
 
 
 def members(params: dict[str, str], prefix: str) -> list[str]:

@@ -1,4 +1,8 @@
-"""AWS Signature Version 4 checks for requests to our EC2 endpoint (standard library only)."""
+"""AWS Signature Version 4 checks for requests to our EC2 endpoint (standard library only).
+
+The signature covers the body as received (its SHA-256 is computed here, never taken from the
+client), the credential scope must name this cloud's region and service, and a request is
+canonicalized as botocore's SigV4Auth does (tests/test_nimbus_api.py compares the two)."""
 from __future__ import annotations
 
 import functools
@@ -35,23 +39,27 @@ def _canonical_query(query: str) -> str:
 
 def canonical_request(method: str, path: str, query: str, headers: dict[str, str], signed: list[str],
                       body: bytes) -> str:
+    """The canonical request, with the SHA-256 of the body itself as its payload hash."""
     lower = {k.lower(): v for k, v in headers.items()}
     canon_headers = "".join(f"{h}:{' '.join(lower.get(h, '').split())}\n" for h in signed)
-    payload = lower.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
     return "\n".join([method, urllib.parse.quote(path or "/", safe="/-_.~"), _canonical_query(query),
-                      canon_headers, ";".join(signed), payload])
+                      canon_headers, ";".join(signed), hashlib.sha256(body).hexdigest()])
 
 
 def verify(method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-           secrets: dict[str, str], now: datetime | None = None) -> str:
-    """The access key that signed this request; SignatureError when it is not validly signed."""
+           secrets: dict[str, str], region: str, service: str = "ec2", now: datetime | None = None) -> str:
+    """The access key that signed this request for `service` in `region`; SignatureError
+    when it is not validly signed."""
     lower = {k.lower(): v for k, v in headers.items()}
     m = AUTH.fullmatch(lower.get("authorization", "").strip())
     if not m:
         raise SignatureError("the request is not signed with AWS Signature Version 4")
-    access, date, region, service, signed, signature = m.groups()
+    access, date, scope_region, scope_service, signed, signature = m.groups()
     if access not in secrets:
         raise SignatureError(f"unknown access key {access}")
+    if (scope_region, scope_service) != (region, service):
+        raise SignatureError(f"the credential scope {scope_region}/{scope_service} is not this endpoint's "
+                             f"{region}/{service}")
     amz_date = lower.get("x-amz-date", "")
     try:
         when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
@@ -62,7 +70,10 @@ def verify(method: str, path: str, query: str, headers: dict[str, str], body: by
     signed_list = signed.split(";")
     if "host" not in signed_list:
         raise SignatureError("the Host header must be signed")
-    scope = f"{date}/{region}/{service}/aws4_request"
+    if "x-amz-content-sha256" in lower and ("x-amz-content-sha256" not in signed_list
+                                            or lower["x-amz-content-sha256"] != hashlib.sha256(body).hexdigest()):
+        raise SignatureError("X-Amz-Content-SHA256 must be signed and be the SHA-256 of the body")
+    scope = f"{date}/{region}/{service}/aws4_request"     # region and service: checked above
     string_to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(
         canonical_request(method, path, query, headers, signed_list, body).encode()).hexdigest()])
     expected = hmac.new(signing_key(secrets[access], date, region, service), string_to_sign.encode(),

@@ -1,4 +1,4 @@
-"""Hypervisor agent, run on a VMM node by the service over ssh (as Nimbus' workspace-control):
+"""VMM agent, run on a VMM node by the service over ssh (as Nimbus' workspace-control):
 `python3 -m g5kdeploy.nimbus.vmm start|stop|list ...`. Each guest gets a disk (its own copy,
 or a qcow2 copy-on-write volume over the node's image cache), a tap on the node's bridge,
 file-backed RAM and a QMP socket; its files live in /var/lib/g5kdeploy/vms/<id>/."""
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from g5kdeploy.nimbus import ec2
 from g5kdeploy.vm import qemu
 from g5kdeploy.vm.qemu import Guest, mac_for
 
@@ -69,11 +70,19 @@ def running() -> list[dict]:
     return out
 
 
+def instance_id(text: str) -> str:
+    """An instance id of ours: it names a directory, a tap and a RAM file here."""
+    if not ec2.well_formed(text):
+        raise argparse.ArgumentTypeError(f"not an instance id: {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="g5kdeploy.nimbus.vmm")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start")
-    for opt in ("--id", "--ip", "--gateway", "--name", "--broker", "--ctx"):
+    s.add_argument("--id", required=True, type=instance_id)
+    for opt in ("--ip", "--gateway", "--name", "--broker", "--ctx"):
         s.add_argument(opt, required=True)
     s.add_argument("--memory", type=int, default=128)
     s.add_argument("--cpus", type=int, default=1)
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     disk.add_argument("--copy", help="copy this raw image as the guest's own disk")
     disk.add_argument("--backing", help="copy-on-write qcow2 volume over this cached raw image")
     t = sub.add_parser("stop")
-    t.add_argument("ids", nargs="+")
+    t.add_argument("ids", nargs="+", type=instance_id)
     sub.add_parser("list")
     a = p.parse_args(argv)
     if a.command == "start":
