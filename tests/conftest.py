@@ -77,15 +77,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_address(tmp_path_factory):
-    """A real redis-server of our own on a free local port."""
+@contextmanager
+def redis_server(directory):
+    """A real redis-server of our own on a free local port: (its process, host:port)."""
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed: run ./bootstrap.sh")
     port = free_port()
-    d = tmp_path_factory.mktemp("redis")
     p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--dir", str(d)], stdout=subprocess.DEVNULL)
+                          "--dir", str(directory)], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -93,9 +92,18 @@ def redis_address(tmp_path_factory):
             break
         except OSError:
             time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    p.terminate()
-    p.wait()
+    try:
+        yield p, f"127.0.0.1:{port}"
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_address(tmp_path_factory):
+    """The tests' shared redis-server."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as (_, address):
+        yield address
 
 
 # -- engine unit tests: no root, no testbed ------------------------------------------------------

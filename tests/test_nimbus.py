@@ -84,6 +84,18 @@ def test_deployment_timeline(clouds, tmp_path):
         assert deploy.verify(cloud) == ["debian"]
 
 
+def test_the_clouds_state_survives_a_redis_restart(clouds):
+    tb, run, info = clouds
+    for cloud in info.values():
+        r = remote.run("redis-cli set nimbus:restart-probe kept > /dev/null; redis-cli shutdown nosave; "
+                       "redis-server /etc/redis/g5kdeploy.conf; "
+                       "for i in $(seq 50); do redis-cli ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done; "
+                       "redis-cli get nimbus:restart-probe; redis-cli del nimbus:restart-probe > /dev/null",
+                       [cloud["service"]])[0]
+        assert r.ok and r.stdout.split() == ["kept"], (r.stdout, r.stderr)     # appendonly: the write was kept
+        assert deploy.verify(cloud) == ["debian"]
+
+
 def test_second_converge_changes_nothing(clouds):
     tb, run, info = clouds
     res_nodes = tb.nodes(",".join([c["service"] for c in info.values()] + sum((c["vmms"] for c in info.values()), [])))

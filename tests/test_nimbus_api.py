@@ -246,3 +246,46 @@ def test_vmm_commands_keep_each_argument_one_word(monkeypatch):
     assert shlex.split(commands[0])[-2:] == ["stop", PLANTED]          # one word, not a second command
     with pytest.raises(SystemExit):                                     # and the agent refuses it
         vmm.main(["stop", PLANTED])
+
+
+# -- the cloud's state: a stalled Redis is an answer, a failed launch is seen (issue 16) ---------
+def test_a_stalled_redis_is_answered_not_waited_for(tmp_path):
+    import os
+    import signal
+    from botocore.config import Config
+    from conftest import redis_server
+    with redis_server(tmp_path) as (process, address):
+        c = Cloud(site="rennes", credentials={KEY: SECRET}, vmms=[Vmm("vmm-1", 256)], pool=("198.19.1.100", "198.19.1.109"),
+                  prefix=24, gateway="198.19.1.254", broker="198.19.1.1:8774", redis=address, repository=str(tmp_path))
+        server = api.serve(api.Service(c, Store(address, timeout_s=0.5)), 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        ec2 = boto3.client("ec2", endpoint_url=f"http://127.0.0.1:{server.server_address[1]}", region_name="rennes",
+                           aws_access_key_id=KEY, aws_secret_access_key=SECRET, config=Config(retries={"max_attempts": 1}))
+        os.kill(process.pid, signal.SIGSTOP)                # Redis stalls: it accepts, never answers
+        try:
+            answer = {}
+            asking = threading.Thread(target=lambda: answer.update(code=error_code(ec2.describe_instances)))
+            asking.start()
+            asking.join(60)                                 # without a socket timeout: forever
+            assert not asking.is_alive() and answer["code"] == "Unavailable"
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+            server.shutdown()
+
+
+def test_a_launch_that_raises_terminates_its_instances_with_the_reason(cloud, monkeypatch):
+    import time
+    c, endpoint = cloud
+    monkeypatch.setattr(api.propagation, "disks", lambda *a: (_ for _ in ()).throw(RuntimeError("no disk for you")))
+    _recording_ssh(monkeypatch)
+    ec2 = client(endpoint)
+    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId="debian", MinCount=1, MaxCount=1)["Instances"]]
+    deadline = time.monotonic() + 30                        # without the fix: pending until the context timeout
+    while (state := _instance(ec2, ids[0]))["State"]["Name"] == "pending" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state["State"]["Name"] == "terminated"
+    assert "launch failed: RuntimeError: no disk for you" in state["StateReason"]["Message"]
+
+
+def _instance(ec2, instance: str) -> dict:
+    return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]

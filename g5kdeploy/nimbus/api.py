@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import redis
+
 from g5kdeploy import on_node
 from g5kdeploy.nimbus import ec2, propagation, sigv4, ssh, web
 from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
@@ -36,8 +38,8 @@ def guest_name(address: str, site: str) -> str:
 
 
 class Service:
-    def __init__(self, cloud: Cloud):
-        self.cloud, self.store = cloud, Store(cloud.redis)
+    def __init__(self, cloud: Cloud, store: Store | None = None):
+        self.cloud, self.store = cloud, store or Store(cloud.redis)
         self.lock = threading.Lock()              # one placement decision at a time
         self.launcher = ThreadPoolExecutor(8)
         self._digests: dict[tuple, str] = {}
@@ -127,9 +129,20 @@ class Service:
                          for n, (host, ip) in enumerate(slots)]
             self.store.new_context(reservation, [i["id"] for i in instances], user_data)
             self.store.put(*instances)
-        self.launcher.submit(self._launch, instances, images[image], mode)
+        self.launcher.submit(self._launch_or_fail, instances, images[image], mode)
         return {"reservationId": reservation, "ownerId": "g5kdeploy", "groupSet": [],
                 "instancesSet": [ec2.instance_xml(i) for i in instances]}
+
+    def _launch_or_fail(self, instances: list[dict], image: Path, mode: str) -> None:
+        """_launch, in the launcher's thread: what it raises terminates the instances not yet
+        running, with the reason, instead of vanishing in the thread."""
+        try:
+            self._launch(instances, image, mode)
+        except Exception as e:
+            log.exception("launch failed")
+            for i in instances:
+                if (now := self.store.get(i["id"])) and now["state"] == "pending":
+                    self._terminate(now, f"launch failed: {type(e).__name__}: {e}")
 
     def _launch(self, instances: list[dict], image: Path, mode: str) -> None:
         """Propagate; each guest starts as soon as its VMM has a checked copy. Each instance
@@ -250,6 +263,10 @@ class Service:
             return 200, ec2.response(action, self.ACTIONS[action](self, params))
         except EC2Error as e:
             return e.status, ec2.error(e)
+        except redis.RedisError as e:       # the cloud's state cannot be read: retry later, as EC2 says
+            log.warning("Redis: %s", e)
+            return 503, ec2.error(EC2Error("Unavailable", f"the cloud's state is unavailable ({type(e).__name__}): "
+                                                          "retry", 503))
         except Exception as e:  # reported to the client as EC2 does
             log.exception("internal error")
             return 500, ec2.error(EC2Error("InternalError", f"{type(e).__name__}: {e}", 500))

@@ -13,10 +13,14 @@ import redis
 P = "nimbus:"
 
 
+TIMEOUT_S = 5          # a Redis that does not answer by then is an error, not a hang
+
+
 class Store:
-    def __init__(self, address: str):
+    def __init__(self, address: str, timeout_s: float = TIMEOUT_S):
         host, port = address.rsplit(":", 1)
-        self.r = redis.Redis(host=host, port=int(port), decode_responses=True)
+        self.r = redis.Redis(host=host, port=int(port), decode_responses=True, socket_timeout=timeout_s,
+                             socket_connect_timeout=timeout_s)
 
     # instances ------------------------------------------------------------------------
     def put(self, *instances: dict) -> None:

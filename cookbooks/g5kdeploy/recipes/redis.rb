@@ -1,4 +1,5 @@
-# The site's Redis: state of the site's cloud (and later Shrinker's page index).
+# The site's Redis: state of the site's cloud (persisted: redis_persist), or Shrinker's page
+# index (flushed every trial: not persisted).
 package "redis-server"
 package "python3-redis"
 
