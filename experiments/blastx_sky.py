@@ -367,7 +367,7 @@ class BlastxSky(Experiment):
         return nodes_needed(p)
 
     def main(self, run: Run, testbed: Testbed, p: Params) -> None:
-        need = nodes_needed(p)
+        need = self.request(p, testbed)
         with reserved(run, testbed, need, p.walltime, self.job_name) as res:
             master, hosts, workers = platform_nodes(run, testbed, res, next(iter(need)), p.workers_on,
                                                     p.instance_type)

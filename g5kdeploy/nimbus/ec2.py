@@ -29,12 +29,12 @@ def parse_params(body: bytes, query: str = "") -> dict[str, str]:
     return params
 
 
-ID = re.compile(r"[ir]-(?:[0-9a-f]{8}|[0-9a-f]{17})")     # instance, reservation ids: EC2's two lengths
+INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")     # EC2's two lengths
 
 
 def well_formed(instance: str) -> bool:
-    """Is this an instance id of ours (checked before it names anything on a VMM)?"""
-    return bool(ID.fullmatch(instance)) and instance.startswith("i-")
+    """Is this an instance id (checked before it names anything on a VMM)?"""
+    return bool(INSTANCE_ID.fullmatch(instance))
 
 
 def members(params: dict[str, str], prefix: str) -> list[str]:

@@ -7,6 +7,7 @@ import statistics
 import time
 
 from g5kdeploy.remote import run
+from g5kdeploy.testbed import Feature
 from g5kdeploy.testbed.model import Node
 
 IPERF_PORT = 5201
@@ -44,7 +45,6 @@ def paths(nodes) -> list[tuple]:
 
 def configured_mbit(testbed, src: Node, dst: Node) -> float:
     """The rate the testbed gives the path src -> dst (NaN where it does not say)."""
-    from g5kdeploy.testbed import Feature
     if Feature.RATES not in testbed.features:
         return float("nan")
     rates = testbed.rates()

@@ -127,7 +127,7 @@ class Testbed(ABC):
     def check_request(self, request: dict[str, int], name: str) -> dict[str, Job]:
         """A one-line UserError for a request this testbed cannot meet now (unknown site, too
         many nodes, and locally nodes that other jobs hold); else the jobs it would adopt."""
-        self._check_request(request)
+        self._check_counts(request)
         adopted = self._adoptable(request, name)
         if not self.queues:
             self._check_free({s: n for s, n in request.items() if s not in adopted})
@@ -227,7 +227,7 @@ class Testbed(ABC):
         Grid'5000) with the first site's nodes, and jobs of the same name on the other sites
         that the task adopts and that end with it. The jobs per site."""
         seconds = parse_walltime(walltime)
-        self._check_request(request)
+        self._check_counts(request)
         if live := self.live(name, request):
             raise UserError(f"live OAR jobs are named {name!r} already ({', '.join(str(j.id) for j in live)}): "
                             f"choose another --name or end them (invoke release --name {name})")
@@ -269,7 +269,8 @@ class Testbed(ABC):
         self._deadline = (key, time.monotonic(), min(ends) if ends else None)
         return self._deadline[2]
 
-    def _check_request(self, request: dict[str, int]) -> None:
+    def _check_counts(self, request: dict[str, int]) -> None:
+        """Known sites, and between 1 and the site's size nodes on each."""
         sites = self.description.sites
         if not request:
             raise UserError("empty reservation: ask for nodes per site, e.g. rennes:2,nancy:1")
