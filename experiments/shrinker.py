@@ -24,7 +24,8 @@ Rows, by `level`, each with trial, repeat, method, workload, cluster_size, wan_m
     forced_stop (stopped after the last allowed round, not converged), ram_verified,
     runs_at_destination, source_gone, ticks_before, ticks_after, diagnosis (of a guest that
     stopped ticking), outcome (ok|failed); stock: reported_total_time_s; Shrinker: ram_chunks,
-    first_round_chunks, chunks_retried, downtime_{last_round,resolve,device_state,cont}_s,
+    first_round_chunks, chunks_retried, source_cpu_s (the source agent's CPU time),
+    destination_cpu_s (its destination threads' CPU time), downtime_{last_round,resolve,device_state,cont}_s,
     destination_{final_resolve_s,final_pulls,snapshot_s,cont_s}
   round (one per Shrinker pre-copy round; round 0 is the last one, guest stopped): round,
     chunks, full, dedup, uniform, bytes, time_s, deferred"""
@@ -259,7 +260,8 @@ def _guest_metrics(r: dict, shrinker: bool) -> dict:
                 first_round_chunks=rounds[0]["full"] + rounds[0]["dedup"] + rounds[0]["uniform"], chunks_full=sum(x["full"] for x in rounds),
                 chunks_dedup=sum(x["dedup"] for x in rounds), chunks_uniform=sum(x["uniform"] for x in rounds),
                 chunks_pulled=d.get("pulled", 0), chunks_peer=d.get("peer", 0), chunks_local=d.get("local", 0),
-                chunks_retried=d.get("retried", 0), ram_verified=True,
+                chunks_retried=d.get("retried", 0), ram_verified=True, source_cpu_s=r.get("cpu_s"),
+                destination_cpu_s=d.get("reader_cpu_s", 0) + d.get("resolver_cpu_s", 0),
                 **{f"downtime_{k}": v for k, v in r.get("downtime_phases", {}).items()},
                 **{f"destination_{k}": d[k] for k in ("final_resolve_s", "final_pulls", "snapshot_s", "cont_s") if k in d})
 

@@ -170,6 +170,7 @@ class Migration:
     def run(self) -> None:
         """Read the channel; digests go, a round at a time, to one resolver thread (the reader
         never waits for it: pull replies arrive on this same channel)."""
+        cpu = time.thread_time()
         self.qmp = QMP(str(VMS / self.guest / QMP_SOCKET))      # opened now: `cont` must be quick
         self.send(C.HELLO)
         work: queue.Queue = queue.Queue()
@@ -215,6 +216,7 @@ class Migration:
                 self.stats["cont_s"] = round(time.monotonic() - t, 4)
                 self.stats["index_failures"] = self.agent.index.failures
                 self.agent.done.add(self.guest)
+                self.stats["reader_cpu_s"] = round(time.thread_time() - cpu, 4)
                 self.send(C.CONTINUED, 0, json.dumps(self.stats).encode())
                 # its chunks stay indexed for the guests still migrating: most of a running
                 # guest's pages do not change, and whoever fetches one verifies it
@@ -222,6 +224,7 @@ class Migration:
                 return
 
     def resolver(self, work: queue.Queue) -> None:
+        cpu = time.thread_time()
         while True:
             item = work.get()
             try:
@@ -233,7 +236,9 @@ class Migration:
                     self.update_snapshot()
                     self.stats["snapshot_s"] = round(time.monotonic() - t, 4)
                     self.send(C.SNAPSHOT)
-                    self.send(C.VERIFIED, 0, json.dumps({"digest": hashlib.sha256(self.snapshot).hexdigest()}).encode())
+                    digest = hashlib.sha256(self.snapshot).hexdigest()
+                    self.send(C.VERIFIED, 0, json.dumps({"digest": digest,
+                                                         "cpu_s": round(time.thread_time() - cpu, 4)}).encode())
                     return
                 batch, number = item
                 t = time.monotonic()

@@ -7,6 +7,7 @@ import argparse
 import itertools
 import json
 import os
+import resource
 import socket
 import sys
 import threading
@@ -200,12 +201,20 @@ class Source:
             phases["cont_s"] = downtime - sum(phases.values())
             qmp.execute("quit")
         # the check: this (frozen) RAM against the destination's copy taken at the stop
-        if json.loads(self.wait_reply(C.VERIFIED))["digest"] != C.file_digest(a.ram):
+        verified = json.loads(self.wait_reply(C.VERIFIED))
+        if verified["digest"] != C.file_digest(a.ram):
             raise RuntimeError("the destination RAM differed from the source RAM at the stop")
+        dest["resolver_cpu_s"] = verified["cpu_s"]
         return {**self.stats, "guest": a.guest, "total_time_s": round(time.monotonic() - t0, 4),
                 "downtime_s": round(downtime, 4), "downtime_phases": {k: round(v, 4) for k, v in phases.items()},
                 "destination": dest, "ram_bytes": self.size, "forced_stop": forced,
-                "bytes_sent": sum(r["bytes"] for r in self.stats["rounds"])}
+                "bytes_sent": sum(r["bytes"] for r in self.stats["rounds"]), "cpu_s": cpu_seconds()}
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time so far (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 4)
 
 
 def main(argv: list[str] | None = None) -> None:
