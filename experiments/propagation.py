@@ -239,7 +239,7 @@ class Propagation(Experiment):
 
 def _prepropagate(run: Run, cloud: dict, t: dict) -> None:
     t0 = time.time()
-    filled = [d for d in remote.run_module(cloud["service"], PROPAGATION, f"prepropagate {IMAGE}")
+    filled = [d for d in remote.run_module(cloud["service"], PROPAGATION, "prepropagate", IMAGE)
               if d["cache"] == "miss"]
     run.row(level="prepropagation", repeat=t["repeat"], n_vms=t["n_vms"], method=t["method"], n_filled=len(filled),
             time_s=round(time.time() - t0, 3), bytes=sum(d["bytes"] for d in filled))
@@ -280,7 +280,7 @@ def _request(run: Run, cloud: dict, t: dict, p: Params, image_bytes: int, rate: 
     try:
         guests = _wait_running(ec2, ids, p.timeout_s)
         tx = _tx_bytes(cloud["service"]) - tx0
-        records = remote.run_module(cloud["service"], "g5kdeploy.nimbus.store", " ".join(ids))
+        records = remote.run_module(cloud["service"], "g5kdeploy.nimbus.store", *ids)
         disk = _disk_bytes(sorted({i["vmm"] for i in records}), cache="qcow" in t["method"])
     finally:
         ec2.terminate_instances(InstanceIds=ids)

@@ -40,6 +40,7 @@ from g5kdeploy.engine import Experiment, param, reserved, stage, sweep
 from g5kdeploy.errors import UserError
 from g5kdeploy.results import Run, pyplot, save_figure
 from g5kdeploy.shrinker import cluster
+from g5kdeploy.shrinker.chunks import MAX_CHUNK, MIN_CHUNK
 from g5kdeploy.shrinker.destination import PULL_POLICIES
 from g5kdeploy.testbed import Feature, Testbed
 from g5kdeploy.testbed.description import parse_rate
@@ -105,8 +106,8 @@ class Shrinker(Experiment):
         self.one_of("workload", p.workloads, WORKLOADS)
         self.one_of("pull policy", p.pull, PULL_POLICIES)
         for c in p.chunk_sizes:
-            if c < 64 or c & (c - 1) or c > 65536:
-                raise UserError(f"chunk size {c} is not a power of two between 64 and 65536")
+            if c < MIN_CHUNK or c & (c - 1) or c > MAX_CHUNK:
+                raise UserError(f"chunk size {c} is not a power of two between {MIN_CHUNK} and {MAX_CHUNK}")
         for r in p.wan_rates:
             parse_rate(r)
         if not (p.methods and p.workloads and p.cluster_sizes and p.wan_rates and p.chunk_sizes):
@@ -212,10 +213,10 @@ def _trial(run: Run, testbed: Testbed, src, dst, k: int, t: dict, p: Params) -> 
     shrinker = t["method"].startswith("shrinker")
     common = dict(trial=k, repeat=t["repeat"], method=t["method"], workload=t["workload"],
                   cluster_size=t["cluster_size"], wan_mbit=parse_rate(t["wan_rate"]) / 1e6, chunk=t["chunk"])
-    agents = f"--retries {p.retries} --pull {p.pull}"
+    agents = ["--retries", p.retries, "--pull", p.pull]
     with cluster.guests_running(plans, t["workload"], p.memory_mb, p.workload_mb, p.dirty_rate_mb):
         time.sleep(p.warmup_s)            # the workload reaches its steady state (thesis: 30 s)
-        with cluster.agents_running(dst, agents) if shrinker else nullcontext():
+        with cluster.agents_running(dst, *agents) if shrinker else nullcontext():
             counters = testbed.wan_bytes()
             t0 = time.time()
             try:

@@ -54,7 +54,7 @@ def test_every_vmm_gets_a_checked_copy(daemons, image):
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
     for r in roots:
         assert (r / "cache/img.img").read_bytes() == image.read_bytes()
-        assert (r / "cache/img.sha256").read_text().strip() == digest
+        assert chain.recorded_digest(r / "cache/img.img") == digest
     assert chain.digests(["127.0.0.1"], "cache/img.img", TOKEN, ports[0]) == {"127.0.0.1": digest}
     assert chain.digests(["127.0.0.1"], "cache/other.img", TOKEN, ports[0]) == {"127.0.0.1": None}
 
@@ -94,3 +94,55 @@ def test_verify_keeps_a_good_copy_and_removes_a_wrong_one(tmp_path, image):
     with pytest.raises(SystemExit, match="SHA-256 mismatch"):
         propagation.main(["verify", str(image), "0" * 64])
     assert not image.exists()
+
+
+def ask(port, frame: bytes):
+    """Send raw bytes to a daemon; its answer frame (the connection then closes)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(frame)
+        return chain._read_frame(s)
+
+
+def test_a_huge_head_is_refused_before_it_is_read(daemons):
+    ports, roots = daemons
+    answer = ask(ports[0], (300 << 20).to_bytes(4, "big"))       # announces 300 MiB, sends none
+    assert "at most" in answer["refused"][0]["error"]
+
+
+@pytest.mark.parametrize("head", [[1, 2], "x", {"token": TOKEN}, {"token": 7, "path": "cache/a.img"},
+                                  {"token": TOKEN, "path": "cache/a.img", "size": "big", "sha256": "0" * 64, "next": []}])
+def test_a_malformed_head_is_refused_and_the_daemon_goes_on(daemons, image, head):
+    import json
+    ports, roots = daemons
+    body = json.dumps(head).encode()
+    answer = ask(ports[0], len(body).to_bytes(4, "big") + body)
+    assert "refused" in answer["refused"][0]["error"]
+    assert [o["ok"] for o in send(image, ports)] == [True] * 3       # still serving
+    assert leftovers(roots) == ["cache/img.img"] * 3
+
+
+def test_an_empty_token_is_never_accepted(tmp_path):
+    with pytest.raises(ValueError, match="needs a token"):
+        chain.serve({"address": "127.0.0.1", "port": 0, "token": "", "root": str(tmp_path)})
+    import socket
+    a, b = socket.socketpair()
+    with a, b:
+        body = b'{"token": "", "path": "cache/img.img", "size": 1, "sha256": "' + b"0" * 64 + b'", "next": []}'
+        a.sendall(len(body).to_bytes(4, "big") + body)
+        assert "wrong token" in chain.handle(b, "", tmp_path)[0]["error"]     # a daemon configured without one
+
+
+def test_a_replaced_or_altered_image_is_no_cache_hit(daemons, image, tmp_path):
+    ports, roots = daemons
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    assert all(o["ok"] for o in send(image, ports[:1], record=True))
+    assert chain.digests(["127.0.0.1"], "cache/img.img", TOKEN, ports[0]) == {"127.0.0.1": digest}
+    other = tmp_path / "other.img"
+    other.write_bytes(os.urandom(1000))
+    assert all(o["ok"] for o in send(other, ports[:1]))          # a new copy, not recorded
+    assert chain.digests(["127.0.0.1"], "cache/img.img", TOKEN, ports[0]) == {"127.0.0.1": None}
+    assert all(o["ok"] for o in send(image, ports[:1], record=True))
+    with open(roots[0] / "cache/img.img", "r+b") as f:           # changed in place after the record
+        f.write(b"X")
+    assert chain.digests(["127.0.0.1"], "cache/img.img", TOKEN, ports[0]) == {"127.0.0.1": None}

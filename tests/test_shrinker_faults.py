@@ -62,7 +62,7 @@ def in_background(fn):
 def test_a_peer_serving_corrupted_chunks_is_caught(sites, guests):
     src, dst = sites
     assert guests[0].destination != guests[1].destination          # they are each other's peers
-    with cluster.agents_running(dst, "--corrupt-every 5"):
+    with cluster.agents_running(dst, "--corrupt-every", 5):
         reports = cluster.migrate(guests, "shrinker", src, dst)
     assert sum(r["destination"].get("corrupt", 0) for r in reports) > 0
     assert all(c["runs_at_destination"] and c["source_gone"] for c in cluster.check(guests))
@@ -93,7 +93,7 @@ def test_killed_source_agent_fails_cleanly(sites, guests):
         t.join(300)
     assert "error" in out and victim.source.short in str(out["error"])
     def ticks() -> int:
-        return remote.run_module(victim.source, "g5kdeploy.shrinker.vmm", f"ticks --id {victim.id}")["tick"]
+        return remote.run_module(victim.source, "g5kdeploy.shrinker.vmm", "ticks", "--id", victim.id)["tick"]
     first = ticks()
     wait_until(lambda: ticks() > first, timeout=10)                 # the guest goes on at the source
     left = remote.run("ls /var/lib/g5kdeploy/vms /dev/shm", [victim.destination])[0].stdout

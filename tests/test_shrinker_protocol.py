@@ -1,6 +1,5 @@
-"""Shrinker's protocol pieces without a testbed: chunking, uniform chunks, digests, frames,
-and the destination index bookkeeping on a real Redis."""
-import io
+"""Shrinker's protocol pieces without a testbed: chunking, uniform chunks, digests, and the
+destination index bookkeeping on a real Redis."""
 import os
 
 import pytest
@@ -39,17 +38,6 @@ def test_read_chunks_covers_the_file_in_order(tmp_path):
     assert [i for i, _ in got] == list(range(len(got)))
     assert b"".join(c for _, c in got) == data
     assert all(len(c) == 4096 for _, c in got[:-1])
-
-
-def test_frames_round_trip():
-    buf = io.BytesIO()
-    C.send(buf, C.FULL, 7, b"digest" + b"x" * 4096)
-    C.send(buf, C.ROUND_END, 3)
-    buf.seek(0)
-    assert C.receive(buf) == (C.FULL, 7, b"digest" + b"x" * 4096)
-    assert C.receive(buf) == (C.ROUND_END, 3, b"")
-    with pytest.raises(ConnectionError):
-        C.receive(buf)
 
 
 def test_index_registers_serves_and_unregisters(redis_address, tmp_path):

@@ -32,6 +32,8 @@ PORT = CHAIN_PORT
 CHUNK = 256 * 1024            # bytes read, written and forwarded at a time
 IDLE_TIMEOUT_S = 60           # a silent upstream, or a next hop that does not answer, fails the stream
 REPORT_TIMEOUT_S = 600        # how long a VMM waits for the outcomes of the rest of the chain
+MAX_HEAD = 256 * 1024         # longest head frame (a chain of ~5,000 hops) read before the token is checked
+MAX_REPORT = 16 << 20         # longest outcome list read from a hop we opened
 
 log = logging.getLogger("nimbus.chain")
 
@@ -55,8 +57,25 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(out)
 
 
-def _read_frame(sock: socket.socket):
-    return json.loads(_read_exact(sock, struct.unpack("!I", _read_exact(sock, 4))[0]))
+def _read_frame(sock: socket.socket, limit: int = MAX_REPORT):
+    length = struct.unpack("!I", _read_exact(sock, 4))[0]
+    if length > limit:
+        raise ChainError(f"refused: a {length}-byte frame (at most {limit})")
+    return json.loads(_read_exact(sock, length))
+
+
+def _checked_head(head) -> dict:
+    """A stream's or a query's head, refused unless its fields have their types."""
+    if not isinstance(head, dict) or not isinstance(head.get("token"), str) or not isinstance(head.get("path"), str):
+        raise ChainError("refused: the head is not an object with a token and a path")
+    if head.get("op") == "digest":
+        return head
+    size, digest, hops = head.get("size"), head.get("sha256"), head.get("next")
+    if type(size) is not int or size < 0 or not isinstance(digest, str) or len(digest) != 64 \
+            or not isinstance(hops, list) or not all(
+                isinstance(h, list) and len(h) == 2 and isinstance(h[0], str) and type(h[1]) is int for h in hops):
+        raise ChainError("refused: a stream head needs size, sha256 and next [[host, port], ...]")
+    return head
 
 
 def _target(root: Path, path: str) -> Path:
@@ -71,26 +90,39 @@ def _digest_file(image: Path) -> Path:
 
 
 def install(part: Path, out: Path, sha256: str, record: bool = True) -> None:
-    """A checked copy takes its place; `record` writes its digest beside it (what the cache
-    lookups read)."""
+    """A checked copy takes its place; `record` writes its digest beside it, with the file's
+    size and mtime (what cache lookups read); without it, a digest of an older copy goes."""
     os.replace(part, out)
-    if record:
-        _digest_file(out).write_text(sha256 + "\n")
+    digest_file = _digest_file(out)
+    if not record:
+        digest_file.unlink(missing_ok=True)
+        return
+    st = out.stat()
+    tmp = digest_file.with_name(f".{digest_file.name}.{secrets.token_hex(4)}")
+    tmp.write_text(f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
+    os.replace(tmp, digest_file)
+
+
+def recorded_digest(image: Path) -> str | None:
+    """The digest recorded beside an image, if the image is still the file it was taken of
+    (same size and mtime); None otherwise."""
+    try:
+        sha256, size, mtime = _digest_file(image).read_text().split()
+        st = image.stat()
+    except (OSError, ValueError):
+        return None
+    return sha256 if (st.st_size, st.st_mtime_ns) == (int(size), int(mtime)) else None
 
 
 def handle(conn: socket.socket, token: str, root: Path, chunk: int = CHUNK) -> list[dict]:
     """One connection to the daemon: a digest query, or a stream to relay."""
     conn.settimeout(IDLE_TIMEOUT_S)
     try:
-        head = _read_frame(conn)
-        if not hmac.compare_digest(str(head.get("token", "")), token):
+        head = _checked_head(_read_frame(conn, MAX_HEAD))
+        if not token or not hmac.compare_digest(head["token"].encode(), token.encode()):
             raise ChainError("refused: wrong token")
         if head.get("op") == "digest":
-            try:
-                have = _digest_file(_target(root, head["path"])).read_text().strip()
-            except OSError:
-                have = None
-            conn.sendall(_frame({"sha256": have}))
+            conn.sendall(_frame({"sha256": recorded_digest(_target(root, head["path"]))}))
             return []
         out = _target(root, head["path"])
         conn.sendall(_frame({"accepted": True}))
@@ -228,6 +260,8 @@ class _Server(socketserver.ThreadingTCPServer):
 def serve(config: dict) -> _Server:
     """The VMM's chain daemon: one thread per stream."""
     token, root = config["token"], Path(config.get("root", LIB))
+    if not token:
+        raise ValueError("the chain daemon needs a token: every stream must carry it")
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):

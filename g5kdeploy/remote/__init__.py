@@ -134,10 +134,10 @@ def run(command: str, hosts, method: str = "ssh", timeout: float | None = None) 
     return results
 
 
-def run_module(node, module: str, args: str = "", timeout: float | None = 600) -> dict:
-    """Run `python3 -m <module> <args>` from the sources on a node; the JSON it prints
-    (`{}` for none). A failure raises RuntimeError with the node and its error."""
-    r = run(f"{on_node(module)} {args}", [node], timeout=timeout)[0]
+def run_module(node, module: str, *args, timeout: float | None = 600) -> dict:
+    """Run `python3 -m <module> <args>` from the sources on a node (each argument one word);
+    the JSON it prints (`{}` for none). A failure raises RuntimeError with the node and its error."""
+    r = run(shlex.join([*on_node(module).split(), *map(str, args)]), [node], timeout=timeout)[0]
     try:
         out = json.loads(r.stdout) if r.stdout.strip() else {}
     except json.JSONDecodeError:

@@ -1,18 +1,13 @@
-"""Chunks of guest RAM: digests, uniform chunks, and the frames agents exchange."""
+"""Chunks of guest RAM: digests, uniform chunks, reading them from a RAM file."""
 from __future__ import annotations
 
 import hashlib
 import os
-import struct
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 ALGORITHMS = {"sha1": 20, "sha256": 32, "blake2b": 20}     # digest sizes (blake2b truncated to 160 bits)
+MIN_CHUNK, MAX_CHUNK = 64, 65536
 READ_BLOCK = 1 << 20
-
-# frame: type (1 byte), chunk index or round (4), payload length (4), payload
-HEADER = struct.Struct("!BII")
-FULL, DIGEST, UNIFORM, ROUND_END, FINAL, PULL, PULL_REPLY, HELLO, SNAPSHOT, CONT, CONTINUED, ABORT, ROUND_ACK, \
-    VERIFIED = range(1, 15)
 
 
 def hostport(text: str) -> tuple[str, int]:
@@ -93,20 +88,3 @@ def file_digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else \
             hashlib.sha256(f.read()).hexdigest()
-
-
-def send(out: BinaryIO, kind: int, index: int = 0, payload: bytes = b"") -> int:
-    out.write(HEADER.pack(kind, index, len(payload)))
-    out.write(payload)
-    return HEADER.size + len(payload)
-
-
-def receive(inp: BinaryIO) -> tuple[int, int, bytes]:
-    head = inp.read(HEADER.size)
-    if len(head) < HEADER.size:
-        raise ConnectionError("peer closed the migration channel")
-    kind, index, length = HEADER.unpack(head)
-    payload = inp.read(length) if length else b""
-    if len(payload) < length:
-        raise ConnectionError("peer closed the migration channel")
-    return kind, index, payload

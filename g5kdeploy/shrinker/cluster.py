@@ -1,26 +1,32 @@
 """The frontend side of Shrinker experiments: configure VMMs and one Redis per site,
 start a virtual cluster on source-site VMMs, migrate it to the destination site
-(stock QEMU, Shrinker, or Shrinker without deduplication), measure it and check it."""
+(stock QEMU, Shrinker, or Shrinker without deduplication), measure it and check it.
+Shrinker's channels are keyed here: a fresh key per guest migration and one per destination
+site's agents, copied (scp) into the nodes' root-only key directories, never on a command line."""
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import secrets
 import shlex
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from g5kdeploy import chef, on_node, remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import parallel
+from g5kdeploy.shrinker.channel import KEYS, PEERS, key_text
 from g5kdeploy.testbed.model import Node, NodeSet, heads
 from g5kdeploy.vm import image as vm_image
 from g5kdeploy.vm.qemu import QMP_SOCKET, RAM, VMS
 
 AGENT_PORT, QEMU_PORT, REDIS_PORT = 7700, 7800, 6379
 METHODS = ("stock", "stock-multifd", "stock-zstd", "shrinker", "shrinker-nodedup")
-STOCK_OPTIONS = {"stock": "", "stock-multifd": "--multifd 4", "stock-zstd": "--multifd 4 --compression zstd"}
+STOCK_OPTIONS = {"stock": [], "stock-multifd": ["--multifd", 4], "stock-zstd": ["--multifd", 4, "--compression", "zstd"]}
 DEST_PID = "/run/shrinker-destination.pid"
 
 
@@ -59,10 +65,36 @@ def configure(src: Side, dst: Side, image, logdir: Path | None = None) -> None:
         chef.apply_all(roles, vm_image.boot_files(image, Path(tmp)), logdir=logdir)
 
 
-def _one(node: Node, command: str) -> dict:
+def _one(node: Node, module: str, *args) -> dict:
     """Run `g5kdeploy.shrinker.<module> <args>` on a node; its JSON output."""
-    module, _, args = command.partition(" ")
-    return remote.run_module(node, f"g5kdeploy.shrinker.{module}", args)
+    return remote.run_module(node, f"g5kdeploy.shrinker.{module}", *args)
+
+
+@contextlib.contextmanager
+def keys_shared(users: dict[str, list[Node]]):
+    """A fresh key per name (a guest, or the destination agents' `peers`) in the key
+    directory of the nodes that use it, for the block (what is left is removed after it)."""
+    by_node: dict[Node, list[str]] = defaultdict(list)
+    for name, nodes in users.items():
+        for n in nodes:
+            by_node[n].append(name)
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-keys-") as tmp:
+        for name in users:
+            fd = os.open(os.path.join(tmp, f"{name}.key"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key_text(secrets.token_bytes(32)))
+
+        def give(node: Node) -> None:
+            made = remote.run(f"install -d -m 700 -o root -g root {KEYS}", [node])
+            sent = remote.put([os.path.join(tmp, f"{name}.key") for name in by_node[node]], [node], str(KEYS))
+            if made.failed or sent.failed:
+                raise RuntimeError(f"{node.short}: keys not copied ({made.summary()}; {sent.summary()})")
+        try:
+            _each(give, list(by_node), "sharing migration keys")
+            yield
+        finally:
+            for node, names in by_node.items():
+                remote.run(shlex.join(["rm", "-f", *(f"{KEYS}/{name}.key" for name in names)]), [node])
 
 
 def _each(fn, items, what: str) -> list:
@@ -82,11 +114,12 @@ def plan_cluster(src: Side, dst: Side, count: int, prefix: str) -> list[GuestPla
 def guests_running(plans: list[GuestPlan], workload: str, memory_mb: int, mb: int, rate: int):
     """The guests and their destination twins, running for the block (all stopped when it
     ends, even half started)."""
-    args = f"--memory {memory_mb} --workload {workload} --mb {mb} --rate {rate}"
+    args = ["--memory", memory_mb, "--workload", workload, "--mb", mb, "--rate", rate]
     try:
-        _each(lambda g: _one(g.source, f"vmm start --id {g.id} {args}"), plans, "starting guests")
-        _each(lambda g: _one(g.source, f"vmm ready --id {g.id}"), plans, "waiting for the workloads")
-        _each(lambda g: _one(g.destination, f"vmm start --id {g.id} {args} --incoming"), plans, "destination twins")
+        _each(lambda g: _one(g.source, "vmm", "start", "--id", g.id, *args), plans, "starting guests")
+        _each(lambda g: _one(g.source, "vmm", "ready", "--id", g.id), plans, "waiting for the workloads")
+        _each(lambda g: _one(g.destination, "vmm", "start", "--id", g.id, *args, "--incoming"), plans,
+              "destination twins")
         yield plans
     finally:
         remote.run(f"for d in {VMS}/*; do [ -d $d ] && {on_node('g5kdeploy.shrinker.vmm')} stop --id $(basename $d); done; true",
@@ -94,17 +127,24 @@ def guests_running(plans: list[GuestPlan], workload: str, memory_mb: int, mb: in
 
 
 @contextlib.contextmanager
-def agents_running(dst: Side, options: str = ""):
-    """One destination agent per destination VMM, in the background for the block."""
+def agents_running(dst: Side, *options):
+    """One destination agent per destination VMM, in the background for the block (they
+    share a fresh peers key)."""
     def start(n: Node):
-        cmd = (f"exec {on_node('g5kdeploy.shrinker.destination')} --listen {n.address}:{AGENT_PORT} --redis {dst.redis.address}:{REDIS_PORT} "
-               f"{options}")
+        cmd = "exec " + shlex.join([*on_node("g5kdeploy.shrinker.destination").split(),
+                                    "--listen", f"{n.address}:{AGENT_PORT}", "--redis", f"{dst.redis.address}:{REDIS_PORT}",
+                                    *map(str, options)])
+        # started once it listens (it has read its key by then); failed if it exits first
         r = remote.run(f"setsid sh -c {shlex.quote(cmd + ' > /var/log/shrinker-destination.log 2>&1')} "
-                       f"< /dev/null & echo $! > {DEST_PID}; sleep 0.5; kill -0 $(cat {DEST_PID})", [n])[0]
+                       f"< /dev/null & echo $! > {DEST_PID}; "
+                       f"until ss -Hltn 'sport = :{AGENT_PORT}' | grep -q .; do "
+                       f"kill -0 $(cat {DEST_PID}) || {{ tail -3 /var/log/shrinker-destination.log >&2; exit 1; }}; "
+                       f"sleep 0.05; done", [n], timeout=60)[0]
         if not r.ok:
-            raise RuntimeError(f"{n.short}: destination agent did not start")
+            raise RuntimeError(f"{n.short}: destination agent did not start: {r.error or r.stderr.strip()[-300:]}")
     try:
-        _each(start, dst.vmms, "destination agents")
+        with keys_shared({PEERS: dst.vmms}):
+            _each(start, dst.vmms, "destination agents")     # each reads the key (and removes it)
         yield
     finally:
         remote.run(f"[ -f {DEST_PID} ] && kill $(cat {DEST_PID}); rm -f {DEST_PID}; true", dst.vmms)
@@ -121,9 +161,9 @@ def migrate(plans: list[GuestPlan], method: str, src: Side, dst: Side, chunk: in
         raise UserError(f"unknown migration method {method!r}: use one of {', '.join(METHODS)}")
     shrinker = method.startswith("shrinker")
     port = {g.id: QEMU_PORT + k for k, g in enumerate(plans)}
-    options = STOCK_OPTIONS.get(method, "")          # QEMU's built-in options, on both ends
-    flags = "--ignore-shared" if shrinker else options
-    _each(lambda g: _one(g.destination, f"vmm incoming --id {g.id} --port {port[g.id]} {flags}"), plans,
+    options = STOCK_OPTIONS.get(method, [])          # QEMU's built-in options, on both ends
+    flags = ["--ignore-shared"] if shrinker else options
+    _each(lambda g: _one(g.destination, "vmm", "incoming", "--id", g.id, "--port", port[g.id], *flags), plans,
           "destination QEMUs listening")
 
     def one(g: GuestPlan) -> dict:
@@ -132,24 +172,25 @@ def migrate(plans: list[GuestPlan], method: str, src: Side, dst: Side, chunk: in
         except Exception:      # the guest goes on at the source; nothing stays at the destination
             for node, command in ((g.source, "resume"), (g.destination, "stop")):
                 with contextlib.suppress(Exception):
-                    _one(node, f"vmm {command} --id {g.id}")
+                    _one(node, "vmm", command, "--id", g.id)
             raise
 
     def attempt(g: GuestPlan) -> dict:
         t0 = time.time()
         if shrinker:
-            redis = f"--redis {src.redis.address}:{REDIS_PORT}" if method == "shrinker" else ""
-            out = _one(g.source, f"source --guest {g.id} --ram {RAM.format(name=g.id)} "
-                                 f"--qmp {VMS / g.id / QMP_SOCKET} "
-                                 f"--to {g.destination.address}:{AGENT_PORT} "
-                                 f"--device-to {g.destination.address}:{port[g.id]} {redis} "
-                                 f"--chunk {chunk} --digest {digest} --rate-mbit {rate_mbit} --max-rounds {max_rounds}")
+            redis = ["--redis", f"{src.redis.address}:{REDIS_PORT}"] if method == "shrinker" else []
+            out = _one(g.source, "source", "--guest", g.id, "--ram", RAM.format(name=g.id),
+                       "--qmp", VMS / g.id / QMP_SOCKET, "--to", f"{g.destination.address}:{AGENT_PORT}",
+                       "--device-to", f"{g.destination.address}:{port[g.id]}", *redis, "--chunk", chunk,
+                       "--digest", digest, "--rate-mbit", rate_mbit, "--max-rounds", max_rounds)
         else:
-            out = _one(g.source, f"vmm stock-migrate --id {g.id} --to {g.destination.address}:{port[g.id]} {options} "
-                                 f"--max-rounds {max_rounds}")
+            out = _one(g.source, "vmm", "stock-migrate", "--id", g.id, "--to", f"{g.destination.address}:{port[g.id]}",
+                       *options, "--max-rounds", max_rounds)
         return {**out, "guest": g.id, "start": t0, "end": time.time()}
 
-    return _each(one, plans, f"migrating {len(plans)} guests ({method})")
+    keys = keys_shared({g.id: [g.source, g.destination] for g in plans}) if shrinker else contextlib.nullcontext()
+    with keys:
+        return _each(one, plans, f"migrating {len(plans)} guests ({method})")
 
 
 def check(plans: list[GuestPlan], timeout: float = 10) -> list[dict]:
@@ -157,16 +198,16 @@ def check(plans: list[GuestPlan], timeout: float = 10) -> list[dict]:
     no longer at the source. Its downtime, from QEMU's own run-state trace on both sides:
     the source's last vCPU stop to the destination's first start (any migration method)."""
     def one(g: GuestPlan) -> dict:
-        first = _one(g.destination, f"vmm ticks --id {g.id}")
+        first = _one(g.destination, "vmm", "ticks", "--id", g.id)
         deadline, later = time.monotonic() + timeout, first
         while later["running"] and later["tick"] <= first["tick"] and time.monotonic() < deadline:
             time.sleep(0.25)
-            later = _one(g.destination, f"vmm ticks --id {g.id}")
-        source = _one(g.source, f"vmm runstate --id {g.id}")
+            later = _one(g.destination, "vmm", "ticks", "--id", g.id)
+        source = _one(g.source, "vmm", "runstate", "--id", g.id)
         stopped = [t for t, running, _ in source["events"] if not running]
-        started = [t for t, running, _ in _one(g.destination, f"vmm runstate --id {g.id}")["events"] if running]
+        started = [t for t, running, _ in _one(g.destination, "vmm", "runstate", "--id", g.id)["events"] if running]
         ticking = later["running"] and later["tick"] > first["tick"]
-        diagnosis = "" if ticking else json.dumps(_one(g.destination, f"vmm diagnose --id {g.id}"))
+        diagnosis = "" if ticking else json.dumps(_one(g.destination, "vmm", "diagnose", "--id", g.id))
         return {"guest": g.id, "runs_at_destination": ticking, "diagnosis": diagnosis,
                 "source_gone": not source["running"], "ticks_before": first["tick"], "ticks_after": later["tick"],
                 "downtime_s": round(started[0] - stopped[-1], 4) if stopped and started else None}

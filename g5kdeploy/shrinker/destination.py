@@ -2,6 +2,9 @@
 in place into each guest's RAM file), resolves digests through the destination-site index
 (Redis SADD/SRANDMEMBER/SREM), fetches chunks from peers and verifies them, pulls from the
 source when no peer has them, and serves its own chunks to peers.
+A migration is accepted only with the key the orchestrator left for its guest (used once); peers
+prove the site key; every frame is authenticated (`channel`), every chunk checked against its
+index, length and digest before it is written.
 `python3 -m g5kdeploy.shrinker.destination --listen ADDR:PORT --redis HOST:PORT ...`"""
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ import threading
 import time
 import traceback
 from collections import defaultdict
+from pathlib import Path
 
-from g5kdeploy.shrinker import chunks as C
+from g5kdeploy.shrinker import channel as F, chunks as C
 from g5kdeploy.vm.qemu import QMP, QMP_SOCKET, RAM, VMS
 BATCH = 1024
 PULL_POLICIES = ("deferred", "at-once")
+FIRST_FRAME_S, IDLE_S = 10, 300          # a silent connection is closed
 
 
 class Index:
@@ -108,31 +113,39 @@ class Index:
 class Peers:
     """Connections to other destination agents, to fetch chunks by digest (pipelined)."""
 
-    def __init__(self):
-        self.conns: dict[str, tuple] = {}
+    def __init__(self, key: bytes, chunk: int):
+        self.key, self.chunk = key, chunk
+        self.conns: dict[str, F.Channel] = {}
 
     def fetch(self, host: str, digests: list[bytes]) -> list[bytes]:
         if host not in self.conns:
             s = socket.create_connection(C.hostport(host), timeout=30)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.conns[host] = (s.makefile("rb"), s.makefile("wb"))
-        inp, out = self.conns[host]
+            self.conns[host] = F.Channel(s.makefile("rb"), s.makefile("wb"), self.key, "source", self.chunk)
+        chan = self.conns[host]
         for d in digests:
-            C.send(out, C.PULL, 0, d)
-        out.flush()
-        return [C.receive(inp)[2] for _ in digests]
+            chan.send(F.PULL, 0, d)
+        chan.flush()
+        return [chan.receive()[2] for _ in digests]
 
 
 class Migration:
     """One incoming guest: writes, digest resolution, the final check, `cont`."""
 
-    def __init__(self, agent: "Agent", inp, out, hello: dict):
-        self.agent, self.inp, self.out = agent, inp, out
+    def __init__(self, agent: "Agent", chan: F.Channel, hello: dict):
+        self.agent, self.chan = agent, chan
         self.guest, self.chunk = hello["guest"], hello["chunk"]
         self.hash, self.dsize = C.digest_fn(hello["digest"]), C.ALGORITHMS[hello["digest"]]
+        self.chunks = hello["size"] // self.chunk
+        chan.limit = self.dsize + self.chunk
         self.path = RAM.format(name=self.guest)
-        self.fd = os.open(self.path, os.O_RDWR)
-        if os.fstat(self.fd).st_size != hello["size"]:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+        st = os.fstat(self.fd)
+        if st.st_uid != os.geteuid():
+            os.close(self.fd)
+            raise PermissionError(f"{self.path} belongs to uid {st.st_uid}, not to this agent's")
+        if st.st_size != hello["size"]:
+            os.close(self.fd)
             raise RuntimeError(f"{self.path} is not {hello['size']} bytes: is the destination QEMU started?")
         agent.index.files[self.guest] = (self.fd, self.chunk)
         self.latest: dict[int, int] = {}
@@ -143,15 +156,29 @@ class Migration:
         self.wlock = threading.Lock()            # the channel's writer
         self.state = threading.Lock()            # latest message per chunk, and its write
         self.stats = defaultdict(int)
-        self.peers = Peers()
+        self.peers = Peers(agent.peer_key, self.chunk)
         self.deferred: list[tuple[int, bytes, int]] = []   # digests no host of the site has yet
         self.snapshot = bytearray(hello["size"])   # the RAM file's copy for the check (allocated now)
         self.written: set[int] | None = None       # chunks written since the copy was taken
 
     def send(self, kind: int, index: int = 0, payload: bytes = b"") -> None:
         with self.wlock:
-            C.send(self.out, kind, index, payload)
-            self.out.flush()
+            self.chan.send(kind, index, payload)
+            self.chan.flush()
+
+    def chunk_frame(self, kind: int, index: int, payload: bytes) -> bytes | None:
+        """The data of a FULL or UNIFORM frame (None for a DIGEST), refused unless its index
+        is in the RAM and its length and digest are right."""
+        if index >= self.chunks:
+            raise F.Refused(f"chunk {index} is beyond the RAM's {self.chunks}")
+        if kind == F.FULL:
+            digest, data = payload[:self.dsize], payload[self.dsize:]
+            if len(data) != self.chunk or self.hash(data) != digest:
+                raise F.Refused(f"chunk {index}: its data does not match its digest and length")
+            return data
+        if len(payload) != {F.UNIFORM: 1, F.DIGEST: self.dsize}[kind]:
+            raise F.Refused(f"chunk {index}: a {len(payload)}-byte payload")
+        return payload * self.chunk if kind == F.UNIFORM else None
 
     def write(self, index: int, data: bytes, digest: bytes | None) -> None:
         os.pwrite(self.fd, data, index * self.chunk)
@@ -172,37 +199,40 @@ class Migration:
         never waits for it: pull replies arrive on this same channel)."""
         cpu = time.thread_time()
         self.qmp = QMP(str(VMS / self.guest / QMP_SOCKET))      # opened now: `cont` must be quick
-        self.send(C.HELLO)
+        self.send(F.HELLO)
         work: queue.Queue = queue.Queue()
         resolver = threading.Thread(target=self.resolver, args=(work,), daemon=True)
         resolver.start()
         while True:
-            kind, index, payload = C.receive(self.inp)
-            if kind in (C.FULL, C.UNIFORM, C.DIGEST):
+            kind, index, payload = self.chan.receive()
+            if kind in (F.FULL, F.UNIFORM, F.DIGEST):
+                data = self.chunk_frame(kind, index, payload)
                 with self.state:
                     self.seq += 1
                     self.latest[index] = self.seq
-                    if kind == C.FULL:
-                        self.write(index, payload[self.dsize:], payload[:self.dsize])
-                    elif kind == C.UNIFORM:
-                        self.write(index, payload * self.chunk, None)
+                    if kind == F.FULL:
+                        self.write(index, data, payload[:self.dsize])
+                    elif kind == F.UNIFORM:
+                        self.write(index, data, None)
                     else:
                         self.queue.append((index, payload, self.seq))
-                self.stats[{C.FULL: "full", C.UNIFORM: "uniform", C.DIGEST: "dedup"}[kind]] += 1
+                self.stats[{F.FULL: "full", F.UNIFORM: "uniform", F.DIGEST: "dedup"}[kind]] += 1
                 if len(self.queue) >= BATCH:       # resolve while the round goes on: the other
                     work.put((self.queue, None))   # guests' copies are in the index now
                     self.queue = []
-            elif kind == C.PULL_REPLY:
+            elif kind == F.PULL_REPLY:
+                if len(payload) != self.chunk:
+                    raise F.Refused(f"a pulled chunk of {len(payload)} bytes")
                 with self.pull_ready:
                     self.pulled[index] = payload
                     self.pull_ready.notify_all()
-            elif kind == C.ROUND_END:
+            elif kind == F.ROUND_END:
                 self.agent.index.flush()
                 work.put((self.queue, index))          # round 0: the last, the guest is stopped
                 self.queue = []
-            elif kind == C.FINAL:
+            elif kind == F.FINAL:
                 work.put(None)
-            elif kind == C.CONT:
+            elif kind == F.CONT:
                 t = time.monotonic()
                 # QEMU starts the guest once the device state is loaded (the source leaves its
                 # run state out of the stream); `cont` it if it stayed paused
@@ -217,11 +247,13 @@ class Migration:
                 self.stats["index_failures"] = self.agent.index.failures
                 self.agent.done.add(self.guest)
                 self.stats["reader_cpu_s"] = round(time.thread_time() - cpu, 4)
-                self.send(C.CONTINUED, 0, json.dumps(self.stats).encode())
+                self.send(F.CONTINUED, 0, json.dumps(self.stats).encode())
                 # its chunks stay indexed for the guests still migrating: most of a running
                 # guest's pages do not change, and whoever fetches one verifies it
                 resolver.join()                         # the digest of the snapshot is still to send
                 return
+            else:
+                raise F.Refused(f"a frame of type {kind} in a migration")
 
     def resolver(self, work: queue.Queue) -> None:
         cpu = time.thread_time()
@@ -235,9 +267,9 @@ class Migration:
                     t = time.monotonic()
                     self.update_snapshot()
                     self.stats["snapshot_s"] = round(time.monotonic() - t, 4)
-                    self.send(C.SNAPSHOT)
+                    self.send(F.SNAPSHOT)
                     digest = hashlib.sha256(self.snapshot).hexdigest()
-                    self.send(C.VERIFIED, 0, json.dumps({"digest": digest,
+                    self.send(F.VERIFIED, 0, json.dumps({"digest": digest,
                                                          "cpu_s": round(time.thread_time() - cpu, 4)}).encode())
                     return
                 batch, number = item
@@ -246,12 +278,12 @@ class Migration:
                 if number == 0:
                     self.stats["final_resolve_s"] = round(time.monotonic() - t, 4)
                 if number is not None:
-                    self.send(C.ROUND_ACK, number, json.dumps({"deferred": len(self.deferred)}).encode())
+                    self.send(F.ROUND_ACK, number, json.dumps({"deferred": len(self.deferred)}).encode())
                 if number == 1:               # most of the RAM is in place: copy it now, out of
                     self.update_snapshot()    # the downtime; the stop re-reads what changes after
             except Exception as e:  # the source resumes its guest
                 traceback.print_exc()
-                self.send(C.ABORT, 0, f"{type(e).__name__}: {e}".encode())
+                self.send(F.ABORT, 0, f"{type(e).__name__}: {e}".encode())
                 return
 
     def update_snapshot(self) -> None:
@@ -326,8 +358,8 @@ class Migration:
             return
         with self.wlock:
             for index, _, _ in todo:
-                C.send(self.out, C.PULL, index)
-            self.out.flush()
+                self.chan.send(F.PULL, index)
+            self.chan.flush()
         with self.pull_ready:
             self.pull_ready.wait_for(lambda: all(i in self.pulled for i, _, _ in todo), timeout=120)
             replies = {i: self.pulled.pop(i, None) for i, _, _ in todo}
@@ -345,30 +377,78 @@ class Agent(socketserver.ThreadingTCPServer):
     def __init__(self, a: argparse.Namespace):
         self.me, self.retries, self.retry_wait = a.listen, a.retries, a.retry_ms / 1000
         self.pull_at_once = a.pull == "at-once"
+        self.keys = Path(a.keys)
+        self.peer_key = F.read_key(F.PEERS, self.keys, remove=True)
         self.index = Index(a.redis, a.listen, a.key_prefix)
         self.corrupt_every, self.served, self.done = a.corrupt_every, 0, set()
         super().__init__(C.hostport(a.listen), Handler)
 
 
+def checked_hello(payload: bytes) -> dict:
+    """A HELLO's fields, refused unless well formed and within bounds."""
+    try:
+        hello = json.loads(payload)
+    except ValueError:
+        raise F.Refused("a HELLO that is not JSON") from None
+    if not isinstance(hello, dict) or not isinstance(hello.get("guest"), str):
+        raise F.Refused("a HELLO without a guest")
+    chunk, size = hello.get("chunk"), hello.get("size")
+    if type(chunk) is not int or not C.MIN_CHUNK <= chunk <= C.MAX_CHUNK or chunk & (chunk - 1):
+        raise F.Refused(f"chunk size {chunk!r} is not a power of two in [{C.MIN_CHUNK}, {C.MAX_CHUNK}]")
+    if type(size) is not int or size <= 0 or size % chunk:
+        raise F.Refused(f"RAM size {size!r} is not a multiple of the chunk size")
+    if hello.get("digest") not in C.ALGORITHMS:
+        raise F.Refused(f"unknown digest {hello.get('digest')!r}")
+    return hello
+
+
 class Handler(socketserver.StreamRequestHandler):
     def handle(self):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connection.settimeout(FIRST_FRAME_S)
         agent: Agent = self.server
-        migration = None
         try:
-            kind, _, payload = C.receive(self.rfile)
-            if kind == C.HELLO:
-                migration = Migration(agent, self.rfile, self.wfile, json.loads(payload))
-                migration.run()
-                return
-            while kind == C.PULL:                       # a peer fetching chunks by digest
-                data = agent.index.read(payload) or b""
+            head, payload, tag = F.read_frame(self.rfile)
+            if F.kind_of(head) == F.HELLO:
+                hello = checked_hello(payload)
+                chan = F.Channel(self.rfile, self.wfile, F.read_key(hello["guest"], agent.keys), "destination")
+                chan.verify(head, payload, tag)
+                F.read_key(hello["guest"], agent.keys, remove=True)       # used once
+            elif F.kind_of(head) == F.PULL:
+                chan = F.Channel(self.rfile, self.wfile, agent.peer_key, "destination", limit=64)
+                chan.verify(head, payload, tag)
+            else:
+                raise F.Refused(f"a first frame of type {F.kind_of(head)}")
+        except (F.Refused, ConnectionError, OSError) as e:      # not authenticated: nothing is answered
+            print(f"{self.client_address[0]}: refused: {e}", file=sys.stderr, flush=True)
+            return
+        self.connection.settimeout(IDLE_S)
+        if F.kind_of(head) == F.HELLO:
+            self.migrate(chan, hello)
+        else:
+            self.serve_peer(chan, payload)
+
+    def serve_peer(self, chan: F.Channel, digest: bytes) -> None:
+        """Answer a peer's PULLs (by digest) until it closes the channel."""
+        agent: Agent = self.server
+        with contextlib.suppress(ConnectionError, OSError, F.Refused):
+            while True:
+                data = agent.index.read(digest) or b""
                 agent.served += 1
                 if data and agent.corrupt_every and agent.served % agent.corrupt_every == 0:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]          # fault injection (tests)
-                C.send(self.wfile, C.PULL_REPLY, 0, data)
-                self.wfile.flush()
-                kind, _, payload = C.receive(self.rfile)
+                chan.send(F.PULL_REPLY, 0, data)
+                chan.flush()
+                kind, _, digest = chan.receive()
+                if kind != F.PULL:
+                    return
+
+    def migrate(self, chan: F.Channel, hello: dict) -> None:
+        agent: Agent = self.server
+        migration = None
+        try:
+            migration = Migration(agent, chan, hello)
+            migration.run()
         except ConnectionError:
             if migration and migration.guest not in agent.done:     # its source went away
                 print(f"{migration.guest}: the source closed the channel", file=sys.stderr, flush=True)
@@ -376,8 +456,8 @@ class Handler(socketserver.StreamRequestHandler):
         except Exception as e:  # reported to the source, then the channel closes
             traceback.print_exc()
             with contextlib.suppress(OSError):
-                C.send(self.wfile, C.ABORT, 0, f"{type(e).__name__}: {e}".encode())
-                self.wfile.flush()
+                chan.send(F.ABORT, 0, f"{type(e).__name__}: {e}"[:1000].encode())
+                chan.flush()
             if migration:
                 agent.index.forget(migration.guest)
 
@@ -392,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pull", choices=PULL_POLICIES, default="deferred",
                    help="digests no host of the site has: retried, deferred and pulled once the guest is stopped "
                         "(deferred), or pulled from the source at once (at-once, as in the thesis)")
+    p.add_argument("--keys", default=str(F.KEYS), help="root-only directory of the migrations' keys and peers.key")
     p.add_argument("--corrupt-every", type=int, default=0, help="serve every Nth chunk corrupted (fault test)")
     Agent(p.parse_args(argv)).serve_forever()
 

@@ -1,6 +1,8 @@
 """Source agent: migrates one guest's RAM to a destination agent, then lets QEMU move the
-device state. `python3 -m g5kdeploy.shrinker.source --ram F --qmp S --to HOST:PORT ...`
-prints one JSON object: rounds, chunks (full / dedup / uniform / pulled), bytes, times."""
+device state, over a channel authenticated with the migration's key (left by the orchestrator
+in the key directory, removed once read). The source guest stays paused until the destination's
+copy of its RAM is verified equal to its own.
+`python3 -m g5kdeploy.shrinker.source --ram F --qmp S --to HOST:PORT ...` prints one JSON object: rounds, chunks (full / dedup / uniform / pulled), bytes, times."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +14,9 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
-from g5kdeploy.shrinker import chunks as C
+from g5kdeploy.shrinker import channel as F, chunks as C
 from g5kdeploy.vm.qemu import QMP
 
 BATCH = 1024          # SETNX queries per pipeline
@@ -34,8 +37,8 @@ class Source:
         self.sock = socket.create_connection(C.hostport(a.to), timeout=60)
         self.sock.settimeout(None)    # a round can send for minutes with nothing coming back
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.out = self.sock.makefile("wb", buffering=1 << 20)
-        self.inp = self.sock.makefile("rb", buffering=1 << 16)
+        self.chan = F.Channel(self.sock.makefile("rb", buffering=1 << 16), self.sock.makefile("wb", buffering=1 << 20),
+                              F.read_key(a.guest, Path(a.keys), remove=True), "source")
         self.lock = threading.Lock()
         self.replies: dict[int, tuple[int, bytes]] = {}
         self.replied = threading.Condition()
@@ -44,25 +47,27 @@ class Source:
     # -- channel -------------------------------------------------------------------------
     def send(self, kind: int, index: int = 0, payload: bytes = b"") -> int:
         with self.lock:
-            return C.send(self.out, kind, index, payload)
+            return self.chan.send(kind, index, payload)
 
     def flush(self) -> None:
         with self.lock:
-            self.out.flush()
+            self.chan.flush()
 
     def reader(self) -> None:
         """Serve the destination's pulls (current content) and collect its control replies."""
         try:
             while True:
-                kind, index, payload = C.receive(self.inp)
-                if kind == C.PULL:
+                kind, index, payload = self.chan.receive()
+                if kind == F.PULL:
+                    if index * self.a.chunk >= self.size:
+                        raise F.Refused(f"a pull of chunk {index}, beyond the RAM")
                     # the current content, which may be newer than the digest it replaces:
                     # the next round sends this chunk again, whatever it holds then
                     with self.resend_lock:
                         data = os.pread(self.fd, self.a.chunk, index * self.a.chunk)
                         self.resend.add(index)
                     self.stats["pulled"] += 1
-                    self.send(C.PULL_REPLY, index, data)
+                    self.send(F.PULL_REPLY, index, data)
                     self.flush()
                 else:
                     with self.replied:
@@ -70,15 +75,15 @@ class Source:
                         self.replied.notify_all()
         except (ConnectionError, OSError, ValueError) as e:
             with self.replied:
-                self.replies.setdefault(C.ABORT, (0, f"channel closed ({type(e).__name__}: {e})".encode()))
+                self.replies.setdefault(F.ABORT, (0, f"channel closed ({type(e).__name__}: {e})".encode()))
                 self.replied.notify_all()
 
     def wait_reply(self, kind: int, timeout: float = 300) -> bytes:
         with self.replied:
-            ok = self.replied.wait_for(lambda: kind in self.replies or C.ABORT in self.replies, timeout)
+            ok = self.replied.wait_for(lambda: kind in self.replies or F.ABORT in self.replies, timeout)
             if kind in self.replies:                     # arrived, even if the channel closed after
                 return self.replies.pop(kind)[1]
-            reason = self.replies.get(C.ABORT, (0, b"no answer" if ok else b"timeout"))[1]
+            reason = self.replies.get(F.ABORT, (0, b"no answer" if ok else b"timeout"))[1]
             raise RuntimeError(f"destination: {reason.decode(errors='replace')}")
 
     # -- rounds --------------------------------------------------------------------------
@@ -97,14 +102,14 @@ class Source:
             byte = C.uniform(data)
             if byte is not None:
                 r["uniform"] += 1
-                r["bytes"] += self.send(C.UNIFORM, index, bytes([byte]))
+                r["bytes"] += self.send(F.UNIFORM, index, bytes([byte]))
                 continue
             pending.append((index, self.hash(data), data))
             if len(pending) >= BATCH:
                 self._send_batch(pending, r)
                 pending = []
         self._send_batch(pending, r)
-        r["bytes"] += self.send(C.ROUND_END, number)
+        r["bytes"] += self.send(F.ROUND_END, number)
         self.flush()
         r["time_s"] = round(time.monotonic() - t0, 4)
         self.stats["rounds"].append(r)
@@ -133,19 +138,19 @@ class Source:
         for (index, d, data), is_first in zip(pending, first):
             if is_first:
                 r["full"] += 1
-                r["bytes"] += self.send(C.FULL, index, d + data)
+                r["bytes"] += self.send(F.FULL, index, d + data)
             else:
                 r["dedup"] += 1
-                r["bytes"] += self.send(C.DIGEST, index, d)
+                r["bytes"] += self.send(F.DIGEST, index, d)
 
     # -- the whole migration -------------------------------------------------------------
     def migrate(self) -> dict:
         a, t0 = self.a, time.monotonic()
         hello = {"guest": a.guest, "size": self.size, "chunk": a.chunk, "digest": a.digest}
-        self.send(C.HELLO, 0, json.dumps(hello).encode())
+        self.send(F.HELLO, 0, json.dumps(hello).encode())
         self.flush()
         threading.Thread(target=self.reader, daemon=True).start()
-        self.wait_reply(C.HELLO)
+        self.wait_reply(F.HELLO)
         # pre-copy until what is left (dirtied chunks, and digests the destination site
         # cannot resolve yet) fits the downtime target, or the rounds or time run out
         target_bytes = a.downtime_ms / 1000 * a.rate_mbit * 1e6 / 8
@@ -154,7 +159,7 @@ class Source:
         while True:
             number += 1
             r = self.round(number)
-            r["deferred"] = json.loads(self.wait_reply(C.ROUND_ACK))["deferred"]
+            r["deferred"] = json.loads(self.wait_reply(F.ROUND_ACK))["deferred"]
             converged = number > 1 and r["chunks"] * a.chunk <= target_bytes
             # deferred digests are pulled over the WAN once stopped, while every other guest
             # of the cluster migrates too: wait until peers hold (nearly) all of them
@@ -179,31 +184,32 @@ class Source:
             phases, handed_over = {}, False
             try:
                 self.round(0)                                  # the last delta, guest stopped
-                self.send(C.FINAL)
+                self.send(F.FINAL)
                 self.flush()
                 phases["last_round_s"] = time.monotonic() - stop
-                self.wait_reply(C.SNAPSHOT)                    # every chunk is in place there
+                self.wait_reply(F.SNAPSHOT)                    # every chunk is in place there
                 phases["resolve_s"] = time.monotonic() - stop - phases["last_round_s"]
                 qmp.execute("migrate", uri=f"tcp:{a.device_to}")
                 info = qmp.wait_migration(0.005, timeout=60)
                 if info["status"] != "completed":
                     raise RuntimeError(f"device state migration {info['status']}: {info.get('error-desc', '')}")
                 phases["device_state_s"] = time.monotonic() - stop - phases["last_round_s"] - phases["resolve_s"]
-                self.send(C.CONT)
+                self.send(F.CONT)
                 self.flush()
                 handed_over = True
-                dest = json.loads(self.wait_reply(C.CONTINUED))
+                dest = json.loads(self.wait_reply(F.CONTINUED))
             except BaseException:
                 if not handed_over:           # the guest keeps running at the source
                     qmp.execute("cont")       # (never once the destination may own the RAM)
                 raise
             downtime = time.monotonic() - stop
             phases["cont_s"] = downtime - sum(phases.values())
+            # the check: this (paused) RAM against the destination's copy taken at the stop; on
+            # a difference the guest is still here, for the orchestrator to resume
+            verified = json.loads(self.wait_reply(F.VERIFIED))
+            if verified["digest"] != C.file_digest(a.ram):
+                raise RuntimeError("the destination RAM differed from the source RAM at the stop")
             qmp.execute("quit")
-        # the check: this (frozen) RAM against the destination's copy taken at the stop
-        verified = json.loads(self.wait_reply(C.VERIFIED))
-        if verified["digest"] != C.file_digest(a.ram):
-            raise RuntimeError("the destination RAM differed from the source RAM at the stop")
         dest["resolver_cpu_s"] = verified["cpu_s"]
         return {**self.stats, "guest": a.guest, "total_time_s": round(time.monotonic() - t0, 4),
                 "downtime_s": round(downtime, 4), "downtime_phases": {k: round(v, 4) for k, v in phases.items()},
@@ -224,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--qmp", required=True)
     p.add_argument("--to", required=True, help="destination agent host:port")
     p.add_argument("--device-to", required=True, help="destination QEMU's incoming host:port")
+    p.add_argument("--keys", default=str(F.KEYS), help="root-only directory holding <guest>.key")
     p.add_argument("--redis", default="", help="source-site coordination Redis host:port (empty: no dedup)")
     p.add_argument("--key-prefix", default="shrinker:")
     p.add_argument("--chunk", type=int, default=4096)

@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -117,9 +118,23 @@ class Guest:
         paths = {k: Path(spec[k]) if spec.get(k) else None for k in ("kernel", "initrd", "disk")}
         return cls(**{**spec, **paths})
 
+    def claim_ram(self) -> None:
+        """Create the RAM file, this user's alone (0600): a file another user put at its path
+        (in the world-writable /dev/shm) is refused, a stale one of ours replaced."""
+        try:
+            st = os.lstat(self.ram_path)
+        except FileNotFoundError:
+            pass
+        else:
+            if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+                raise RuntimeError(f"{self.ram_path} exists and is not this user's file: remove it")
+            self.ram_path.unlink()
+        os.close(os.open(self.ram_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+
     def start(self) -> int:
-        """Start QEMU (daemonized); returns its pid."""
+        """Start QEMU (daemonized) on a RAM file of its own; returns its pid."""
         self.rundir.mkdir(parents=True, exist_ok=True)
+        self.claim_ram()
         p = subprocess.run(self.argv(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
             raise RuntimeError(f"qemu for {self.name} failed: {p.stderr.strip()[-400:]}")

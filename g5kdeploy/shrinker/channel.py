@@ -1,0 +1,124 @@
+"""Shrinker's channels: frames authenticated with a per-migration key (source <-> destination
+agent) or the destination site's key (agent <-> agent), and the files those keys travel in.
+
+A frame is a header (type, chunk index or round, payload length), the payload and a tag:
+HMAC-SHA256, truncated to 128 bits, of the frame's sequence number in its direction and its
+bytes, under that direction's key (derived from the channel key). A frame that is too long,
+out of order, replayed or forged ends the channel before its payload is used. The channel is
+not encrypted: RAM crosses the WAN in clear, as QEMU's own migration stream does."""
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import stat
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+HEADER = struct.Struct("!BII")
+SEQ = struct.Struct("!Q")
+TAG = 16
+FULL, DIGEST, UNIFORM, ROUND_END, FINAL, PULL, PULL_REPLY, HELLO, SNAPSHOT, CONT, CONTINUED, ABORT, ROUND_ACK, \
+    VERIFIED = range(1, 15)
+CONTROL = 4096             # longest HELLO, or any frame before the chunk size is agreed
+KEYS = Path("/run/g5kdeploy-shrinker")    # on VMMs: root-only; <guest>.key per migration, peers.key per site
+PEERS = "peers"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class Refused(ValueError):
+    """A frame that is not what an authenticated peer sends: the channel is closed."""
+
+
+def _direction(key: bytes, role: str) -> bytes:
+    return hmac.digest(key, role.encode(), "sha256")
+
+
+class Channel:
+    """Frames over a stream pair, authenticated both ways. `role` is this end's, `source` or
+    `destination` (for peers: the fetching agent is the source)."""
+
+    def __init__(self, inp: BinaryIO, out: BinaryIO, key: bytes, role: str, limit: int = CONTROL):
+        if len(key) < 32:
+            raise ValueError("channel keys have at least 32 bytes")
+        other = {"source": "destination", "destination": "source"}[role]
+        self.inp, self.out, self.limit = inp, out, limit
+        self.send_key, self.receive_key = _direction(key, role), _direction(key, other)
+        self.sent = self.received = 0
+
+    def send(self, kind: int, index: int = 0, payload: bytes = b"") -> int:
+        """Queue one frame (written out on `flush`); its size on the wire."""
+        head = HEADER.pack(kind, index, len(payload))
+        tag = hmac.digest(self.send_key, SEQ.pack(self.sent) + head + payload, "sha256")[:TAG]
+        self.sent += 1
+        self.out.write(head)
+        self.out.write(payload)
+        self.out.write(tag)
+        return HEADER.size + len(payload) + TAG
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def receive(self) -> tuple[int, int, bytes]:
+        """The next frame, once its tag is checked."""
+        return self.verify(*read_frame(self.inp, self.limit))
+
+    def verify(self, head: bytes, payload: bytes, tag: bytes) -> tuple[int, int, bytes]:
+        """(type, index, payload) of a frame read with `read_frame`, if it is the next one
+        the other end sent with this key."""
+        expected = hmac.digest(self.receive_key, SEQ.pack(self.received) + head + payload, "sha256")[:TAG]
+        if not hmac.compare_digest(tag, expected):
+            raise Refused("a frame with a bad tag (wrong key, forged, replayed or reordered)")
+        self.received += 1
+        kind, index, _ = HEADER.unpack(head)
+        return kind, index, payload
+
+
+def read_frame(inp: BinaryIO, limit: int = CONTROL) -> tuple[bytes, bytes, bytes]:
+    """One frame's header, payload and tag, unchecked; refused if longer than `limit`."""
+    head = _read(inp, HEADER.size)
+    kind, _, length = HEADER.unpack(head)
+    if length > limit:
+        raise Refused(f"a {length}-byte frame (at most {limit} here)")
+    return head, _read(inp, length) if length else b"", _read(inp, TAG)
+
+
+def _read(inp: BinaryIO, n: int) -> bytes:
+    data = inp.read(n)
+    if len(data) < n:
+        raise ConnectionError("peer closed the migration channel")
+    return data
+
+
+def kind_of(head: bytes) -> int:
+    return HEADER.unpack(head)[0]
+
+
+def private_dir(path: Path = KEYS) -> Path:
+    """The key directory, refused unless it is this user's own and closed to others."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{path} must be a directory owned by uid {os.geteuid()}, mode 0700")
+    return path
+
+
+def read_key(name: str, keys: Path = KEYS, remove: bool = False) -> bytes:
+    """The key in `<name>.key` of the key directory (removed once read, if asked)."""
+    if not NAME.fullmatch(name):
+        raise Refused(f"{name[:80]!r} is not a guest name")
+    path = private_dir(keys) / f"{name}.key"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise Refused(f"no key for {name} here: no such migration is expected") from None
+    with os.fdopen(fd, "rb") as f:
+        key = bytes.fromhex(f.read(200).decode())
+    if remove:
+        path.unlink()
+    return key
+
+
+def key_text(key: bytes) -> str:
+    """How a key is written in its file."""
+    return key.hex() + "\n"
