@@ -167,7 +167,10 @@ def _sites(text: str) -> dict[str, int]:
 @user_errors
 def submit(c, task, sites, walltime="1:00", name=None, testbed=TESTBED):
     """Submit an OAR batch job that runs an invoke task on the reserved nodes."""
+    from g5kdeploy.testbed.model import parse_walltime
     request = _sites(sites)
+    parse_walltime(walltime)
+    _described(testbed).check_counts(request)       # bad input: refused even with no testbed up
     name = name or "batch-" + "-".join(task.split()[:2])
     tb = _testbed(testbed, bring_up=False)
     jobs = tb.submit(task, request, walltime, name)

@@ -294,7 +294,7 @@ def platform_nodes(run: Run, testbed: Testbed, res, first: str, workers_on: str,
     _deploy(run, testbed, [master])
     cloud_nodes = NodeSet([n for ns in rest.values() for n in ns])
     clouds = clouds_api.build(run, testbed, dataclasses.replace(res, nodes=cloud_nodes), time.time(), stage,
-                              vmm_memory_mb=INSTANCE_TYPES[instance_type], level="cloud")
+                              vmm_memory_mb=INSTANCE_TYPES[instance_type], shares=sky.SHARES, level="cloud")
     vmms = {h for c in clouds.values() for h in c["vmms"]}
     return master, [n for n in cloud_nodes if n.hostname in vmms], Workers(clouds=clouds, instance_type=instance_type)
 
@@ -382,6 +382,7 @@ class BlastxSky(Experiment):
         platforms, elastic, loss, repeats, workers_on = p.platforms, p.elastic, p.loss, p.repeats, p.workers_on
         with stage(run, "configure", [master, *hosts]):
             sky.configure([master, *hosts], logdir=run.dir / "chef")
+            sky.credentials([master, *hosts])
         with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
             with stage(run, "data"):
                 queries, db, summary = prepare(p, Path(tmp))

@@ -9,6 +9,7 @@ The clouds outlive the run (their OAR jobs are kept; `invoke nimbus-destroy` end
 their endpoints and credentials are written to $G5KDEPLOY_HOME/nimbus/clouds.json."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ class DeployNimbus(Experiment):
     def validate(self, p: Params, testbed: Testbed) -> None:
         self.known_sites(testbed, p.sites)
         self.one_of("propagation", p.propagation, PROPAGATION_MODES)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", p.image):       # it names a file in each repository
+            raise UserError(f"image {p.image[:80]!r}: name it with lowercase letters, digits, '.', '_' or '-'")
         if not p.sites or min(vmms(p, s) for s in p.sites) < 1:
             raise UserError("vmms_per_site must be at least 1 (a number, or {site: number}) and sites not empty")
         vm_image.check(p.image_size_mb, p.payload and Path(p.payload))

@@ -40,7 +40,7 @@ from g5kdeploy.engine import Experiment, param, reserved, stage, sweep
 from g5kdeploy.errors import UserError
 from g5kdeploy.results import Run, pyplot, save_figure
 from g5kdeploy.shrinker import cluster
-from g5kdeploy.shrinker.chunks import MAX_CHUNK, MIN_CHUNK
+from g5kdeploy.shrinker.chunks import ALGORITHMS, MAX_CHUNK, MIN_CHUNK
 from g5kdeploy.shrinker.destination import PULL_POLICIES
 from g5kdeploy.testbed import Feature, Testbed
 from g5kdeploy.testbed.description import parse_rate
@@ -105,6 +105,7 @@ class Shrinker(Experiment):
         self.one_of("method", p.methods, cluster.METHODS)
         self.one_of("workload", p.workloads, WORKLOADS)
         self.one_of("pull policy", p.pull, PULL_POLICIES)
+        self.one_of("digest", p.digest, ALGORITHMS)
         for c in p.chunk_sizes:
             if c < MIN_CHUNK or c & (c - 1) or c > MAX_CHUNK:
                 raise UserError(f"chunk size {c} is not a power of two between {MIN_CHUNK} and {MAX_CHUNK}")

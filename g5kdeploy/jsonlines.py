@@ -21,6 +21,18 @@ def append(path: Path, entry: dict, sync: bool = False) -> None:
         os.close(fd)
 
 
+def sync(path: Path) -> None:
+    """Wait until what was appended to `path` is on disk (if it exists)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read(path: Path) -> list[dict]:
     """The entries of a file (a line torn by a crash is skipped)."""
     if not path.exists():

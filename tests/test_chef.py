@@ -44,21 +44,32 @@ def test_changed_counts_resources_not_attributes():
 
 
 def test_bundle_has_itamae_links_and_reproducible_sources(tmp_path):
-    out = chef.bundle({"n1": {"a": 1}}, {"extra.txt": chef.COOKBOOKS / "roles" / "nimbus-vmm.json"},
-                      tmp_path / "b.tar")
+    out = chef.bundle({"extra.txt": chef.COOKBOOKS / "roles" / "nimbus-vmm.json"}, tmp_path / "b.tar")
     with tarfile.open(out) as tar:
         names = tar.getnames()
         link = tar.getmember("cookbooks/nimbus/recipes/nimbus::ssh.rb")
         assert link.issym() and link.linkname == "ssh.rb"
         template = tar.getmember("cookbooks/nimbus/recipes/cloud.json.erb")
         assert template.linkname == "../templates/default/cloud.json.erb"
-        assert {"nodes/n1.json", "files/extra.txt", "solo.rb", "src.tar.gz", "src.sha256"} <= set(names)
+        assert {"files/extra.txt", "solo.rb", "src.tar.gz", "src.sha256"} <= set(names)
+        assert not any(n.startswith(("nodes/", "secrets/")) for n in names)      # nothing of any node
         src = tar.extractfile("src.tar.gz").read()
         assert tar.extractfile("src.sha256").read().decode().strip() == hashlib.sha256(src).hexdigest()
     assert src == chef._sources()          # same sources, same bytes: a second converge changes nothing
     with tarfile.open(fileobj=io.BytesIO(src)) as inner:
         assert "g5kdeploy/nimbus/api.py" in inner.getnames()
         assert not any("__pycache__" in n for n in inner.getnames())
+
+
+def test_a_node_archive_holds_only_that_nodes_json_and_secrets_0600(tmp_path):
+    key = tmp_path / "k"
+    key.write_text("private")
+    out = chef.node_archive("n1", {"nimbus": {"credentials": {"AKID": "s"}}}, {"nimbus_id": key}, tmp_path / "n1.tar")
+    assert out.stat().st_mode & 0o777 == 0o600
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == ["nodes/n1.json", "secrets/nimbus_id"]
+        assert all(m.mode == 0o600 for m in tar.getmembers())
+        assert tar.extractfile("secrets/nimbus_id").read() == b"private"
 
 
 def test_unknown_runner():

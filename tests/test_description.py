@@ -42,6 +42,9 @@ def test_override_file(tmp_path):
     ('[sites.rennes.clusters.paradent]\nnodes = 1\n[[links]]\nbetween = ["rennes", "lyon"]\nrate = "1gbit"',
      "must name two different sites"),
     ('[sites.rennes.clusters.paradent\nnodes = 1', "not valid TOML"),
+    ('name = "evil\\n198.18.0.1 oar-server"\n[sites.rennes.clusters.paradent]\nnodes = 1',   # into /etc/hosts
+     "must be lowercase letters"),
+    ('[sites."rennes\\n"]\n[sites."rennes\\n".clusters.paradent]\nnodes = 1', "must be lowercase letters"),
 ])
 def test_validation_errors_are_one_line(tmp_path, toml, message):
     f = tmp_path / "bad.toml"

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import drawn, invoke, own_testbed
 from experiments import deploy_nimbus
-from g5kdeploy import engine, remote
+from g5kdeploy import REDIS_CLI, REDIS_PASSWORD, chef, engine, remote
 from g5kdeploy.nimbus import deploy
 from g5kdeploy.vm import image as vm_image
 
@@ -87,13 +87,42 @@ def test_deployment_timeline(clouds, tmp_path):
 def test_the_clouds_state_survives_a_redis_restart(clouds):
     tb, run, info = clouds
     for cloud in info.values():
-        r = remote.run("redis-cli set nimbus:restart-probe kept > /dev/null; redis-cli shutdown nosave; "
+        cli = REDIS_CLI
+        r = remote.run(f"{cli} set nimbus:restart-probe kept > /dev/null; {cli} shutdown nosave; "
                        "redis-server /etc/redis/g5kdeploy.conf; "
-                       "for i in $(seq 50); do redis-cli ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done; "
-                       "redis-cli get nimbus:restart-probe; redis-cli del nimbus:restart-probe > /dev/null",
+                       f"for i in $(seq 50); do {cli} ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done; "
+                       f"{cli} get nimbus:restart-probe; {cli} del nimbus:restart-probe > /dev/null",
                        [cloud["service"]])[0]
         assert r.ok and r.stdout.split() == ["kept"], (r.stdout, r.stderr)     # appendonly: the write was kept
         assert deploy.verify(cloud) == ["debian"]
+
+
+def test_the_clouds_redis_takes_only_local_clients_with_its_password(clouds):
+    tb, run, info = clouds
+    for cloud in info.values():
+        service = tb.node(cloud["service"])
+
+        def on(host, command):
+            return remote.run(command, [host])[0].stdout.strip()
+        assert "Connection refused" in on(service, f"redis-cli -h {service.address} ping 2>&1")   # bound to lo only
+        assert "Connection refused" in on(cloud["vmms"][0], f"redis-cli -h {service.address} ping 2>&1")
+        assert on(service, "redis-cli ping 2>&1").startswith("NOAUTH")          # a password...
+        assert on(service, f"{REDIS_CLI} ping") == "PONG"                       # ...root knows
+        assert on(service, f"stat -c %a /etc/redis/g5kdeploy.conf {REDIS_PASSWORD}").split() == ["600", "600"]
+
+
+def test_each_node_holds_only_its_own_secrets(clouds):
+    tb, run, info = clouds
+    for site, cloud in info.items():
+        others = " ".join(f"-e {c['secret_key']}" for s, c in info.items() if s != site)
+        for host in [cloud["service"], *cloud["vmms"]]:
+            def on(command):
+                return remote.run(command, [host])[0].stdout.split()
+            assert on(f"stat -c %a {chef.BUNDLE}; ls {chef.BUNDLE}/nodes") == ["700", f"{host}.json"]
+            assert on("ls /root/.ssh/nimbus_id 2>/dev/null") == (["/root/.ssh/nimbus_id"] if host == cloud["service"]
+                                                                  else [])    # the cloud's key: its service only
+            assert on("ls /root /tmp | grep '[.]tar$'; true") == []           # the archives did not stay
+            assert on(f"grep -rlF {others} /var/cache/g5kdeploy /etc /root; true") == []   # no other cloud's secret
 
 
 def test_second_converge_changes_nothing(clouds):

@@ -281,7 +281,8 @@ def test_a_launch_that_raises_terminates_its_instances_with_the_reason(cloud, mo
     ec2 = client(endpoint)
     ids = [i["InstanceId"] for i in ec2.run_instances(ImageId="debian", MinCount=1, MaxCount=1)["Instances"]]
     deadline = time.monotonic() + 30                        # without the fix: pending until the context timeout
-    while (state := _instance(ec2, ids[0]))["State"]["Name"] == "pending" and time.monotonic() < deadline:
+    while (state := _instance(ec2, ids[0]))["State"]["Name"] in ("pending", "shutting-down") \
+            and time.monotonic() < deadline:
         time.sleep(0.1)
     assert state["State"]["Name"] == "terminated"
     assert "launch failed: RuntimeError: no disk for you" in state["StateReason"]["Message"]
@@ -289,3 +290,28 @@ def test_a_launch_that_raises_terminates_its_instances_with_the_reason(cloud, mo
 
 def _instance(ec2, instance: str) -> dict:
     return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
+
+
+def test_guests_share_only_the_allowed_vmm_directories(cloud):
+    import dataclasses
+    c = dataclasses.replace(cloud[0], shares=("/usr", "/var/lib/g5kdeploy-sky"))
+    assert c.shared("/usr /var/lib/g5kdeploy-sky/db") == ["/usr", "/var/lib/g5kdeploy-sky/db"]
+    for tag in ("/", "/root/.ssh", "/dev/shm", "/usr/../root", "/usr,readonly=off", "usr", "/usrx", "/usr " * 9):
+        with pytest.raises(ValueError, match="inside /usr, /var/lib/g5kdeploy-sky"):
+            c.shared(tag)
+    with pytest.raises(ValueError, match="inside none"):                  # a cloud that allows nothing
+        cloud[0].shared("/usr")
+
+
+def test_the_vmm_and_qemu_refuse_paths_that_would_break_qemus_options(tmp_path, capsys):
+    from g5kdeploy.nimbus import vmm
+    from g5kdeploy.vm.qemu import Guest
+    start = ["start", "--id", "i-00000001", "--ip", "198.18.1.9/24", "--gateway", "198.18.1.254", "--name", "g",
+             "--broker", "198.18.1.1:8774", "--ctx", "c", "--copy", str(tmp_path / "none.img")]
+    for bad in ("/usr,readonly=off", "/usr/../root", "usr"):
+        with pytest.raises(SystemExit):
+            vmm.main([*start, "--share", bad])
+        assert "not a shareable path" in capsys.readouterr().err
+    g = Guest("g", tmp_path / "k", tmp_path / "i", None, tmp_path, shares=["/usr", "/srv,x=y"])
+    with pytest.raises(ValueError, match="comma"):
+        g.argv("tcg")

@@ -212,11 +212,12 @@ def test_configuration_goes_on_above_min_and_stops_below_it(tb, broken_node):
     from g5kdeploy import chef
     nodes = tb.nodes("paradent-[1-3].rennes")
     tb.deploy(nodes, min=2)                                 # paradent-3 stays down
-    done = chef.apply_all({n: ("shrinker-redis", {}) for n in nodes}, min=2)
+    roles = {n: ("shrinker-redis", {"g5kdeploy": {"address": n.address, "redis_password": "p"}}) for n in nodes}
+    done = chef.apply_all(roles, min=2)
     assert [c.host for c in done if not c.ok] == [broken_node.hostname]
     assert next(c for c in done if not c.ok).error.startswith("bundle:")
     with pytest.raises(RuntimeError, match=r"configuration failed on paradent-3.*\(2 of 3 nodes converged, 3 needed\)"):
-        chef.apply_all({n: ("shrinker-redis", {}) for n in nodes})
+        chef.apply_all(roles)
     tb.failed_nodes.clear()
 
 
@@ -332,3 +333,30 @@ def test_g5k_refuses_what_it_lacks_before_submitting_a_job(tb, g5k):
                                         "testbed does not offer: run it with --testbed local"):
         engine.execute(shrinker.EXPERIMENT, g, {"vmms_per_site": 1})
     assert _live(tb) == jobs
+
+
+def test_the_api_stand_in_takes_a_fresh_password_at_each_start(tb):
+    import base64
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    from conftest import ROOT, free_port
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "g5kdeploy.testbed.local.g5k_api", str(port)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        conf = yaml.safe_load("".join(server.stdout.readline() for _ in range(4)))    # what it prints
+        assert conf["username"] == "g5kdeploy" and len(conf["password"]) >= 20
+
+        def status(password):
+            auth = base64.b64encode(f"g5kdeploy:{password}".encode()).decode()
+            request = urllib.request.Request(f"{conf['uri']}/sites", headers={"Authorization": f"Basic {auth}"})
+            try:
+                return urllib.request.urlopen(request, timeout=10).status
+            except urllib.error.HTTPError as e:
+                return e.code
+        assert status("g5kdeploy") == 401 and status(conf["password"]) == 200
+    finally:
+        server.kill()
+        server.wait()

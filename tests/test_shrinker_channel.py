@@ -40,21 +40,25 @@ def agent(tmp_path, redis_address, monkeypatch):
     qmp = vms / GUEST / "qmp.sock"
     qemu = subprocess.Popen(["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
                              "-qmp", f"unix:{qmp},server=on,wait=off"], stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not qmp.exists():
-        assert time.monotonic() < deadline and qemu.poll() is None, "QEMU did not start"
-        time.sleep(0.05)
-    peers = write_key(keys, F.PEERS)
-    address = f"127.0.0.1:{free_port()}"
-    server = destination.Agent(argparse.Namespace(listen=address, redis=redis_address, key_prefix="chan-test:",
-                                                  retries=0, retry_ms=0, pull="deferred", keys=str(keys),
-                                                  corrupt_every=0))
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield address, keys, ram, peers
-    server.shutdown()
-    server.server_close()
-    qemu.kill()
-    qemu.wait()
+    try:
+        deadline = time.monotonic() + 30
+        while not qmp.exists():
+            assert time.monotonic() < deadline and qemu.poll() is None, "QEMU did not start"
+            time.sleep(0.05)
+        peers = write_key(keys, F.PEERS)
+        address = f"127.0.0.1:{free_port()}"
+        server = destination.Agent(argparse.Namespace(listen=address, redis=redis_address, key_prefix="chan-test:",
+                                                      retries=0, retry_ms=0, pull="deferred", keys=str(keys),
+                                                      corrupt_every=0, corrupt_snapshot=False))
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        try:
+            yield address, keys, ram, peers
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        qemu.kill()
+        qemu.wait()
 
 
 def connect(address):
@@ -206,7 +210,7 @@ def test_the_agent_refuses_to_start_on_an_open_key_directory(tmp_path, redis_add
     with pytest.raises(PermissionError, match="mode 0700"):
         destination.Agent(argparse.Namespace(listen=f"127.0.0.1:{free_port()}", redis=redis_address,
                                              key_prefix="x:", retries=0, retry_ms=0, pull="deferred",
-                                             keys=str(keys), corrupt_every=0))
+                                             keys=str(keys), corrupt_every=0, corrupt_snapshot=False))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from conftest import ROOT, own_testbed
-from g5kdeploy import remote
+from g5kdeploy import REDIS_CLI, remote
 from g5kdeploy.shrinker import cluster
 from g5kdeploy.testbed import description
 from g5kdeploy.vm import image
@@ -34,7 +34,7 @@ def guests(sites):
 
 
 def redis_keys(node) -> int:
-    r = remote.run("redis-cli -p 6379 dbsize", [node])[0]
+    r = remote.run(f"{REDIS_CLI} -p 6379 dbsize", [node])[0]
     return int(r.stdout.strip() or 0)
 
 
@@ -59,6 +59,16 @@ def in_background(fn):
     return t, out
 
 
+def test_the_sites_redis_wants_its_password(sites):
+    src, dst = sites
+    for side, other in ((src, dst), (dst, src)):
+        probe = f"redis-cli -h {side.redis.address} ping 2>&1; {REDIS_CLI} -h {side.redis.address} ping 2>&1"
+        mine, theirs = remote.run(probe, [side.vmms[0]])[0].stdout.split(), \
+            remote.run(probe, [other.vmms[0]])[0].stdout
+        assert mine[0].startswith("NOAUTH") and mine[-1] == "PONG"      # its VMMs have the password
+        assert "PONG" not in theirs                                     # the other site's do not
+
+
 def test_a_peer_serving_corrupted_chunks_is_caught(sites, guests):
     src, dst = sites
     assert guests[0].destination != guests[1].destination          # they are each other's peers
@@ -73,7 +83,8 @@ def test_index_restarted_mid_migration_still_migrates_correctly(sites, guests):
     with cluster.agents_running(dst):
         t, out = in_background(lambda: cluster.migrate(guests, "shrinker", src, dst))
         wait_until(lambda: redis_keys(src.redis) > 0)                   # the migration is under way
-        restart = remote.run("redis-cli -p 6379 shutdown nosave; redis-server /etc/redis/g5kdeploy.conf", [dst.redis])
+        restart = remote.run(f"{REDIS_CLI} -p 6379 shutdown nosave; redis-server /etc/redis/g5kdeploy.conf",
+                             [dst.redis])
         assert restart.ok, restart.summary()
         t.join(300)
     assert "error" not in out, out.get("error")                     # RAM verified equal at the stop
@@ -98,3 +109,26 @@ def test_killed_source_agent_fails_cleanly(sites, guests):
     wait_until(lambda: ticks() > first, timeout=10)                 # the guest goes on at the source
     left = remote.run("ls /var/lib/g5kdeploy/vms /dev/shm", [victim.destination])[0].stdout
     assert victim.id not in left                                    # nothing left at the destination
+
+
+def test_a_ram_that_differs_at_the_stop_leaves_the_guest_running_at_the_source(sites, guests):
+    src, dst = sites
+    victim = guests[0]
+    with cluster.agents_running(dst, "--corrupt-snapshot"):        # the destination's copy "differs"
+        with pytest.raises(RuntimeError, match="differed from the source RAM"):
+            cluster.migrate(guests, "shrinker", src, dst)
+
+    def ticks() -> int:
+        return remote.run_module(victim.source, "g5kdeploy.shrinker.vmm", "ticks", "--id", victim.id)["tick"]
+    first = ticks()
+    wait_until(lambda: ticks() > first, timeout=10)                 # resumed at the source, not lost
+    left = remote.run("ls /var/lib/g5kdeploy/vms /dev/shm", [victim.destination])[0].stdout
+    assert victim.id not in left                                    # the destination's copy is gone
+
+
+def test_the_destination_qemu_listens_on_its_node_address_only(sites, guests):
+    g = guests[0]
+    remote.run_module(g.destination, "g5kdeploy.shrinker.vmm", "incoming", "--id", g.id,
+                      "--address", g.destination.address, "--port", 7899, "--ignore-shared")
+    listening = remote.run("ss -Hltn 'sport = :7899'", [g.destination])[0].stdout.split()
+    assert f"{g.destination.address}:7899" in listening and "0.0.0.0:7899" not in listening

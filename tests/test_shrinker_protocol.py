@@ -101,3 +101,12 @@ def test_runstates_are_read_from_qemus_trace(tmp_path):
                                "27090@1795776672.085752:vm_state_notify running 0 reason 4 (paused)\n")
     assert g.runstates() == [(1795776671.78382, True, "running"), (1795776672.085752, False, "paused")]
     assert "vm_state_notify" in g.argv("tcg") and str(g.runstate_path) in g.argv("tcg")
+
+
+def test_arguments_reach_a_node_as_one_word_each(monkeypatch):
+    from g5kdeploy import remote
+    sent = []
+    monkeypatch.setattr(remote, "run", lambda command, hosts, timeout=None: sent.append(command) or
+                        [remote.HostResult("n", True, 0, "{}", "", 0.0)])
+    remote.run_module("n", "g5kdeploy.shrinker.vmm", "start", "--memory", "128; reboot", "--id", "$(id)")
+    assert sent[0].endswith("g5kdeploy.shrinker.vmm start --memory '128; reboot' --id '$(id)'")

@@ -61,8 +61,8 @@ def test_blast_errors_are_one_line(dataset, tmp_path):
     empty = tmp_path / "empty.fasta"
     empty.write_text("")
     # the job reads its queries before it contacts the scheduler
-    p = subprocess.run([sys.executable, "-m", "g5kdeploy.sky.job", "tcp://127.0.0.1:9", str(empty), str(db), "4",
-                        str(tmp_path / "out.tsv")], capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-m", "g5kdeploy.sky.job", "tls://127.0.0.1:9", str(empty), str(db), "4",
+                        str(tmp_path / "out.tsv"), "--tls", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1 and not p.stderr, p.stderr
     assert json.loads(p.stdout)["error"] == "BlastError: the query file holds no FASTA record"
 
@@ -174,3 +174,37 @@ def test_bad_input_fails_in_one_line_and_reserves_nothing(measured):
         assert r.returncode == 2 and r.stderr.strip().startswith("error:") and word in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     assert set(tb.scheduler.jobs()) == jobs and set(run.dir.parent.iterdir()) == runs
+
+
+CLIENT = """
+import sys
+from distributed import Client
+from distributed.security import Security
+address, certs = sys.argv[1], sys.argv[2]
+security = None if certs == "none" else Security(tls_ca_file=certs + "/cert.pem", tls_client_cert=certs + "/cert.pem",
+                                                 tls_client_key=certs + "/key.pem", require_encryption=True)
+try:
+    Client(address, timeout=10, security=security).close()
+    print("connected")
+except Exception as e:
+    print("refused", type(e).__name__)
+"""
+
+
+@pytest.mark.testbed
+def test_only_holders_of_the_platforms_certificate_reach_its_scheduler(measured):
+    import shlex
+    from g5kdeploy.sky import platform as sky
+    tb = measured[0]
+    master, other = tb.node("paradent-1"), tb.node("paradent-2")      # the experiment gave both its credentials
+    fake = "/tmp/other-tls"
+    made = remote.run(f"mkdir -p {fake} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                      f"-subj /CN=g5kdeploy-sky -keyout {fake}/key.pem -out {fake}/cert.pem 2>/dev/null", [other])
+    assert made.ok, made.summary()
+    with sky.Platform(master).running() as plat:
+        def client(address, certs):
+            return remote.run(f"/usr/bin/python3 -c {shlex.quote(CLIENT)} {address} {certs}", [other])[0].stdout.split()
+        assert client(plat.address, sky.TLS) == ["connected"]                          # the platform's own
+        assert client(plat.address, fake)[0] == "refused"                              # another certificate
+        assert client(plat.address.replace("tls://", "tcp://"), "none")[0] == "refused"   # no TLS at all
+    remote.run(f"rm -rf {fake}", [other])

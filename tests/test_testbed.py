@@ -152,3 +152,33 @@ def test_unknown_experiment_and_param_are_one_line(tb):
     assert r.returncode != 0 and r.stderr.strip() == "error: unknown experiment 'nosuch': see the experiments/ directory"
     r = invoke("experiment", "testbed-check", "--param", "colour=3")
     assert r.returncode != 0 and r.stderr.strip().startswith("error: bad --param") and r.stderr.strip().count("\n") == 0
+
+
+def test_only_root_and_oar_reach_the_testbed_from_the_host(tb):
+    node = tb.nodes()[0]
+    connect = ["/usr/bin/python3", "-c", f"import socket; socket.create_connection(('{node.address}', 22), 5).close()"]
+    for user, allowed in (("root", True), ("oar", True), ("nobody", False), ("g5kdeploy", False)):
+        p = subprocess.run(["runuser", "-u", user, "--", *connect], capture_output=True, text=True)
+        assert (p.returncode == 0) == allowed, (user, p.stderr)
+        assert allowed or "Permission denied" in p.stderr, p.stderr       # refused by the host, at once
+
+
+def test_the_oar_user_runs_the_batch_tasks_as_root_and_nothing_else(tb):
+    from g5kdeploy.testbed.local.oar_server import BATCH, USER
+
+    def as_user(*argv):
+        return subprocess.run(["runuser", "-u", USER, "--", "sudo", "-n", *argv], capture_output=True, text=True)
+    assert as_user("id").returncode != 0                                      # no root shell
+    assert as_user("env", "PYTHONPATH=/tmp", str(BATCH), "experiment", "list").returncode != 0
+    refused = as_user(str(BATCH), "testbed-destroy")
+    assert refused.returncode == 2 and "not a batch task" in refused.stderr
+    listed = as_user(str(BATCH), "experiment", "list")
+    assert listed.returncode == 0 and "shrinker" in listed.stdout, listed.stderr
+
+
+def test_oars_database_refuses_the_packaged_passwords(tb):
+    import os
+    for user, password in (("oar", "oarpw"), ("oar_ro", "oarropw"), ("oar", "oar")):
+        p = subprocess.run(["psql", "-h", "127.0.0.1", "-U", user, "-d", "oar", "-c", "select 1"],
+                           capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password})
+        assert p.returncode != 0 and "password authentication failed" in p.stderr, (user, p.stderr)

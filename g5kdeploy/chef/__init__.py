@@ -1,18 +1,22 @@
 """Apply Chef roles (cookbooks/ and cookbooks/roles/) to many nodes in parallel.
 
-One bundle (cookbooks, roles, each node's JSON, the g5kdeploy sources, extra files) is
-copied to all nodes in parallel, then every node converges on its own: chef-solo on
-Grid'5000, itamae on the local testbed (Chef is not packaged). The recipes use the subset
-both understand; the differences stay here: itamae gets the run_list as recipe files, reads
-the attributes from the node JSON, finds `include_recipe "cb::r"` and templates through
-links that we add to the bundle."""
+One bundle (cookbooks, roles, the g5kdeploy sources, extra files) goes to all nodes, and
+each node gets its own archive beside it (its JSON and its secret files, mode 0600: a node
+never receives another's attributes or secrets); both are copied in parallel into root's
+home under random names and unpacked into a root-only directory. Then every node converges
+on its own: chef-solo on Grid'5000, itamae on the local testbed (Chef is not packaged). The
+recipes use the subset both understand; the differences stay here: itamae gets the run_list
+as recipe files, reads the attributes from the node JSON, finds `include_recipe "cb::r"` and
+templates through links that we add to the bundle."""
 from __future__ import annotations
 
 import gzip
 import hashlib
 import io
 import json
+import os
 import re
+import secrets as tokens
 import shlex
 import tarfile
 import tempfile
@@ -113,8 +117,14 @@ def _sources() -> bytes:
     return buf.getvalue()
 
 
-def bundle(nodes: dict[str, dict], files: dict[str, Path], out: Path) -> Path:
-    """The tarball every node receives. nodes: hostname -> node JSON; files: name -> path."""
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), time.time(), mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def bundle(files: dict[str, Path], out: Path) -> Path:
+    """The tarball every node receives (nothing secret). files: name -> path."""
     src = _sources()
     with tarfile.open(out, "w") as tar:     # not compressed: most of it (kernel, initrd) is already
         _add_tree(tar, COOKBOOKS, "cookbooks")
@@ -122,13 +132,20 @@ def bundle(nodes: dict[str, dict], files: dict[str, Path], out: Path) -> Path:
         solo = (f'cookbook_path "{BUNDLE}/cookbooks"\nrole_path "{BUNDLE}/cookbooks/roles"\n'
                 'file_cache_path "/var/cache/g5kdeploy/chef-cache"\n').encode()
         for name, data in [("src.tar.gz", src), ("src.sha256", hashlib.sha256(src).hexdigest().encode() + b"\n"),
-                           ("solo.rb", solo)] + \
-                [(f"nodes/{h}.json", json.dumps(j, indent=1).encode()) for h, j in nodes.items()]:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), time.time()
-            tar.addfile(info, io.BytesIO(data))
+                           ("solo.rb", solo)]:
+            _add_bytes(tar, name, data)
         for name, path in files.items():
             tar.add(path, f"files/{name}")
+    return out
+
+
+def node_archive(hostname: str, node_json: dict, secrets: dict[str, Path], out: Path) -> Path:
+    """One node's own part: nodes/<hostname>.json and secrets/<name>, each 0600."""
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+        _add_bytes(tar, f"nodes/{hostname}.json", json.dumps(node_json, indent=1).encode(), 0o600)
+        for name, path in secrets.items():
+            _add_bytes(tar, f"secrets/{name}", Path(path).read_bytes(), 0o600)
     return out
 
 
@@ -152,9 +169,11 @@ def changed(runner: str, log: str) -> int:
 
 
 def apply(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | None = None,
-          runner: str = "itamae", logdir: Path | None = None) -> list[Converge]:
+          runner: str = "itamae", logdir: Path | None = None,
+          secrets: dict[Node, dict[str, Path]] | None = None) -> list[Converge]:
     """Converge every node on its (role, attributes) in parallel; one Converge per node.
-    Nodes whose bundle did not arrive are reported failed, not raised."""
+    `secrets`: files only that node receives (in the bundle's secrets/). Nodes whose bundle
+    did not arrive are reported failed, not raised."""
     if runner not in RUNNERS:
         raise UserError(f"unknown configuration runner {runner!r}: use one of {', '.join(RUNNERS)}")
     roles = {n: role(r) for n, (r, _) in assignments.items()}
@@ -162,22 +181,32 @@ def apply(assignments: dict[Node, tuple[str, dict]], files: dict[str, Path] | No
                               "run_list": [f"role[{r}]"] if runner == "chef-solo" else roles[n]["run_list"]}
                  for n, (r, attrs) in assignments.items()}
     nodes = list(assignments)
-    ship_start = time.time()
+    ship_start, name = time.time(), f"g5kdeploy-{tokens.token_hex(8)}"
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-chef-") as tmp:
-        tarball = bundle(node_json, files or {}, Path(tmp) / "bundle.tar")
+        tarball = bundle(files or {}, Path(tmp) / f"{name}.tar")
+
+        def ship(node: Node) -> remote.HostResult:
+            own = node_archive(node.hostname, node_json[node.hostname], (secrets or {}).get(node, {}),
+                               Path(tmp) / f"{name}-{node.hostname}.tar")
+            return remote.put([tarball, own], [node])[0]      # into root's home (0700)
         # parallel scp: 16 nodes got 14 MB in 3.1 s, against 9.9 s for an MD5-checked ChainPut
         # (the frontend reaches every site at LAN speed, as each Grid'5000 site has its frontend)
-        shipped = remote.put([tarball], nodes, "/tmp")
+        shipped = remote.Results(o.value if o.ok else remote.HostResult(o.item.hostname, False, None, "", "", 0, o.error)
+                                 for o in parallel(ship, nodes, f"shipping the bundle to {len(nodes)} nodes"))
     ship_end, ready = time.time(), set(shipped.ok)
     errors = {r.host: f"bundle: {r.error or r.stderr.strip()[-200:]}" for r in shipped.failed}
-    unpack = f"rm -rf {BUNDLE} && mkdir -p {BUNDLE} && tar -xf /tmp/bundle.tar -C {BUNDLE} && rm -f /tmp/bundle.tar"
+
+    def unpack(node: Node) -> str:
+        own = f"~/{name}-{node.hostname}.tar"
+        return (f"(umask 077 && rm -rf {BUNDLE} && mkdir -p {BUNDLE} && tar -xf ~/{name}.tar -C {BUNDLE} && "
+                f"tar -xf {own} -C {BUNDLE}) && rm -f ~/{name}.tar {own}")
 
     def converge(node: Node) -> Converge:
         t0, role_name = time.time(), assignments[node][0]
         if node.hostname not in ready:
             return Converge(node.hostname, role_name, ship_start, ship_end, False, False, 0, t0, t0, "",
                             errors.get(node.hostname, "no bundle"))
-        r = remote.run(f"{unpack} && {converge_command(runner, node.hostname, roles[node]['run_list'])}", [node])[0]
+        r = remote.run(f"{unpack(node)} && {converge_command(runner, node.hostname, roles[node]['run_list'])}", [node])[0]
         log = r.stdout + r.stderr
         if logdir:
             Path(logdir).mkdir(parents=True, exist_ok=True)

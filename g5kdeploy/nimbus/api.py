@@ -39,7 +39,7 @@ def guest_name(address: str, site: str) -> str:
 
 class Service:
     def __init__(self, cloud: Cloud, store: Store | None = None):
-        self.cloud, self.store = cloud, store or Store(cloud.redis)
+        self.cloud, self.store = cloud, store or Store.of(cloud)
         self.lock = threading.Lock()              # one placement decision at a time
         self.launcher = ThreadPoolExecutor(8)
         self._digests: dict[tuple, str] = {}
@@ -106,8 +106,10 @@ class Service:
         if mode not in PROPAGATION_MODES:
             raise EC2Error("InvalidParameterValue", f"unknown propagation {mode!r}: use one of "
                            + ", ".join(PROPAGATION_MODES))
-        if not tags.get("share", "/").startswith("/"):
-            raise EC2Error("InvalidParameterValue", f"tag share={tags['share']!r}: give an absolute path of the VMMs")
+        try:
+            self.cloud.shared(tags.get("share", ""))
+        except ValueError as e:
+            raise EC2Error("InvalidParameterValue", str(e)) from None
         try:
             user_data = base64.b64decode(p.get("UserData", ""), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
@@ -158,7 +160,7 @@ class Service:
             args = ["--id", i["id"], "--ip", f"{i['ip']}/{self.cloud.prefix}", "--gateway", self.cloud.gateway,
                     "--name", i["name"], "--broker", self.cloud.broker, "--ctx", i["ctx"],
                     "--memory", str(i["memory_mb"]), "--bridge", self.cloud.bridge, *disks[i["id"]],
-                    *(["--share", i["tags"]["share"]] if i["tags"].get("share") else [])]
+                    *(x for p in self.cloud.shared(i["tags"].get("share", "")) for x in ("--share", p))]
             try:
                 out = json.loads(self._vmm(i, "start", *args))
             except Exception as e:

@@ -51,4 +51,4 @@ def serve(store: Store, port: int) -> ThreadingHTTPServer:
 
 
 if __name__ == "__main__":
-    web.main(lambda cloud: serve(Store(cloud.redis), int(cloud.broker.rsplit(":", 1)[1])))
+    web.main(lambda cloud: serve(Store.of(cloud), int(cloud.broker.rsplit(":", 1)[1])))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Cloud:
     broker: str                           # host:port the guests reach
     api_port: int = API_PORT
     redis: str = "127.0.0.1:6379"
+    redis_password: str | None = None
     propagation: str = "qcow"
     ssh_key: str = "/root/.ssh/nimbus_id"
     bridge: str = "br0"
@@ -40,13 +42,26 @@ class Cloud:
     context_timeout_s: int = 300          # a guest not contextualized by then is stopped
     chain_port: int = CHAIN_PORT
     chain_token: str = ""
+    shares: tuple[str, ...] = ()          # VMM directories guests may mount read-only (tag share)
 
     @classmethod
     def load(cls, path: Path = CONFIG) -> "Cloud":
         d = json.loads(Path(path).read_text())
         d["vmms"] = [Vmm(**v) for v in d["vmms"]]
         d["pool"] = tuple(d["pool"])
+        d["shares"] = tuple(d.get("shares") or ())
         return cls(**d)
+
+    def shared(self, tag: str) -> list[str]:
+        """The VMM directories a `share` tag asks for (space-separated absolute paths), each
+        inside one this cloud lets guests mount; ValueError says what is allowed."""
+        paths = tag.split()
+        allowed = ", ".join(self.shares) or "none"
+        for p in paths:
+            if not p.startswith("/") or "," in p or posixpath.normpath(p) != p.rstrip("/") or len(paths) > 8 or not any(
+                    p == s or p.startswith(s.rstrip("/") + "/") for s in self.shares):
+                raise ValueError(f"tag share={tag[:200]!r}: give up to 8 absolute VMM paths inside {allowed}")
+        return paths
 
     def addresses(self) -> list[str]:
         first, last = (ipaddress.IPv4Address(a) for a in self.pool)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import subprocess
 import tempfile
@@ -15,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from g5kdeploy import HOME, chef, remote
+from g5kdeploy import HOME, chef, remote, work_dir
+from g5kdeploy.files import write_atomic
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus.config import API_PORT, BROKER_PORT, CHAIN_PORT, LIB
 from g5kdeploy.testbed.model import Node, NodeSet, heads
@@ -44,6 +44,11 @@ class CloudPlan:
         return hmac.new(self.secret_key.encode(), b"nimbus chain", hashlib.sha256).hexdigest()[:32]
 
     @property
+    def redis_password(self) -> str:
+        """The cloud's Redis password (derived like the chain token)."""
+        return hmac.new(self.secret_key.encode(), b"nimbus redis", hashlib.sha256).hexdigest()
+
+    @property
     def endpoint(self) -> str:
         return f"http://{self.service.address}:{API_PORT}"
 
@@ -68,26 +73,30 @@ def plan(nodes: NodeSet, description) -> list[CloudPlan]:
     return plans
 
 
-def assignments(plans: list[CloudPlan], vmm_memory_mb: int, propagation: str) -> dict[Node, tuple[str, dict]]:
+def assignments(plans: list[CloudPlan], vmm_memory_mb: int, propagation: str, keys: dict[str, Path],
+                shares: tuple[str, ...] = ()) -> dict[Node, tuple[str, dict]]:
+    """Each node's role and attributes; `keys`: each cloud's ssh key (its VMMs authorize it);
+    `shares`: the VMM directories its guests may mount (tag share)."""
     out: dict[Node, tuple[str, dict]] = {}
     for p in plans:
+        authorized = keys[p.site].with_suffix(".pub").read_text().strip()
         out[p.service] = ("nimbus-service", {
-            "g5kdeploy": {"address": p.service.address},
+            "g5kdeploy": {"address": p.service.address, "redis_password": p.redis_password},
             "nimbus": {"site": p.site, "credentials": {p.access_key: p.secret_key}, "pool": list(p.pool),
                        "api_port": API_PORT, "broker_port": BROKER_PORT, "chain_port": CHAIN_PORT,
                        "prefix": p.prefix, "gateway": p.gateway, "propagation": propagation,
-                       "chain_token": p.chain_token,
+                       "chain_token": p.chain_token, "authorized_key": authorized, "shares": list(shares),
                        "vmms": [{"host": v.hostname, "memory_mb": vmm_memory_mb, "cpus": 1} for v in p.vmms]}})
         for v in p.vmms:
             out[v] = ("nimbus-vmm", {"g5kdeploy": {"address": v.address},
                                      "nimbus": {"prefix": p.prefix, "chain_token": p.chain_token,
-                                                "chain_port": CHAIN_PORT}})
+                                                "chain_port": CHAIN_PORT, "authorized_key": authorized}})
     return out
 
 
-def cloud_key(home: Path) -> Path:
-    """The clouds' own ssh key (service -> VMMs), made once."""
-    key = home / "nimbus_id"
+def cloud_key(home: Path, site: str) -> Path:
+    """A cloud's own ssh key (its service node -> its VMMs), made once."""
+    key = home / f"{site}_id"
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "nimbus", "-f", str(key)], check=True)
@@ -95,12 +104,14 @@ def cloud_key(home: Path) -> Path:
 
 
 def configure(plans: list[CloudPlan], image: GuestImage, home: Path, vmm_memory_mb: int = 512,
-              propagation: str = "qcow", runner: str = "itamae", logdir: Path | None = None) -> list[chef.Converge]:
-    """Converge every cloud node in parallel with its role (a second run changes nothing)."""
-    key = cloud_key(home)
+              propagation: str = "qcow", runner: str = "itamae", logdir: Path | None = None,
+              shares: tuple[str, ...] = ()) -> list[chef.Converge]:
+    """Converge every cloud node in parallel with its role (a second run changes nothing).
+    Each cloud has its own ssh key; only its service node receives the private part."""
+    keys = {p.site: cloud_key(work_dir(home), p.site) for p in plans}
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-nimbus-") as tmp:
-        files = {"nimbus_id": key, "nimbus_id.pub": key.with_suffix(".pub"), **vm_image.boot_files(image, tmp)}
-        return chef.apply(assignments(plans, vmm_memory_mb, propagation), files, runner, logdir)
+        return chef.apply(assignments(plans, vmm_memory_mb, propagation, keys, shares), vm_image.boot_files(image, tmp),
+                          runner, logdir, secrets={p.service: {"nimbus_id": keys[p.site]} for p in plans})
 
 
 def upload_image(plans: list[CloudPlan], image: GuestImage, name: str) -> remote.Results:
@@ -132,10 +143,9 @@ def verify(cloud: dict, timeout: float = 30) -> list[str]:
 
 
 def write_clouds(path: Path, clouds: dict[str, dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(clouds, f, indent=2)
+    """The clouds file (with their credentials): root's alone, replaced whole."""
+    work_dir(path.parent)
+    write_atomic(path, json.dumps(clouds, indent=2), 0o600)
     return path
 
 
@@ -175,7 +185,7 @@ def teardown(path: Path, testbed) -> list[str]:
 
 def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512, propagation: str = "qcow",
           image: str = vm_image.NAME, image_size_mb: int = 32, payload: Path | None = None, runner: str = "itamae",
-          **columns) -> dict:
+          shares: tuple[str, ...] = (), **columns) -> dict:
     """Deploy, converge and check one cloud per site of the reservation, into the run's rows
     (with `columns` added), each step in `stage` (the engine's: this layer is below it);
     the clouds' client information. Also writes the run's clouds.json (without secrets)."""
@@ -192,7 +202,8 @@ def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512
         t = time.time()
         guest = vm_image.build(size_mb=int(image_size_mb), payload=payload and Path(payload))
         rows.add("frontend", "image", t, time.time(), True)
-        converged = configure(plans, guest, CLOUDS.parent, int(vmm_memory_mb), propagation, runner, run.dir / "logs")
+        converged = configure(plans, guest, CLOUDS.parent, int(vmm_memory_mb), propagation, runner, run.dir / "logs",
+                              shares)
         for c in converged:
             rows.add(c.host, "ship", c.ship_start, c.ship_end, c.shipped, "" if c.shipped else c.error)
             if c.shipped:
@@ -208,7 +219,7 @@ def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512
             images = verify(clouds[p.site])
             rows.add(p.service.hostname, "verify", t, time.time(), image in images, images=",".join(images))
     rows.fail_if("verification")
-    (run.dir / "clouds.json").write_text(json.dumps(
+    write_atomic(run.dir / "clouds.json", json.dumps(
         {s: {k: v for k, v in c.items() if k != "secret_key"} for s, c in clouds.items()}, indent=2))
     return clouds
 

@@ -17,10 +17,15 @@ TIMEOUT_S = 5          # a Redis that does not answer by then is an error, not a
 
 
 class Store:
-    def __init__(self, address: str, timeout_s: float = TIMEOUT_S):
+    def __init__(self, address: str, password: str | None = None, timeout_s: float = TIMEOUT_S):
         host, port = address.rsplit(":", 1)
-        self.r = redis.Redis(host=host, port=int(port), decode_responses=True, socket_timeout=timeout_s,
-                             socket_connect_timeout=timeout_s)
+        self.r = redis.Redis(host=host, port=int(port), password=password, decode_responses=True,
+                             socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    @classmethod
+    def of(cls, cloud) -> "Store":
+        """The store of a cloud (its Config)."""
+        return cls(cloud.redis, cloud.redis_password)
 
     # instances ------------------------------------------------------------------------
     def put(self, *instances: dict) -> None:
@@ -75,7 +80,7 @@ def main() -> None:
     from g5kdeploy.nimbus.config import CONFIG, Cloud
     args = sys.argv[1:]
     config = Path(args.pop(0)) if args and args[0].endswith(".json") else CONFIG
-    store = Store(Cloud.load(config).redis)
+    store = Store.of(Cloud.load(config))
     wanted = set(args)
     json.dump([i for i in store.instances() if not wanted or i["id"] in wanted], sys.stdout)
 

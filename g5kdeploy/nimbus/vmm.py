@@ -42,7 +42,7 @@ def start(a: argparse.Namespace) -> dict:
     volume_s = time.monotonic() - t0
     address = a.ip.split("/")[0]
     g = Guest.installed(a.id, disk, memory_mb=a.memory, cpus=a.cpus, tap=tap_name(a.id), mac=mac_for(address),
-                        disk_format=fmt, share=a.share, cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway,
+                        disk_format=fmt, shares=a.share, cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway,
                                                   "g5k_name": a.name, "g5k_broker": a.broker, "g5k_ctx": a.ctx})
     g.save()
     _ip("tuntap", "add", "dev", g.tap, "mode", "tap")
@@ -77,6 +77,13 @@ def instance_id(text: str) -> str:
     return text
 
 
+def shared_path(text: str) -> str:
+    """A directory to share: absolute, normalized, no comma (QEMU's option separator)."""
+    if not text.startswith("/") or "," in text or os.path.normpath(text) != text.rstrip("/"):
+        raise argparse.ArgumentTypeError(f"not a shareable path: {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="g5kdeploy.nimbus.vmm")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--memory", type=int, default=128)
     s.add_argument("--cpus", type=int, default=1)
     s.add_argument("--bridge", default="br0")
-    s.add_argument("--share", help="a directory of this VMM the guest may mount read-only (9p tag host)")
+    s.add_argument("--share", action="append", default=[], type=shared_path,
+                   help="a directory of this VMM the guest may mount read-only (9p tags host0, host1, ...)")
     disk = s.add_mutually_exclusive_group(required=True)
     disk.add_argument("--move", help="take this raw image as the guest's own disk")
     disk.add_argument("--copy", help="copy this raw image as the guest's own disk")

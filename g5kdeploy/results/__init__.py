@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from g5kdeploy import jsonlines
+from g5kdeploy.files import write_atomic
 from g5kdeploy.errors import UserError
 
 PACKAGES = ("g5kdeploy", "execo", "python-hostlist", "invoke", "pandas", "pyarrow", "rich")
@@ -99,10 +100,7 @@ class Run:
 
     def note(self, **fields) -> None:
         """Add or replace entries of params.json (written whole, then renamed into place)."""
-        meta = {**self.meta(), **fields}
-        tmp = self.dir / "params.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        tmp.replace(self.dir / "params.json")
+        write_atomic(self.dir / "params.json", json.dumps({**self.meta(), **fields}, indent=1, default=str))
 
     def row(self, **columns) -> None:
         tag = ({"_point": self.point} if self.point else {}) | ({"_attempt": self.attempt} if self.attempt else {})
@@ -122,6 +120,8 @@ class Run:
         return [e["point"] for e in jsonlines.read(path)]
 
     def mark(self, point: str, state: str, **fields) -> None:
+        """Record a point's state; its rows reach the disk first (a point done has its rows)."""
+        jsonlines.sync(self.dir / "rows.jsonl")
         jsonlines.append(self.dir / "sweep" / f"{state}.jsonl", {"point": point, "t": time.time(), **fields}, sync=True)
 
     def event(self, stage: str, phase: str, node: str | None = None, **fields) -> None:

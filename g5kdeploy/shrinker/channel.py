@@ -11,10 +11,11 @@ from __future__ import annotations
 import hmac
 import os
 import re
-import stat
 import struct
 from pathlib import Path
 from typing import BinaryIO
+
+from g5kdeploy.files import check_private
 
 HEADER = struct.Struct("!BII")
 SEQ = struct.Struct("!Q")
@@ -95,19 +96,11 @@ def kind_of(head: bytes) -> int:
     return HEADER.unpack(head)[0]
 
 
-def private_dir(path: Path = KEYS) -> Path:
-    """The key directory, refused unless it is this user's own and closed to others."""
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise PermissionError(f"{path} must be a directory owned by uid {os.geteuid()}, mode 0700")
-    return path
-
-
 def read_key(name: str, keys: Path = KEYS, remove: bool = False) -> bytes:
     """The key in `<name>.key` of the key directory (removed once read, if asked)."""
     if not NAME.fullmatch(name):
         raise Refused(f"{name[:80]!r} is not a guest name")
-    path = private_dir(keys) / f"{name}.key"
+    path = check_private(keys) / f"{name}.key"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:

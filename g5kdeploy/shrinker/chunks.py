@@ -17,10 +17,17 @@ def hostport(text: str) -> tuple[str, int]:
 
 
 def site_redis(address: str):
-    """A client of a site's Redis (`host:port`), and the errors meaning it is unreachable."""
+    """A client of a site's Redis (`host:port`, with this node's password for it if it has
+    one), and the errors meaning it is unreachable."""
     import redis
+    from g5kdeploy import REDIS_PASSWORD
     host, port = hostport(address)
-    return (redis.Redis(host=host, port=port, socket_timeout=5),
+    try:
+        with open(REDIS_PASSWORD) as f:
+            password = f.read().strip()
+    except FileNotFoundError:
+        password = None
+    return (redis.Redis(host=host, port=port, password=password, socket_timeout=5),
             (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
 
 

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from g5kdeploy import chef, on_node, remote
+from g5kdeploy import REDIS_CLI, chef, on_node, remote
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import parallel
 from g5kdeploy.shrinker.channel import KEYS, PEERS, key_text
@@ -57,10 +57,13 @@ def sides(nodes: NodeSet, source: str, destination: str) -> tuple[Side, Side]:
 
 
 def configure(src: Side, dst: Side, image, logdir: Path | None = None) -> None:
-    """Converge the roles in parallel; raise with each failed node's reason."""
-    roles = {n: ("shrinker-redis", {"g5kdeploy": {"address": n.address}}) for n in (src.redis, dst.redis)}
-    roles.update({n: ("shrinker-vmm", {"g5kdeploy": {"address": n.address}})
-                  for n in src.vmms + dst.vmms})
+    """Converge the roles in parallel (each site's Redis and VMMs share a fresh password);
+    raise with each failed node's reason."""
+    roles = {}
+    for side in (src, dst):
+        password = secrets.token_urlsafe(24)
+        roles.update({n: (role, {"g5kdeploy": {"address": n.address, "redis_password": password}})
+                      for n, role in [(side.redis, "shrinker-redis")] + [(v, "shrinker-vmm") for v in side.vmms]})
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-shrinker-") as tmp:
         chef.apply_all(roles, vm_image.boot_files(image, Path(tmp)), logdir=logdir)
 
@@ -84,17 +87,15 @@ def keys_shared(users: dict[str, list[Node]]):
             with os.fdopen(fd, "w") as f:
                 f.write(key_text(secrets.token_bytes(32)))
 
-        def give(node: Node) -> None:
-            made = remote.run(f"install -d -m 700 -o root -g root {KEYS}", [node])
+        def give(node: Node) -> None:        # into the directory the shrinker-vmm role made
             sent = remote.put([os.path.join(tmp, f"{name}.key") for name in by_node[node]], [node], str(KEYS))
-            if made.failed or sent.failed:
-                raise RuntimeError(f"{node.short}: keys not copied ({made.summary()}; {sent.summary()})")
+            if sent.failed:
+                raise RuntimeError(f"{node.short}: keys not copied ({sent.summary()})")
         try:
             _each(give, list(by_node), "sharing migration keys")
             yield
         finally:
-            for node, names in by_node.items():
-                remote.run(shlex.join(["rm", "-f", *(f"{KEYS}/{name}.key" for name in names)]), [node])
+            remote.run(shlex.join(["rm", "-f", *(f"{KEYS}/{name}.key" for name in users)]), list(by_node))
 
 
 def _each(fn, items, what: str) -> list:
@@ -151,7 +152,7 @@ def agents_running(dst: Side, *options):
 
 
 def flush_redis(*sides: Side) -> None:
-    remote.run(f"redis-cli -p {REDIS_PORT} flushall", [s.redis for s in sides])
+    remote.run(f"{REDIS_CLI} -p {REDIS_PORT} flushall", [s.redis for s in sides])
 
 
 def migrate(plans: list[GuestPlan], method: str, src: Side, dst: Side, chunk: int = 4096, digest: str = "sha1",
@@ -163,14 +164,14 @@ def migrate(plans: list[GuestPlan], method: str, src: Side, dst: Side, chunk: in
     port = {g.id: QEMU_PORT + k for k, g in enumerate(plans)}
     options = STOCK_OPTIONS.get(method, [])          # QEMU's built-in options, on both ends
     flags = ["--ignore-shared"] if shrinker else options
-    _each(lambda g: _one(g.destination, "vmm", "incoming", "--id", g.id, "--port", port[g.id], *flags), plans,
-          "destination QEMUs listening")
+    _each(lambda g: _one(g.destination, "vmm", "incoming", "--id", g.id, "--address", g.destination.address,
+                         "--port", port[g.id], *flags), plans, "destination QEMUs listening")
 
     def one(g: GuestPlan) -> dict:
         try:
             return attempt(g)
-        except Exception:      # the guest goes on at the source; nothing stays at the destination
-            for node, command in ((g.source, "resume"), (g.destination, "stop")):
+        except Exception:      # nothing stays at the destination; the guest goes on at the source
+            for node, command in ((g.destination, "stop"), (g.source, "resume")):
                 with contextlib.suppress(Exception):
                     _one(node, "vmm", command, "--id", g.id)
             raise

@@ -268,7 +268,7 @@ class Migration:
                     self.update_snapshot()
                     self.stats["snapshot_s"] = round(time.monotonic() - t, 4)
                     self.send(F.SNAPSHOT)
-                    digest = hashlib.sha256(self.snapshot).hexdigest()
+                    digest = "0" * 64 if self.agent.corrupt_snapshot else hashlib.sha256(self.snapshot).hexdigest()
                     self.send(F.VERIFIED, 0, json.dumps({"digest": digest,
                                                          "cpu_s": round(time.thread_time() - cpu, 4)}).encode())
                     return
@@ -380,7 +380,7 @@ class Agent(socketserver.ThreadingTCPServer):
         self.keys = Path(a.keys)
         self.peer_key = F.read_key(F.PEERS, self.keys, remove=True)
         self.index = Index(a.redis, a.listen, a.key_prefix)
-        self.corrupt_every, self.served, self.done = a.corrupt_every, 0, set()
+        self.corrupt_every, self.corrupt_snapshot, self.served, self.done = a.corrupt_every, a.corrupt_snapshot, 0, set()
         super().__init__(C.hostport(a.listen), Handler)
 
 
@@ -474,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(deferred), or pulled from the source at once (at-once, as in the thesis)")
     p.add_argument("--keys", default=str(F.KEYS), help="root-only directory of the migrations' keys and peers.key")
     p.add_argument("--corrupt-every", type=int, default=0, help="serve every Nth chunk corrupted (fault test)")
+    p.add_argument("--corrupt-snapshot", action="store_true", help="report a wrong RAM digest at the stop (fault test)")
     Agent(p.parse_args(argv)).serve_forever()
 
 

@@ -4,6 +4,7 @@ Guests are disk-less (their workload runs from the initramfs), RAM in /dev/shm/g
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import re
 import sys
@@ -83,8 +84,8 @@ def capabilities(qmp: QMP, a) -> None:
 def incoming(a) -> dict:
     with QMP(Guest.load(a.id).qmp_path) as qmp:
         capabilities(qmp, a)
-        qmp.execute("migrate-incoming", uri=f"tcp:0.0.0.0:{a.port}")
-    return {"id": a.id, "incoming": a.port}
+        qmp.execute("migrate-incoming", uri=f"tcp:{a.address}:{a.port}")     # where only the source needs it
+    return {"id": a.id, "incoming": f"{a.address}:{a.port}"}
 
 
 def stock_migrate(a) -> dict:
@@ -114,10 +115,11 @@ def stock_migrate(a) -> dict:
 
 
 def resume(a) -> dict:
-    """After a failed migration: the source guest runs again (unless it was handed over)."""
+    """After a failed migration: the source guest runs again, stopped before its state moved
+    (paused) or after (postmigrate: the destination's copy was refused and is stopped first)."""
     with QMP(Guest.load(a.id).qmp_path) as qmp:
         status = qmp.execute("query-status")["status"]
-        if status == "paused":
+        if status in ("paused", "postmigrate"):
             qmp.execute("cont")
     return {"id": a.id, "was": status}
 
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument("--multifd", type=int, default=0)
             s.add_argument("--compression", default="")
         if name == "incoming":
+            s.add_argument("--address", required=True, type=ipaddress.IPv4Address,
+                           help="this node's address the source reaches")
             s.add_argument("--port", type=int, required=True)
         if name == "stock-migrate":
             s.add_argument("--to", required=True)

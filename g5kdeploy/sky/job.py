@@ -3,7 +3,7 @@ job): one Dask task per query chunk, each blastx against the worker's local data
 Prints one JSON line per event as it happens (the frontend follows them to extend the
 platform or kill a worker mid-run) and writes the merged hit table.
 
-    python3 -m g5kdeploy.sky.job SCHEDULER QUERIES DB CHUNKS OUT [--workers N]
+    python3 -m g5kdeploy.sky.job SCHEDULER QUERIES DB CHUNKS OUT --tls DIR [--workers N]
 """
 from __future__ import annotations
 
@@ -32,10 +32,14 @@ def main(argv: list[str]) -> int:
         a.add_argument(name)
     a.add_argument("--workers", type=int, default=1, help="wait for this many workers before submitting")
     a.add_argument("--wait", type=float, default=600, help="... for at most this many seconds")
+    a.add_argument("--tls", required=True, help="directory of the platform's cert.pem and key.pem")
     args = a.parse_args(argv)
     chunks = blast.split(Path(args.queries).read_text(), int(args.chunks))
     from distributed import Client, as_completed
-    with Client(args.scheduler, timeout=60) as client:
+    from distributed.security import Security
+    cert, key = f"{args.tls}/cert.pem", f"{args.tls}/key.pem"
+    security = Security(tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+    with Client(args.scheduler, timeout=60, security=security) as client:
         client.wait_for_workers(args.workers, timeout=args.wait)
         say("submitted", tasks=len(chunks), workers=len(client.scheduler_info()["workers"]))
         hits = []

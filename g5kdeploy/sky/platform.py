@@ -7,6 +7,8 @@ the tasks done)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from g5kdeploy import chef, on_node, remote
+from g5kdeploy import NODE_SOURCE, chef, on_node, remote
 from g5kdeploy.progress import parallel
 from g5kdeploy.sky.data import DB_NAME
 from g5kdeploy.testbed.model import Node
@@ -25,6 +27,8 @@ ROOT = "/var/lib/g5kdeploy-sky"           # on every node of the platform (the s
 DB = f"{ROOT}/db/{DB_NAME}"
 QUERIES = f"{ROOT}/queries.fasta"
 PORT = 8786
+TLS = f"{ROOT}/tls"                       # the platform's certificate and key (mutual TLS, root only)
+TLS_FLAGS = f"--tls-ca-file {TLS}/cert.pem --tls-cert {TLS}/cert.pem --tls-key {TLS}/key.pem"
 BLAST, JOB = on_node("g5kdeploy.sky.blast"), on_node("g5kdeploy.sky.job")
 SCHEDULER, WORKER = on_node("distributed.cli.dask_scheduler"), on_node("distributed.cli.dask_worker")
 
@@ -32,6 +36,23 @@ SCHEDULER, WORKER = on_node("distributed.cli.dask_scheduler"), on_node("distribu
 def configure(nodes: list[Node], logdir: Path | None = None) -> None:
     """Converge the sky-node role (Dask, BLAST+, the g5kdeploy sources) on every node."""
     chef.apply_all({n: ("sky-node", {"g5kdeploy": {"sky_root": ROOT}}) for n in nodes}, logdir=logdir)
+
+
+def credentials(nodes: list[Node]) -> None:
+    """A fresh self-signed certificate and key for this platform, on every node of it: the
+    scheduler, workers and client accept only peers that hold them (Dask's mutual TLS), so
+    nobody else who reaches the scheduler can submit code to the workers."""
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-tls-") as tmp:
+        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                               "-nodes", "-days", "30", "-subj", "/CN=g5kdeploy-sky", "-keyout", f"{tmp}/key.pem",
+                               "-out", f"{tmp}/cert.pem"], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"openssl: {made.stderr.strip()[-300:]}")
+        os.chmod(f"{tmp}/key.pem", 0o600)
+        ready = remote.run(f"rm -rf {TLS} && install -d -m 700 {TLS}", nodes)
+        sent = remote.put([f"{tmp}/cert.pem", f"{tmp}/key.pem"], ready.ok, TLS) if ready.ok else []
+    if bad := [f"{r.host}: {r.error or r.stderr.strip()[-200:]}" for r in [*ready.failed, *sent] if not r.ok]:
+        raise RuntimeError("the platform's TLS credentials did not reach " + "; ".join(bad))
 
 
 def ship(db_dir: Path, queries: Path, workers: list[Node], readers: list[Node]) -> list[dict]:
@@ -65,13 +86,25 @@ def worker_name(node: Node) -> str:
     return f"{node.site}/{node.short}"
 
 
-# An instance's user data: the guest mounts its VMM's root read-only (9p tag "host", the
-# instance tag share=/) and runs the worker from it, so the VMM's Dask, BLAST+ and database
-# copy serve the guest; the scheduler address is in the context (the thesis put the Hadoop
-# master's IP in the context profile).
+# An instance's user data: the guest mounts, read-only, the VMM directories of SHARES (9p tags
+# host0, host1, ...: the instance tag share lists them; the cloud allows exactly these) and runs
+# the worker in a root made of them (Debian is usr-merged: /bin, /lib... are links into /usr),
+# so the VMM's Dask, BLAST+ and database copy serve the guest, and nothing else of the VMM
+# (keys, other guests) is in reach; the scheduler address is in the context (the thesis put the
+# Hadoop master's IP in the context profile).
+SHARES = ("/usr", NODE_SOURCE, ROOT)
 INSTANCE_WORKER = """#!/bin/sh
-mkdir -p /host && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 host /host || exit 1
-mount -t proc proc /host/proc && mount -t devtmpfs dev /host/dev && mount -t tmpfs tmpfs /host/tmp || exit 1
+set -e
+k=0
+for dir in {shares}; do
+  mkdir -p /host$dir
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 host$k /host$dir
+  k=$((k + 1))
+done
+for link in bin lib lib64 sbin; do ln -s usr/$link /host/$link; done
+mkdir -p /host/proc /host/dev /host/tmp /host/etc
+mount -t proc proc /host/proc && mount -t devtmpfs dev /host/dev && mount -t tmpfs tmpfs /host/tmp
+mount -o bind /etc /host/etc
 exec chroot /host {command}
 """
 
@@ -116,7 +149,7 @@ class Platform:
 
     @property
     def address(self) -> str:
-        return f"tcp://{self.master.address}:{PORT}"
+        return f"tls://{self.master.address}:{PORT}"
 
     @contextmanager
     def running(self):
@@ -130,8 +163,8 @@ class Platform:
 
     def _start(self) -> None:
         log = f"{ROOT}/scheduler.log"
-        self.scheduler = _spawn(self.master, f"{SCHEDULER} --host {self.master.address} "
-                                             f"--port {PORT} --no-dashboard", log, "Dask scheduler")
+        self.scheduler = _spawn(self.master, f"{SCHEDULER} --protocol tls --host {self.master.address} "
+                                             f"--port {PORT} --no-dashboard {TLS_FLAGS}", log, "Dask scheduler")
         up = remote.run(f"for i in $(seq 150); do grep -q 'Scheduler at' {log} && exit 0; "
                         f"kill -0 {self.scheduler.pid} || break; sleep 0.2; done; tail -3 {log}; exit 1", [self.master])[0]
         if not up.ok:
@@ -139,7 +172,7 @@ class Platform:
 
     def _worker(self, name: str, local_dir: str) -> str:
         return (f"{WORKER} {self.address} --name {name} --nthreads {self.threads} --no-nanny --no-dashboard "
-                f"--death-timeout 60 --local-directory {local_dir}")
+                f"--death-timeout 60 --local-directory {local_dir} {TLS_FLAGS}")
 
     def add_workers(self, nodes: list[Node]) -> list[str]:
         """Start one worker per node, joining the running scheduler (and job); their names."""
@@ -157,9 +190,10 @@ class Platform:
         """Ask a site's cloud for `count` instances that boot into workers of this platform
         (they join when booted); their names."""
         r = ec2.run_instances(ImageId=vm_image.NAME, MinCount=count, MaxCount=count, InstanceType=instance_type,
-                              UserData=INSTANCE_WORKER.format(command=self._worker(f"{site}/$g5k_id", "/tmp/dask")),
+                              UserData=INSTANCE_WORKER.format(shares=" ".join(SHARES),
+                                                              command=self._worker(f"{site}/$g5k_id", "/tmp/dask")),
                               TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                                  {"Key": "share", "Value": "/"}, {"Key": "role", "Value": "dask-worker"}]}])
+                                  {"Key": "share", "Value": " ".join(SHARES)}, {"Key": "role", "Value": "dask-worker"}]}])
         names = []
         for i in r["Instances"]:
             names.append(f"{site}/{i['InstanceId']}")
@@ -183,7 +217,7 @@ class Platform:
         tasks is done, call its action once. Every event, actions included, in order."""
         pending = sorted((actions or {}).items())
         stream = remote.Stream(f"{JOB} {self.address} {QUERIES} {DB} {chunks} {ROOT}/hits.tsv "
-                               f"--workers {len(self.workers)}", self.master, timeout=timeout)
+                               f"--workers {len(self.workers)} --tls {TLS}", self.master, timeout=timeout)
         events, total, done = [], chunks, 0
         try:
             for line in stream:

@@ -42,7 +42,7 @@ class Testbed(ABC):
     environments: tuple[str, ...]
     features: frozenset[Feature] = frozenset()
     queues = True                # a request that busy nodes cannot meet waits (False: refused at once)
-    batch_prefix = ""            # what a batch job's `invoke` runs under (local: sudo)
+    batch_invoke = f"{shlex.quote(sys.executable)} -m invoke"    # what a batch job runs tasks with
 
     def __init__(self) -> None:
         self.reservations: list[Reservation] = []   # live ones
@@ -127,7 +127,7 @@ class Testbed(ABC):
     def check_request(self, request: dict[str, int], name: str) -> dict[str, Job]:
         """A one-line UserError for a request this testbed cannot meet now (unknown site, too
         many nodes, and locally nodes that other jobs hold); else the jobs it would adopt."""
-        self._check_counts(request)
+        self.check_counts(request)
         adopted = self._adoptable(request, name)
         if not self.queues:
             self._check_free({s: n for s, n in request.items() if s not in adopted})
@@ -227,7 +227,7 @@ class Testbed(ABC):
         Grid'5000) with the first site's nodes, and jobs of the same name on the other sites
         that the task adopts and that end with it. The jobs per site."""
         seconds = parse_walltime(walltime)
-        self._check_counts(request)
+        self.check_counts(request)
         if live := self.live(name, request):
             raise UserError(f"live OAR jobs are named {name!r} already ({', '.join(str(j.id) for j in live)}): "
                             f"choose another --name or end them (invoke release --name {name})")
@@ -249,7 +249,7 @@ class Testbed(ABC):
     def batch_command(self, task: str, name: str) -> str:
         """The batch job's shell command: this checkout's `invoke <task>` on this testbed with
         the same results root, then `invoke release` of the batch's other jobs; the task's exit code."""
-        invoke = f"{self.batch_prefix}{shlex.quote(sys.executable)} -m invoke"
+        invoke = self.batch_invoke
         env = {"G5KDEPLOY_TESTBED": self.kind,
                "G5KDEPLOY_RESULTS": os.path.abspath(os.environ.get("G5KDEPLOY_RESULTS", "results"))}
         if "G5KDEPLOY_HOME" in os.environ:
@@ -269,7 +269,7 @@ class Testbed(ABC):
         self._deadline = (key, time.monotonic(), min(ends) if ends else None)
         return self._deadline[2]
 
-    def _check_counts(self, request: dict[str, int]) -> None:
+    def check_counts(self, request: dict[str, int]) -> None:
         """Known sites, and between 1 and the site's size nodes on each."""
         sites = self.description.sites
         if not request:

@@ -13,7 +13,7 @@ from g5kdeploy.testbed.model import Cluster, Node, NodeSet, Site
 
 ALLOWED_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)$", re.I)
-_NAME = re.compile(r"^[a-z][a-z0-9]*$")
+_NAME = re.compile(r"[a-z][a-z0-9]*")               # whole names only (fullmatch): no newline
 _UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 
 
@@ -82,6 +82,13 @@ def _positive_int(value, where: str) -> int:
     return value
 
 
+def _testbed_name(value, origin: str) -> str:
+    """The testbed's name (it becomes a host name, `frontend.<name>`)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise UserError(f"{origin}: name {value!r} must be lowercase letters and digits (it names hosts)")
+    return value
+
+
 def parse(data: dict, origin: str = "description") -> Description:
     """Validate a parsed TOML document; every problem is a one-line UserError."""
     known = {"name", "network", "lan_rate", "wan_rate", "sites", "links"}
@@ -99,12 +106,12 @@ def parse(data: dict, origin: str = "description") -> Description:
     sites: dict[str, Site] = {}
     clusters_seen: set[str] = set()
     for sname, sdata in raw_sites.items():
-        if not _NAME.match(sname):
+        if not _NAME.fullmatch(sname):
             raise UserError(f"{origin}: site name {sname!r} must be lowercase letters and digits")
         clusters = []
         for cname, cdata in (sdata or {}).get("clusters", {}).items():
             where = f"{origin}: sites.{sname}.clusters.{cname}"
-            if not _NAME.match(cname) or cname in clusters_seen:
+            if not _NAME.fullmatch(cname) or cname in clusters_seen:
                 raise UserError(f"{where}: cluster names must be unique lowercase words")
             clusters_seen.add(cname)
             if unknown := set(cdata) - {"nodes", "cores", "memory_gib"}:
@@ -126,7 +133,7 @@ def parse(data: dict, origin: str = "description") -> Description:
             raise UserError(f"{origin}: links[{i}].between must name two different sites of {sorted(sites)}")
         links[frozenset(pair)] = parse_rate(link.get("rate", ""), f"{origin}: links[{i}].rate")
     return Description(
-        name=str(data.get("name", "embedded")), network=network,
+        name=_testbed_name(data.get("name", "embedded"), origin), network=network,
         lan_rate=parse_rate(data.get("lan_rate", "1gbit"), f"{origin}: lan_rate"),
         wan_rate=parse_rate(data.get("wan_rate", "100mbit"), f"{origin}: wan_rate"),
         sites=sites, links=links, source=data)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from g5kdeploy import HOME
+from g5kdeploy import HOME, work_dir
 from g5kdeploy.errors import UserError
 
 KERNEL_PACKAGE = "linux-image-6.1.0-*-amd64"
@@ -174,6 +174,8 @@ def build(cache: Path = CACHE, size_mb: int = 32, payload: Path | None = None) -
     """The guest image for these parameters (built once, then reused from cache/images)."""
     check(size_mb, payload)
     cache = Path(cache)
+    if cache == CACHE:
+        work_dir()              # what guests boot is cached here: root's alone
     debs = fetch_packages(cache)
     out = cache / "images" / _fingerprint(debs, size_mb, payload)
     image = GuestImage(out / "vmlinux", out / "vmlinux.gz", out / "initrd.cpio.gz", out / "disk.img", size_mb)

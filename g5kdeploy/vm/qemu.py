@@ -51,7 +51,8 @@ class Guest:
     disk_format: str = "raw"
     incoming: str | None = None          # "defer": wait for migrate-incoming
     extra: list[str] = field(default_factory=list)     # more QEMU arguments
-    share: str | None = None             # a host directory the guest may mount read-only (9p, tag "host")
+    shares: list[str] = field(default_factory=list)    # host directories the guest may mount read-only
+                                                        # (9p, tags host0, host1, ...)
 
     def __post_init__(self):
         self.rundir = Path(self.rundir)
@@ -92,8 +93,10 @@ class Guest:
             argv += ["-incoming", self.incoming]
         if self.disk:
             argv += ["-drive", f"file={self.disk},format={self.disk_format},if=virtio,cache=unsafe"]
-        if self.share:
-            argv += ["-virtfs", f"local,path={self.share},mount_tag=host,security_model=none,readonly=on,"
+        for k, path in enumerate(self.shares):
+            if "," in path:                  # it would end QEMU's option and start another
+                raise ValueError(f"a shared path cannot hold a comma: {path!r}")
+            argv += ["-virtfs", f"local,path={path},mount_tag=host{k},security_model=none,readonly=on,"
                                 "multidevs=remap"]
         if self.tap:
             argv += ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",

@@ -5,6 +5,18 @@ bundle = node["g5kdeploy"]["bundle"]
 package "python3"
 package "python3-redis"      # the cloud and Shrinker agents talk to the site's Redis
 
+directory "/etc/g5kdeploy" do
+  mode "700"
+end
+
+if node["g5kdeploy"]["redis_password"]
+  # the site's Redis password, for its clients on this node (redis-cli reads it as REDISCLI_AUTH)
+  file "/etc/g5kdeploy/redis.pass" do
+    content node["g5kdeploy"]["redis_password"]
+    mode "600"
+  end
+end
+
 directory "/opt/g5kdeploy" do
   mode "755"
 end

@@ -12,8 +12,9 @@ import pwd
 import shutil
 from pathlib import Path
 
-from g5kdeploy import HOME
+from g5kdeploy import HOME, work_dir
 from g5kdeploy.errors import UserError
+from g5kdeploy.files import write_atomic
 from g5kdeploy.progress import parallel
 from g5kdeploy.testbed import Feature, Testbed
 from g5kdeploy.testbed import description as descriptions
@@ -33,9 +34,9 @@ class LocalTestbed(Testbed):
     environments = ("debian12-g5kdeploy",)   # named root filesystems nodes can be deployed with
     features = frozenset(Feature)
     queues = False                           # one user: a request busy nodes cannot meet is refused
-    # batch jobs run as the OAR user (OAR refuses root); the toolkit runs as root through sudo
-    batch_prefix = ("sudo -n --preserve-env=OAR_JOB_ID,OAR_NODEFILE,OAR_JOB_NAME,G5KDEPLOY_TESTBED,"
-                    "G5KDEPLOY_RESULTS,G5KDEPLOY_HOME ")
+    # batch jobs run as the OAR user (OAR refuses root); the toolkit's batch tasks run as root
+    # through sudo and a root-owned wrapper, nothing else
+    batch_invoke = f"sudo -n {oar_server.BATCH}"
 
     def __init__(self, desc: Description, workdir: Path = DEFAULT_HOME):
         super().__init__()
@@ -51,7 +52,7 @@ class LocalTestbed(Testbed):
         require_root()
         oar_server.check_installed()
         desc = desc or descriptions.load()
-        workdir = Path(workdir)
+        workdir = work_dir(workdir)
         journal = Journal(workdir / "state.jsonl")
         if journal.exists():
             try:
@@ -75,7 +76,7 @@ class LocalTestbed(Testbed):
     def _build(self) -> None:
         d, j, f = self.description, self.journal, self.files
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "description.json").write_text(json.dumps(d.source, indent=1))
+        write_atomic(self.workdir / "description.json", json.dumps(d.source, indent=1))
         f.generate_keys()
         j.record("hosts_block")
         replace_block(HOSTS, HOSTS_TAG, f.hosts_lines())
@@ -112,6 +113,7 @@ class LocalTestbed(Testbed):
         path = Path(workdir) / "description.json"
         if not path.exists():
             raise UserError("no local testbed is up: run `invoke testbed-up` first")
+        work_dir(workdir)
         tb = cls(descriptions.parse(json.loads(path.read_text()), str(path)), workdir)
         if check and not tb.healthy():
             raise UserError("the local testbed is not healthy (interrupted or crashed): "
@@ -191,7 +193,7 @@ class LocalTestbed(Testbed):
         return json.loads((self.workdir / "rates.json").read_text())
 
     def _write_rates(self, rates: dict) -> None:
-        (self.workdir / "rates.json").write_text(json.dumps(rates, indent=1))
+        write_atomic(self.workdir / "rates.json", json.dumps(rates, indent=1))
 
     def _site_pairs(self) -> list[frozenset]:
         s = list(self.description.sites)
@@ -219,7 +221,7 @@ def destroy(workdir: Path = DEFAULT_HOME) -> list[str]:
     """Undo everything the journal names, newest first; idempotent, works after a crash.
     Returns the problems met (each also logged); nothing is left half-undone silently."""
     require_root()
-    journal = Journal(Path(workdir) / "state.jsonl")
+    journal = Journal(work_dir(workdir) / "state.jsonl")
     entries = journal.entries()
     problems: list[str] = []
     namespaces = [e["name"] for e in entries if e["kind"] == "netns"]
@@ -265,7 +267,9 @@ def _undo(e: dict) -> None:
         sh("ip", "link", "del", e["name"], check=False)
     elif kind == "route":
         sh("ip", "route", "del", *e["spec"], check=False)
-    elif kind == "file":
+    elif kind == "rule":
+        sh("ip", "rule", "del", "pref", str(int(e["pref"])), check=False)
+    elif kind == "file" and e["path"] in map(str, (SSH_CONFIG, oar_server.SUDOERS, oar_server.BATCH)):   # ours only
         Path(e["path"]).unlink(missing_ok=True)
     elif kind == "hosts_block":
         replace_block(HOSTS, HOSTS_TAG, None)
@@ -277,13 +281,15 @@ def leftovers(workdir: Path = DEFAULT_HOME) -> list[str]:
     found = [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(PREFIX)] \
         if Path("/run/netns").exists() else []
     found += [f"link {network.FRONTEND_LINK}"] if Path("/sys/class/net", network.FRONTEND_LINK).exists() else []
+    found += [f"ip rule {r}" for r in network.our_rules()]
     found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
               if PREFIX in line.split()[1] or line.split()[0].startswith(PREFIX)]
     found += [f"process {p.pid} ({p.cmdline[:80]})" for p in processes() if str(workdir) in p.cmdline]
     found += [f"OAR process {p.pid} ({p.cmdline[:80]})" for p in oar_server.jobs_processes()]
     if oar_server.pidfile_process(oar_server.ALMIGHTY_PID, "Almighty"):
         found.append("OAR server (Almighty)")
-    found += [f"file {p}" for p in (SSH_CONFIG, Path(workdir) / "state.jsonl") if p.exists()]
+    found += [f"file {p}" for p in (SSH_CONFIG, oar_server.SUDOERS, oar_server.BATCH, Path(workdir) / "state.jsonl")
+              if p.exists()]
     if f"# BEGIN {HOSTS_TAG}" in HOSTS.read_text():
         found.append(f"{HOSTS} block")
     return found

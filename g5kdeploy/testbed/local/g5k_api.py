@@ -195,11 +195,15 @@ def serve(testbed: LocalTestbed, user: str, password: str, port: int = 0) -> Thr
 
 
 def main() -> None:
-    """python -m g5kdeploy.testbed.local.g5k_api [PORT]: serve the up testbed (Ctrl-C ends)."""
+    """python -m g5kdeploy.testbed.local.g5k_api [PORT]: serve the up testbed (Ctrl-C ends) with a
+    fresh password; prints the python-grid5000 configuration that reaches it."""
+    import secrets
     import sys
     import time
-    server = serve(LocalTestbed.attach(), "g5kdeploy", "g5kdeploy", int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
-    print(f"uri: http://127.0.0.1:{server.server_port}/stable  username: g5kdeploy  password: g5kdeploy")
+    password = secrets.token_urlsafe(18)
+    server = serve(LocalTestbed.attach(), "g5kdeploy", password, int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
+    print(f"uri: http://127.0.0.1:{server.server_port}/stable\nusername: g5kdeploy\npassword: {password}\n"
+          "gateway: null", flush=True)
     try:
         while True:
             time.sleep(3600)

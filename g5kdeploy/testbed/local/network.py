@@ -1,6 +1,12 @@
 """The emulated network: one namespace per node and per site router, a backbone, a leg
-for the frontend, tc shaping. Every name is journaled before it is created."""
+for the frontend, tc shaping. Every name is journaled before it is created.
+
+Only root, and the users OAR runs as (`oar`, and PostgreSQL answering the nodes), reach the
+testbed from the host: policy-routing rules on the socket's user (`ip rule ... uidrange`)
+send anyone else's packets to the testbed to `prohibit` (connect() fails, EACCES)."""
 from __future__ import annotations
+
+import pwd
 
 from g5kdeploy.testbed import shaping
 from g5kdeploy.testbed.description import Description
@@ -11,6 +17,8 @@ from g5kdeploy.testbed.model import Node
 
 BACKBONE = PREFIX + "bb"
 FRONTEND_LINK = PREFIX + "fe"
+RULE_PREF = 1000                         # our ip rules: RULE_PREF, RULE_PREF + 1, ... (then main)
+TESTBED_USERS = ("root", "oar", "postgres")
 
 
 def router(site: str) -> str:
@@ -48,6 +56,9 @@ def build(desc: Description, journal: Journal) -> None:
     sh("ip", "link", "set", FRONTEND_LINK, "up")
     journal.record("route", spec=["unreachable", str(desc.network)])
     sh("ip", "route", "replace", "unreachable", str(desc.network))   # nothing leaks to the real network
+    for pref, selector in rules(desc):
+        journal.record("rule", pref=pref)
+        sh("ip", "rule", "add", "pref", str(pref), "to", str(desc.network), *selector)
     for site in desc.sites:
         r, subnet = router(site), desc.site_subnet(site)
         _mkns(journal, r, forward=True)
@@ -71,6 +82,27 @@ def build(desc: Description, journal: Journal) -> None:
         sh("ip", "-n", n, "addr", "add", f"{node.address}/24", "dev", "eth0")
         sh("ip", "-n", n, "link", "set", "eth0", "up")
         sh("ip", "-n", n, "route", "add", "default", "via", desc.site_gateway(node.site))
+
+
+def rules(desc: Description) -> list[tuple[int, list[str]]]:
+    """(preference, selector and action) of the rules that keep other users out."""
+    uids = sorted({pwd.getpwnam(u).pw_uid for u in TESTBED_USERS if _exists(u)})
+    allowed = [(RULE_PREF + k, ["uidrange", f"{uid}-{uid}", "lookup", "main"]) for k, uid in enumerate(uids)]
+    return allowed + [(RULE_PREF + len(uids), ["prohibit"])]
+
+
+def _exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+        return True
+    except KeyError:
+        return False
+
+
+def our_rules() -> list[str]:
+    """Our ip rules still installed."""
+    return [line for line in sh("ip", "rule", "show").stdout.splitlines()
+            if RULE_PREF <= int(line.split(":")[0]) < RULE_PREF + 16]
 
 
 def lan_commands(desc: Description, site: str, rate: int) -> list[list[str]]:

@@ -8,6 +8,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from g5kdeploy.files import write_atomic
 from g5kdeploy.testbed.description import Description
 from g5kdeploy.testbed.local.system import kill, sh, start_time
 from g5kdeploy.testbed.model import Node
@@ -86,14 +87,14 @@ class NodeFiles:
 
     def write_access_files(self) -> None:
         """hosts file for the nodes, known_hosts, and the ssh client config."""
-        self.hosts.write_text("127.0.0.1 localhost\n" + "\n".join(self.hosts_lines()) + "\n")
-        self.known_hosts.write_text("".join(
+        write_atomic(self.hosts, "127.0.0.1 localhost\n" + "\n".join(self.hosts_lines()) + "\n")
+        write_atomic(self.known_hosts, "".join(
             f"{','.join(aliases(n) + [n.address])} {' '.join(self.host_key(n).with_suffix('.pub').read_text().split()[:2])}\n"
             for n in self.desc.nodes()))
         names = ",".join([f"*.{s}" for s in self.desc.sites] + ["*.grid5000.fr"] +
                          [n.short for n in self.desc.nodes()])
         # only for root: OAR's own ssh (user oar, port 6667) must keep its own settings
-        SSH_CONFIG.write_text(
+        write_atomic(SSH_CONFIG,
             "# written by g5kdeploy (invoke testbed-up), removed by invoke testbed-destroy\n"
             f"Match localuser root host {names}\n  User root\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {self.known_hosts}\n  GlobalKnownHostsFile /dev/null\n"

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import secrets
+import shlex
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 from g5kdeploy.errors import UserError
+from g5kdeploy.files import write_atomic
 from g5kdeploy.testbed.description import Description
 from g5kdeploy.testbed.local.state import Journal
 from g5kdeploy.testbed.local.system import Proc, children, kill, processes, sh, start_time
@@ -19,7 +23,7 @@ USER = "g5kdeploy"          # OAR refuses jobs from root: reservations are made 
 OAR_CONF = Path("/etc/oar/oar.conf")
 ALMIGHTY_PID = Path("/var/run/oar-server.pid")
 SETTINGS = {
-    "DB_HOSTNAME": "oar-server", "DB_BASE_PASSWD": "oarpw", "DB_BASE_PASSWD_RO": "oarropw",
+    "DB_HOSTNAME": "oar-server",
     "SERVER_HOSTNAME": "oar-server", "DEPLOY_HOSTNAME": "oar-server", "COSYSTEM_HOSTNAME": "oar-server",
     "JOB_RESOURCE_MANAGER_PROPERTY_DB_FIELD": "cpuset",   # oarsh needs a cpuset name
     # Almighty defers a scheduling asked < 5 s after the previous one to its next 10 s tick:
@@ -47,27 +51,38 @@ def check_installed() -> None:
 
 
 def configure(desc: Description) -> None:
-    """oar.conf, PostgreSQL access from the nodes, the submitting user (idempotent)."""
+    """oar.conf (with fresh database passwords: the database is made again with them),
+    PostgreSQL access from the nodes, the submitting user (idempotent)."""
     text = OAR_CONF.read_text()
-    for key, value in SETTINGS.items():
+    passwords = {"DB_BASE_PASSWD": secrets.token_hex(16), "DB_BASE_PASSWD_RO": secrets.token_hex(16)}
+    for key, value in {**SETTINGS, **passwords}.items():
         line = f'{key}="{value}"'
         text, n = re.subn(rf"^#?{key}=.*$", line, text, flags=re.M)
         if not n:
             text += line + "\n"
     text = re.sub(r"^CPUSET_PATH=", "#CPUSET_PATH=", text, flags=re.M)   # no cgroups here
-    OAR_CONF.write_text(text)
+    oar = pwd.getpwnam("oar")
+    write_atomic(OAR_CONF, text, 0o600)             # OAR's own: user oar, mode 0600, as its package sets it
+    os.chown(OAR_CONF, oar.pw_uid, oar.pw_gid)
     conf = _pg_conf_dir()
     pg = (conf / "postgresql.conf").read_text()
     pg = re.sub(r"^#?listen_addresses\s*=.*$", f"listen_addresses = 'localhost,{desc.frontend_address}'",
                 pg, flags=re.M)
-    (conf / "postgresql.conf").write_text(pg)
+    _rewrite(conf / "postgresql.conf", pg)
     hba = conf / "pg_hba.conf"
     if "198.18.0.0/15" not in hba.read_text():
-        hba.write_text(hba.read_text() + "host all all 198.18.0.0/15 scram-sha-256\n")
+        _rewrite(hba, hba.read_text() + "host all all 198.18.0.0/15 scram-sha-256\n")
     try:
         pwd.getpwnam(USER)
     except KeyError:
         sh("useradd", "-m", "-s", "/bin/bash", USER)
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Replace a configuration file whole, keeping its mode and owner."""
+    st = path.stat()
+    write_atomic(path, text, stat.S_IMODE(st.st_mode))
+    os.chown(path, st.st_uid, st.st_gid)
 
 
 def pg_version() -> str:
@@ -129,15 +144,34 @@ def start_almighty(journal: Journal) -> None:
 
 
 SUDOERS = Path("/etc/sudoers.d/g5kdeploy")
+BATCH = Path("/usr/local/sbin/g5kdeploy-batch")
+BATCH_TASKS = ("experiment", "deploy-nimbus", "nimbus-destroy", "release", "walltime", "report", "benchmark")
+BATCH_ENV = ("OAR_JOB_ID", "OAR_NODEFILE", "OAR_JOB_NAME", "G5KDEPLOY_TESTBED", "G5KDEPLOY_RESULTS", "G5KDEPLOY_HOME")
+WRAPPER = """#!/bin/sh
+# written by g5kdeploy (invoke testbed-up), removed by invoke testbed-destroy: what batch jobs
+# (user {user}) may run as root: these tasks of this checkout, nothing else
+case "$1" in
+  {tasks}) ;;
+  *) echo "g5kdeploy-batch: '$1' is not a batch task ({tasks})" >&2; exit 2 ;;
+esac
+cd {checkout} || exit 1
+exec {python} -m invoke "$@"
+"""
 
 
 def allow_batch_jobs(journal: Journal) -> None:
     """Batch jobs run as USER (OAR refuses root), yet the local Kadeploy and tc need root, which
-    Grid'5000 users reach through its services: let USER's jobs run the toolkit as root."""
+    Grid'5000 users reach through its services: USER may run this checkout's batch tasks as
+    root (a root-owned wrapper; only the variables the tasks read pass)."""
+    import sys
+    checkout = Path(__file__).resolve().parents[3]
+    journal.record("file", path=str(BATCH))
+    write_atomic(BATCH, WRAPPER.format(user=USER, tasks="|".join(BATCH_TASKS), checkout=shlex.quote(str(checkout)),
+                                       python=shlex.quote(sys.executable)), 0o755)
     journal.record("file", path=str(SUDOERS))
-    SUDOERS.write_text(f"# written by g5kdeploy (invoke testbed-up), removed by invoke testbed-destroy\n"
-                       f"{USER} ALL=(root) NOPASSWD:SETENV: ALL\n")
-    SUDOERS.chmod(0o440)
+    write_atomic(SUDOERS, f"# written by g5kdeploy (invoke testbed-up), removed by invoke testbed-destroy\n"
+                          f'Defaults:{USER} env_keep += "{" ".join(BATCH_ENV)}"\n'
+                          f"{USER} ALL=(root) NOPASSWD: {BATCH}\n", 0o440)
 
 
 def start_frontend_sshd(journal: Journal, desc: Description, workdir: Path) -> None:

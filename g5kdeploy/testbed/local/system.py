@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from g5kdeploy.errors import UserError
+from g5kdeploy.files import write_atomic
 
 
 def sh(*argv: str, check: bool = True, input: str | None = None, **kw) -> subprocess.CompletedProcess:
@@ -90,4 +92,4 @@ def replace_block(path: Path, tag: str, lines: list[str] | None) -> None:
             out.append(line)
     if lines:
         out += [begin, *lines, end]
-    path.write_text("\n".join(out) + "\n")   # in place: /etc/hosts may be a bind mount
+    write_atomic(path, "\n".join(out) + "\n", stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
