@@ -9,6 +9,7 @@ import secrets
 import shlex
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,7 +164,6 @@ def allow_batch_jobs(journal: Journal) -> None:
     """Batch jobs run as USER (OAR refuses root), yet the local Kadeploy and tc need root, which
     Grid'5000 users reach through its services: USER may run this checkout's batch tasks as
     root (a root-owned wrapper; only the variables the tasks read pass)."""
-    import sys
     checkout = Path(__file__).resolve().parents[3]
     journal.record("file", path=str(BATCH))
     write_atomic(BATCH, WRAPPER.format(user=USER, tasks="|".join(BATCH_TASKS), checkout=shlex.quote(str(checkout)),
