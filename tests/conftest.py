@@ -118,7 +118,7 @@ class FakeScheduler:
         held = {h for j in self.jobs.values() if j.live for h in j.hosts}
         free = [n.hostname for n in self.testbed.nodes() if n.site == site and n.hostname not in held]
         job = Job(site, self.next_id, "running" if len(free) >= nodes else "waiting", name,
-                  free[:nodes] if len(free) >= nodes else [], time.time(), walltime_s)
+                  free[:nodes] if len(free) >= nodes else [], time.time(), walltime_s, tuple(types))
         self.jobs[job.id], self.next_id = job, self.next_id + 1
         return job.id
 

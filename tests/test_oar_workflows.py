@@ -181,7 +181,10 @@ def test_resume_after_kill_9_gives_the_rows_of_an_uninterrupted_run(tb):
         keys = _keys(run_dir)
         assert keys == reference and len(set(keys)) == len(keys)
         meta = json.loads((run_dir / "params.json").read_text())
-        assert len(meta["resumed"]) == 1 and any(j["adopted"] for j in meta["oar_jobs"])   # the killed run's job
+        killed = {tuple(j) for j in meta["submitted_jobs"]}
+        assert len(meta["resumed"]) == 1 and {(j["site"], j["job"]) for j in meta["oar_jobs"]} <= killed
+        assert not any(j["adopted"] for j in meta["oar_jobs"])          # the killed attempt's jobs: its own
+        assert tb.live("testbed-check") == []                            # and ended with the run
     finally:
         tb.release_named("testbed-check")
     r = invoke("experiment", "testbed-check", "--resume", "nosuch")
@@ -250,15 +253,20 @@ def test_nodes_are_reached_through_a_gateway_when_one_is_set(tb):
 
 # -- the g5k backend against the Grid'5000 API served over this testbed ----------------------------
 @pytest.fixture
-def g5k(tb, tmp_path):
+def g5k(tb, tmp_path, monkeypatch):
+    from g5kdeploy.testbed import g5k as backend
     from g5kdeploy.testbed.g5k import G5kTestbed
     from g5kdeploy.testbed.local import g5k_api
+    monkeypatch.setattr(backend, "CACHE", tmp_path / "cache")         # the Reference API's, for this test
     server = g5k_api.serve(tb, "alice", "s3cret")
     config = tmp_path / "python-grid5000.yaml"
     conf = {"uri": f"http://127.0.0.1:{server.server_port}/stable", "username": "alice", "password": "s3cret",
             "ssh_key": str(tb.files.key) + ".pub", "gateway": None}     # the nodes are reached directly here
     config.write_text(yaml.safe_dump(conf))
-    yield G5kTestbed.connect(config), config, conf
+    g = G5kTestbed.connect(config)
+    assert g.scheduler.poll_s == (5.0, 45.0)           # the live service's pace...
+    g.scheduler.poll_s = (0.5, 2.0)                    # ...the stand-in answers at once
+    yield g, config, conf
     server.shutdown()
 
 
@@ -289,18 +297,20 @@ def test_g5k_reserve_reuse_extend_release_through_the_api(tb, g5k):
 
 def test_g5k_deployment_with_a_ko_node(tb, g5k, broken_node):
     g, _, _ = g5k
-    nodes = g.nodes("paradent-[1-3].rennes")
-    outcomes = g.deploy(nodes, min=2)
-    assert [h for h, o in outcomes.items() if not o.ok] == [broken_node.hostname]
-    assert "KO" in g.failed_nodes[broken_node.hostname]
-    with pytest.raises(UserError, match="deploy: 2 of 3 nodes deployed, 3 needed"):
-        g.deploy(nodes)
+    with g.reserved({"rennes": 3}, "0:10", name="g5k-ko") as res:       # Kadeploy deploys reserved nodes only
+        nodes = g.nodes("paradent-[1-3].rennes")
+        assert res.nodes == nodes
+        outcomes = g.deploy(nodes, min=2)
+        assert [h for h, o in outcomes.items() if not o.ok] == [broken_node.hostname]
+        assert "KO" in g.failed_nodes[broken_node.hostname]
+        with pytest.raises(UserError, match="deploy: 2 of 3 nodes deployed, 3 needed"):
+            g.deploy(nodes)
 
 
 def test_g5k_bad_credentials_and_config_are_one_line(tb, g5k, tmp_path):
     from g5kdeploy.testbed.g5k import G5kTestbed
     _, config, conf = g5k
-    config.write_text(yaml.safe_dump({**conf, "password": "wrong"}))
+    config.write_text(yaml.safe_dump({**conf, "password": "wrong", "reference_max_age_s": 0}))   # not from the cache
     with pytest.raises(UserError, match="401.*check username/password"):
         G5kTestbed.connect(config)
     with pytest.raises(UserError, match="no .*nosuch.yaml: write your Grid'5000 login there"):
@@ -360,3 +370,145 @@ def test_the_api_stand_in_takes_a_fresh_password_at_each_start(tb):
     finally:
         server.kill()
         server.wait()
+
+
+# -- the g5k backend as the live service behaves (issue 17) ------------------------------------------
+def test_an_extended_reservation_outlives_its_first_walltime(tb):
+    res = tb.reserve({"nancy": 1}, "0:00:40", name="extend-hold")      # its job runs the HOLD command
+    try:
+        job = tb.scheduler.job("nancy", res.jobs["nancy"])
+        tb.scheduler.extend("nancy", job.id, 120)
+        first_end = job.start + 40
+        while time.time() < first_end + 10:                            # past the first walltime
+            time.sleep(1)
+        later = tb.scheduler.job("nancy", job.id)
+        assert later.state == "running" and later.walltime_s == 160, later
+    finally:
+        tb.release(res)
+
+
+def test_g5k_reservation_ends_and_adopts_as_the_api_says(tb, g5k):
+    g, _, _ = g5k
+    res = g.reserve({"nancy": 1}, "0:05", name="g5k-states")
+    try:
+        job = res.jobs["nancy"]
+        assert g.scheduler.job("nancy", job).types == ("deploy",)
+        tb.scheduler.delete("nancy", job)                              # ends behind the backend's back
+        tb.scheduler.wait_ended([("nancy", job)])
+        g.release(res)                                                 # ending an ended job is no error
+    finally:
+        tb.release_named("g5k-states")
+    assert not _live(tb)
+
+
+def test_g5k_listing_is_this_users_and_hides_nodes_unless_asked(tb, g5k):
+    g, config, conf = g5k
+    res = tb.reserve({"nancy": 1}, "0:05", name="someone-elses")       # the stand-in's jobs are alice's
+    try:
+        assert [j.id for j in g.scheduler.live("nancy", "someone-elses")] == [res.jobs["nancy"]]
+        other = type(g)(g.client, {**conf, "username": "bob"})
+        assert other.scheduler.live("nancy", "someone-elses") == []    # not bob's: never adopted
+        assert [j.hosts for j in g.scheduler.on_site("nancy")] == [res.nodes.hostnames()]
+        raw = g.client.sites["nancy"].jobs.list(state="running")
+        assert raw and not any(getattr(j, "assigned_nodes", None) for j in raw)   # resources=no, as the API
+    finally:
+        tb.release(res)
+
+
+def test_g5k_config_keys_and_frontends(tb, g5k, tmp_path, monkeypatch):
+    from g5kdeploy.testbed import g5k as backend
+    g, config, conf = g5k
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519.pub").write_text("ssh-ed25519 AAAA me\n")
+    monkeypatch.setenv("HOME", str(home))
+    tilde = type(g)(g.client, {**conf, "ssh_key": "~/.ssh/id_ed25519.pub"})
+    assert tilde._public_key() == "ssh-ed25519 AAAA me"
+    assert tilde.ssh_settings()["keyfile"] == str(home / ".ssh" / "id_ed25519")
+    assert type(g)(g.client, {k: v for k, v in conf.items() if k != "username"}).user == os.environ.get(
+        "USER", __import__("getpass").getuser())
+    with pytest.raises(UserError, match="write your Grid'5000 login there"):
+        backend.read_config(tmp_path / "nosuch.yaml")
+    monkeypatch.setattr(backend, "_inside", lambda: True)              # on a frontend: no file needed
+    assert backend.read_config(tmp_path / "nosuch.yaml") == {}
+
+
+def test_g5k_api_errors_after_retries_are_one_line(tb, g5k):
+    import requests
+    g, _, _ = g5k
+
+    def slow(*a, **k):
+        raise requests.exceptions.ReadTimeout("read timed out")
+    g.client.session.send = slow
+    with pytest.raises(UserError, match="got no answer .*ReadTimeout after 30 s"):
+        g.scheduler.live("nancy", "x")
+
+
+def test_a_job_that_is_not_a_deploy_job_is_not_adopted_for_deploying(tb):
+    res = tb.reserve({"nancy": 1}, "0:05", name="plain-job", deploy=False)
+    try:
+        with pytest.raises(UserError, match=f"OAR job {res.jobs['nancy']} .* is not a deploy job"):
+            tb.reserve({"nancy": 1}, "0:05", name="plain-job")
+        assert tb.reserve({"nancy": 1}, "0:05", name="plain-job", deploy=False).adopted == res.jobs
+    finally:
+        tb.release(res)
+
+
+def test_g5k_batch_jobs_find_the_checkout_from_the_frontends_home(tb, g5k, tmp_path, monkeypatch):
+    g, _, _ = g5k
+    home = tmp_path / "home"
+    checkout = home / "src" / "g5kdeploy"
+    checkout.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(checkout)
+    monkeypatch.setattr(sys, "executable", str(checkout / ".venv" / "bin" / "python"))
+    monkeypatch.setenv("G5KDEPLOY_RESULTS", str(checkout / "results"))
+    command = g.batch_command("experiment testbed-check", "n")
+    assert command.startswith('cd "$HOME"/src/g5kdeploy && export G5KDEPLOY_TESTBED=g5k '
+                              'G5KDEPLOY_RESULTS="$HOME"/src/g5kdeploy/results && ')
+    assert "{ .venv/bin/python -m invoke experiment testbed-check;" in command and str(tmp_path) not in command
+    frontend = tmp_path / "frontend-home"                      # another home: the command still finds it
+    (frontend / "src" / "g5kdeploy").mkdir(parents=True)
+    r = subprocess.run(["sh", "-c", command.split(" && export")[0] + " && pwd"], capture_output=True, text=True,
+                       env={"HOME": str(frontend), "PATH": os.environ["PATH"]})
+    assert r.stdout.strip() == str(frontend / "src" / "g5kdeploy")
+
+
+def test_g5k_deploys_only_nodes_of_the_users_running_deploy_jobs(tb, g5k):
+    g, _, _ = g5k
+    jobs = _live(tb)
+    with pytest.raises(UserError, match="graphene-2.nancy.grid5000.fr not reserved in a running deploy job"):
+        g.reimage(g.nodes("graphene-2.nancy"), "debian12-g5kdeploy")
+    assert _live(tb) == jobs
+
+
+def test_g5k_reference_is_cached_and_a_silent_site_left_out(tb, g5k, tmp_path):
+    import requests
+    from grid5000 import Grid5000
+    from g5kdeploy.testbed.g5k import G5kTestbed
+    g, config, conf = g5k
+    assert len(list((tmp_path / "cache").glob("reference-*.json"))) == 1
+
+    def offline(*a, **k):
+        raise requests.exceptions.ConnectTimeout("no network")
+    client = Grid5000(uri=conf["uri"], username="alice", password="s3cret")
+    client.session.send = offline
+    assert G5kTestbed(client, conf).nodes() == g.nodes()                   # from the cache, no request
+    with pytest.raises(UserError, match="got no answer"):
+        G5kTestbed(client, {**conf, "reference_max_age_s": 0})             # too old: asked again
+    partial = G5kTestbed(g.client, {**conf, "sites": ["nancy", "nosuch"]})
+    assert sorted(partial.description.sites) == ["nancy"]                  # nosuch (404) left out
+
+
+def test_g5k_lists_held_jobs_so_no_duplicate_is_submitted(tb, g5k):
+    from g5kdeploy.testbed.local import oar_server
+    g, _, _ = g5k
+    held = oar_server.run_as_user(["oarsub", "--hold", "-n", "held-job", "-l", "nodes=1,walltime=0:05:00",
+                                   "-p", "site='nancy'", "sleep 1"])
+    job = int(held.stdout.split("OAR_JOB_ID=")[1].split()[0])
+    try:
+        assert g.scheduler.job("nancy", job).state == "hold"
+        assert [j.id for j in g.scheduler.live("nancy", "held-job")] == [job]     # listed: adopted, not doubled
+    finally:
+        tb.scheduler.delete("nancy", job)
+        tb.scheduler.wait_ended([("nancy", job)])

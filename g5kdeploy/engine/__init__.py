@@ -127,9 +127,16 @@ def sweep(run: Run, points: Iterable[dict], measure: Callable[[dict], None],
 def reserved(run: Run, testbed: Testbed, request: dict[str, int], walltime: str | int, name: str,
              keep: bool = False, **options):
     """testbed.reserved() as the run's `reserve` and `release` stages: released once on every
-    exit (failure, Ctrl-C, SIGTERM, the walltime guard); `keep=True`: only on failure."""
+    exit (failure, Ctrl-C, SIGTERM, the walltime guard); `keep=True`: only on failure. Jobs
+    are noted in params.json as soon as they are submitted: a resumed run that adopts the jobs
+    of its own earlier attempt (killed, say) owns them and ends them too."""
+    earlier = {tuple(x) for x in run.meta().get("submitted_jobs", [])}
+
+    def note(site: str, job: int) -> None:
+        run.note(submitted_jobs=run.meta().get("submitted_jobs", []) + [[site, job]])
     with stage(run, "reserve"):
-        res = testbed.reserve(request, walltime, name, **options)
+        res = testbed.reserve(request, walltime, name, submitted_hook=note, **options)
+    res.adopted = {s: j for s, j in res.adopted.items() if (s, j) not in earlier}
     with testbed.releasing(res, keep, around=lambda: stage(run, "release", cleanup=True)):
         yield res
 

@@ -25,6 +25,10 @@ from g5kdeploy.testbed.oar import Job, Scheduler, enclosing_job
 
 __all__ = ["Feature", "Testbed", "Node", "NodeSet", "Reservation", "heads", "open"]
 KINDS = ("local", "g5k")
+# what a reservation's jobs run: OAR ends a job when its command exits, so a command that
+# sleeps for the walltime would end the job at its first end, extension or not (EnOSlib and
+# execo_g5k sleep for a year too); the walltime is what ends it
+HOLD = "sleep 31536000"
 
 
 class Feature(enum.Enum):
@@ -91,21 +95,27 @@ class Testbed(ABC):
 
     # -- OAR ---------------------------------------------------------------------------------
     def reserve(self, request: dict[str, int], walltime: str | int = "1:00", name: str = "g5kdeploy",
-                deploy: bool = True, properties: str | None = None, timeout: float = 300) -> Reservation:
+                deploy: bool = True, properties: str | None = None, timeout: float | None = None,
+                submitted_hook=None) -> Reservation:
         """Nodes per site. Inside an OAR job (OAR_JOB_ID, OAR_NODEFILE) that job's nodes are
         taken, with the live jobs of the same name on other sites; else a live job named
-        `name` is adopted per site; else one job per site is submitted."""
+        `name` is adopted per site; else one job per site is submitted (`submitted_hook(site,
+        job)` is called as soon as each is). `timeout`: how long to wait for them to run
+        (default: as long as OAR queues them where requests queue; 300 s where they cannot,
+        the local testbed refusing at once what busy nodes cannot give)."""
         seconds = parse_walltime(walltime)
-        adopted = self.check_request(request, name)
+        adopted = self.check_request(request, name, deploy)
         submitted: dict[str, int] = {}
         try:
             for site in (s for s in request if s not in adopted):
-                submitted[site] = self.scheduler.submit(site, request[site], seconds, name, f"sleep {seconds}",
+                submitted[site] = self.scheduler.submit(site, request[site], seconds, name, HOLD,
                                                         properties, ("deploy",) if deploy else ())
                 self._submitted(site, submitted[site])
+                if submitted_hook:
+                    submitted_hook(site, submitted[site])
             jobs = {**{s: j.id for s, j in adopted.items()}, **submitted}
             with console.status(f"waiting for OAR jobs {', '.join(f'{s}:{j}' for s, j in jobs.items())}"):
-                states = self.scheduler.wait(jobs, timeout)
+                states = self.scheduler.wait(jobs, timeout if timeout is not None else None if self.queues else 300)
         except BaseException:
             self._end(submitted)
             raise
@@ -124,11 +134,16 @@ class Testbed(ABC):
         self.used.append(res)
         return res
 
-    def check_request(self, request: dict[str, int], name: str) -> dict[str, Job]:
+    def check_request(self, request: dict[str, int], name: str, deploy: bool = True) -> dict[str, Job]:
         """A one-line UserError for a request this testbed cannot meet now (unknown site, too
-        many nodes, and locally nodes that other jobs hold); else the jobs it would adopt."""
+        many nodes, a job to adopt that is not a deploy job when nodes are to be deployed, and
+        locally nodes that other jobs hold); else the jobs it would adopt."""
         self.check_counts(request)
         adopted = self._adoptable(request, name)
+        if deploy and (plain := [j for j in adopted.values() if "deploy" not in j.types]):
+            j = plain[0]
+            raise UserError(f"OAR job {j.id} ({j.name or 'no name'}) on {j.site} is not a deploy job, and Kadeploy "
+                            f"deploys only nodes of one: end it (invoke release --name {j.name}) or use another name")
         if not self.queues:
             self._check_free({s: n for s, n in request.items() if s not in adopted})
         return adopted
@@ -237,7 +252,7 @@ class Testbed(ABC):
         try:
             first, *others = request
             for site in others:
-                jobs[site] = self.scheduler.submit(site, request[site], seconds, name, f"sleep {seconds}",
+                jobs[site] = self.scheduler.submit(site, request[site], seconds, name, HOLD,
                                                    types=("deploy",))
             jobs[first] = self.scheduler.submit(first, request[first], seconds, name,
                                                 self.batch_command(task, name), types=("deploy",))
@@ -250,13 +265,17 @@ class Testbed(ABC):
         """The batch job's shell command: this checkout's `invoke <task>` on this testbed with
         the same results root, then `invoke release` of the batch's other jobs; the task's exit code."""
         invoke = self.batch_invoke
-        env = {"G5KDEPLOY_TESTBED": self.kind,
-               "G5KDEPLOY_RESULTS": os.path.abspath(os.environ.get("G5KDEPLOY_RESULTS", "results"))}
+        env = {"G5KDEPLOY_TESTBED": shlex.quote(self.kind),
+               "G5KDEPLOY_RESULTS": self.batch_path(Path(os.environ.get("G5KDEPLOY_RESULTS", "results")).absolute())}
         if "G5KDEPLOY_HOME" in os.environ:
-            env["G5KDEPLOY_HOME"] = os.environ["G5KDEPLOY_HOME"]
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        return (f"cd {shlex.quote(os.getcwd())} && export {exports} && "
+            env["G5KDEPLOY_HOME"] = self.batch_path(Path(os.environ["G5KDEPLOY_HOME"]).absolute())
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        return (f"cd {self.batch_path(Path.cwd())} && export {exports} && "
                 f"{{ {invoke} {task}; rc=$?; {invoke} release --name {shlex.quote(name)}; exit $rc; }}")
+
+    def batch_path(self, path: Path) -> str:
+        """A path of this machine as the batch job's shell reaches it (quoted)."""
+        return shlex.quote(str(path))
 
     def deadline(self, max_age: float = 30) -> float | None:
         """When the first live reservation ends (unix time), asked from OAR at most every

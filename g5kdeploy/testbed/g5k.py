@@ -9,14 +9,21 @@ means here, default debian12-min), `ssh_key` (public key given to Kadeploy), `si
 access.grid5000.fr from outside Grid'5000, null for directly)."""
 from __future__ import annotations
 
+import dataclasses
+import getpass
+import hashlib
 import ipaddress
+import json
+import shlex
 import socket
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from g5kdeploy.errors import UserError
+from g5kdeploy.files import write_atomic
 from g5kdeploy.progress import Outcome, console
 from g5kdeploy.testbed import Testbed
 from g5kdeploy.testbed.description import Description
@@ -24,8 +31,16 @@ from g5kdeploy.testbed.model import DOMAIN, Cluster, Node, NodeSet, Site, expand
 from g5kdeploy.testbed.oar import Job, Scheduler
 
 CONFIG = Path.home() / ".python-grid5000.yaml"
+CACHE = Path.home() / ".cache" / "g5kdeploy"        # the Reference API's nodes, per API and sites
 ACCESS = "access.grid5000.fr"
-OURS = ("environment", "ssh_key", "sites", "gateway")     # keys of the config file that are not python-grid5000's
+OURS = ("environment", "ssh_key", "sites", "gateway", "arch", "version", "deploy_timeout_s",
+        "reference_max_age_s")                  # keys of the config file that are not python-grid5000's
+TIMEOUT_S = 30          # per HTTP request (python-grid5000 retries 5 times on 500/502/504 and connection errors)
+# the states a live job can be listed by: the API capitalizes each asked state (g5k-api
+# lib/oar/job.rb, Job.list), so OAR's toLaunch and toAckReservation cannot be asked for
+# (they last a moment; `job()` reports them, and Job.live counts them live)
+LIVE = "waiting,hold,launching,running,suspended,resuming"
+LIST_LIMIT = 500        # the API's largest page (jobs_controller.rb LIMIT_MAX; 50 by default)
 
 
 def _errors(what: str):
@@ -33,10 +48,16 @@ def _errors(what: str):
     from grid5000.exceptions import Grid5000Error
     from requests.exceptions import ConnectionError as Unreachable
 
+    from requests.exceptions import RetryError, Timeout
+
     def wrap(fn):
         def call(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
+            except (RetryError, Timeout) as e:
+                raise UserError(f"Grid'5000 API: {what} got no answer ({e.__class__.__name__} after "
+                                f"{TIMEOUT_S} s and retries): try again later, or see https://www.grid5000.fr/status")\
+                    from None
             except Grid5000Error as e:
                 code = getattr(e, "response_code", None)
                 hint = "check username/password in ~/.python-grid5000.yaml" if code == 401 else "see the API's answer"
@@ -50,6 +71,7 @@ def _errors(what: str):
 
 class G5kApi(Scheduler):
     """OAR of every site through /sites/<site>/jobs."""
+    poll_s = (5.0, 45.0)         # as EnOSlib polls the live service
 
     def __init__(self, client, user: str | None):
         self.client, self.user = client, user
@@ -71,17 +93,28 @@ class G5kApi(Scheduler):
 
     @_errors("job listing")
     def live(self, site: str, name: str) -> list[Job]:
-        found = self._jobs(site).list(state="waiting,launching,running", user=self.user, name=name)
-        return sorted((_job(site, j) for j in found if getattr(j, "name", name) == name), key=lambda j: j.id)
+        """This user's live jobs of that name (the API filters by user only when asked to)."""
+        found = self._jobs(site).list(state=LIVE, user=self.user, name=name, limit=LIST_LIMIT)
+        return sorted((_job(site, j) for j in found if getattr(j, "name", None) == name
+                       and getattr(j, "user", self.user) == self.user), key=lambda j: j.id)
 
     @_errors("job listing")
     def on_site(self, site: str) -> list[Job]:
-        return [_job(site, j) for j in self._jobs(site).list(state="waiting,launching,running")]
+        """Every live job of the site, with its nodes (listed only with `resources=yes`)."""
+        return [_job(site, j) for j in self._jobs(site).list(state=LIVE, resources="yes", limit=LIST_LIMIT)]
 
     @_errors("job deletion")
     def delete(self, site: str, *jobs: int) -> None:
+        """End jobs; one that has ended already is not an error (its end is what was asked)."""
+        from grid5000.exceptions import Grid5000Error
         for job in jobs:
-            self._jobs(site)[job].delete()
+            if not self.job(site, job).live:
+                continue
+            try:
+                self._jobs(site)[job].delete()
+            except Grid5000Error:
+                if self.job(site, job).live:        # it did not end meanwhile: a real refusal
+                    raise
 
     @_errors("walltime change")
     def extend(self, site: str, job: int, seconds: int) -> None:
@@ -89,8 +122,10 @@ class G5kApi(Scheduler):
 
 
 def _job(site: str, j) -> Job:
-    return Job(site, int(j.uid), j.state, getattr(j, "name", "") or "", sorted(getattr(j, "assigned_nodes", []) or []),
-               float(j.started_at) if getattr(j, "started_at", None) else None, int(getattr(j, "walltime", 0) or 0))
+    return Job(site, int(j.uid), j.state.lower(), getattr(j, "name", "") or "",
+               sorted(getattr(j, "assigned_nodes", []) or []),
+               float(j.started_at) if getattr(j, "started_at", None) else None, int(getattr(j, "walltime", 0) or 0),
+               tuple(getattr(j, "types", ()) or ()))
 
 
 class G5kTestbed(Testbed):
@@ -101,7 +136,7 @@ class G5kTestbed(Testbed):
     def __init__(self, client, config: dict):
         super().__init__()
         self.client, self.config = client, config
-        self.user = config.get("username")
+        self.user = config.get("username") or getpass.getuser()     # on a frontend: the login user
         self.scheduler = G5kApi(client, self.user)
         self._nodes = self._reference(config.get("sites"))
         self.description = _describe(self._nodes, config.get("uri", "https://api.grid5000.fr/stable"))
@@ -109,23 +144,46 @@ class G5kTestbed(Testbed):
     @classmethod
     def connect(cls, config: Path | str = CONFIG) -> "G5kTestbed":
         from grid5000 import Grid5000
-        path = Path(config)
-        if not path.is_file():
-            raise UserError(f"no {path}: write your Grid'5000 login there (username: ..., password: ...), "
-                            "see README 'Running on Grid'5000'")
-        conf = yaml.safe_load(path.read_text()) or {}
-        client = Grid5000(**{k: v for k, v in conf.items() if k not in OURS})
+        conf = read_config(Path(config))
+        client = Grid5000(**{"timeout": TIMEOUT_S, **{k: v for k, v in conf.items() if k not in OURS}})
         return cls(client, conf)
 
-    @_errors("reading the Reference API")
     def _reference(self, sites: list[str] | None) -> NodeSet:
-        out = NodeSet()
-        for site in sites or [s.uid for s in self.client.sites.list()]:
-            for cluster in self.client.sites[site].clusters.list():
-                for n in cluster.nodes.list():
-                    ip = next((a["ip"] for a in n.network_adapters if a.get("mounted") and a.get("ip")), "")
-                    out.append(Node(f"{n.uid}.{site}.{DOMAIN}", ip, site, cluster.uid,
-                                    int(n.architecture["nb_cores"]), int(n.main_memory["ram_size"]) // 2**30))
+        """The nodes of the Reference API, from a cache on disk younger than
+        `reference_max_age_s` (config, default a day) or asked again; clusters of every queue
+        (`queues=all`: production ones too). A site that does not answer is left out with a
+        warning, unless no site answers."""
+        uri = self.config.get("uri", "https://api.grid5000.fr/stable")
+        path = CACHE / f"reference-{hashlib.sha256(f'{uri} {sites}'.encode()).hexdigest()[:16]}.json"
+        if path.is_file() and time.time() - path.stat().st_mtime < float(self.config.get("reference_max_age_s", 86400)):
+            return NodeSet(Node(**n) for n in json.loads(path.read_text()))
+        out, lost = NodeSet(), []
+        for site in sites or self._site_names():
+            try:
+                out += self._site_nodes(site)
+            except UserError as e:
+                lost.append(f"{site} ({e})")
+        if lost and not out:
+            raise UserError("Grid'5000 Reference API: no site answered: " + "; ".join(lost))
+        if lost:
+            console.print(f"[yellow]left out of the description: {'; '.join(lost)}[/yellow]")
+        else:
+            CACHE.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps([dataclasses.asdict(n) for n in out]))
+        return out
+
+    @_errors("reading the Reference API")
+    def _site_names(self) -> list[str]:
+        return [s.uid for s in self.client.sites.list()]
+
+    @_errors("reading the Reference API")
+    def _site_nodes(self, site: str) -> list[Node]:
+        out = []
+        for cluster in self.client.sites[site].clusters.list(queues="all"):
+            for n in cluster.nodes.list():
+                ip = next((a["ip"] for a in n.network_adapters if a.get("mounted") and a.get("ip")), "")
+                out.append(Node(f"{n.uid}.{site}.{DOMAIN}", ip, site, cluster.uid,
+                                int(n.architecture["nb_cores"]), int(n.main_memory["ram_size"]) // 2**30))
         return out
 
     def nodes(self, hosts: str | None = None) -> NodeSet:
@@ -140,32 +198,53 @@ class G5kTestbed(Testbed):
     # -- Kadeploy --------------------------------------------------------------------------
     @_errors("deployment")
     def reimage(self, nodes: NodeSet, environment: str) -> dict[str, Outcome]:
-        """One Kadeploy deployment per site, in parallel; KO nodes are failed outcomes."""
+        """One Kadeploy deployment per site, all polled together; KO nodes are failed outcomes.
+        A deployment still waiting or processing after `deploy_timeout_s` (config, default
+        1800) is cancelled (DELETE, as deployments_controller.rb destroy) and its nodes fail.
+        `arch` and `version` (config) are passed to Kadeploy when given."""
         env = self.config.get("environment", "debian12-min") if environment == "debian12-g5kdeploy" else environment
-        key = self._public_key()
-        started = {site: (self.client.sites[site].deployments.create(
-            {"nodes": group.hostnames(), "environment": env, "key": key}), time.monotonic())
-            for site, group in nodes.by_site().items()}
-        out: dict[str, Outcome] = {}
+        spec = {"environment": env, "key": self._public_key(),
+                **{k: self.config[k] for k in ("arch", "version") if k in self.config}}
+        t0, limit = time.monotonic(), float(self.config.get("deploy_timeout_s", 1800))
+        running = {site: self.client.sites[site].deployments.create({**spec, "nodes": group.hostnames()})
+                   for site, group in nodes.by_site().items()}
+        done, delay = {}, 2.0
         with console.status(f"Kadeploy {env} on {nodes}"):
-            for site, (d, t0) in started.items():
-                while d.status == "processing":
-                    time.sleep(2)
-                    d.refresh()
-                result = getattr(d, "result", None) or {}
-                for n in nodes.by_site()[site]:
-                    state = result.get(n.hostname, {}).get("state", "KO" if d.status != "terminated" else "?")
-                    out[n.hostname] = Outcome(n, state == "OK", error="" if state == "OK" else
-                                              f"Kadeploy {d.uid}: {state} (deployment {d.status})",
-                                              duration_s=time.monotonic() - t0)
+            while running:
+                for site, d in list(running.items()):
+                    if d.status not in ("waiting", "processing"):
+                        done[site] = (d, time.monotonic() - t0)
+                        del running[site]
+                    elif time.monotonic() - t0 > limit:
+                        self.client.sites[site].deployments.delete(d.uid)
+                        done[site] = (d, limit)
+                        del running[site]
+                if running:
+                    time.sleep(delay)
+                    delay = min(30.0, delay * 1.5)
+                    for d in running.values():
+                        d.refresh()
+        out: dict[str, Outcome] = {}
+        for site, (d, took) in done.items():
+            result = getattr(d, "result", None) or {}
+            for n in nodes.by_site()[site]:
+                state = result.get(n.hostname, {}).get("state", "KO")
+                why = f"timed out after {limit:.0f} s, cancelled" if took >= limit else f"deployment {d.status}"
+                out[n.hostname] = Outcome(n, state == "OK", error="" if state == "OK" else
+                                          f"Kadeploy {d.uid}: {state} ({why})", duration_s=took)
         return out
 
+    def _key(self) -> Path:
+        """The public key given to Kadeploy (`ssh_key`, `~` expanded; default the first of
+        ~/.ssh/id_ed25519.pub, id_rsa.pub that exists)."""
+        if "ssh_key" in self.config:
+            return Path(self.config["ssh_key"]).expanduser()
+        found = [p for p in (Path.home() / ".ssh" / f"{k}.pub" for k in ("id_ed25519", "id_rsa")) if p.is_file()]
+        return found[0] if found else Path.home() / ".ssh" / "id_ed25519.pub"
+
     def _public_key(self) -> str:
-        candidates = [self.config["ssh_key"]] if "ssh_key" in self.config else \
-            [Path.home() / ".ssh" / f"{k}.pub" for k in ("id_ed25519", "id_rsa")]
-        for path in map(Path, candidates):
-            if path.is_file():
-                return path.read_text().strip()
+        if (path := self._key()).is_file():
+            return path.read_text().strip()
         raise UserError("no ssh public key for Kadeploy: create ~/.ssh/id_ed25519 (ssh-keygen) "
                         "or set ssh_key in ~/.python-grid5000.yaml")
 
@@ -173,20 +252,51 @@ class G5kTestbed(Testbed):
     def ssh_settings(self) -> dict:
         """root on deployed nodes with your key; through `gateway` (default: access.grid5000.fr
         from outside Grid'5000, none from inside; null: none)."""
-        key = Path(self.config.get("ssh_key", Path.home() / ".ssh/id_ed25519.pub")).with_suffix("")
-        out = {"user": "root", "port": 22, "keyfile": str(key)}
+        out = {"user": "root", "port": 22, "keyfile": str(self._key().with_suffix(""))}
         gateway = self.config.get("gateway", "auto")
         if gateway == "auto":
-            gateway = None if socket.getfqdn().endswith("." + DOMAIN) else ACCESS
+            gateway = None if _inside() else ACCESS
         return out | ({"gateway": gateway, "gateway_user": self.user} if gateway else {})
 
     def output_dir(self) -> Path:
         return Path.home()
 
+    @property
+    def batch_invoke(self) -> str:
+        """The checkout's virtualenv when this runs from one (a path relative to the checkout,
+        where the job starts), else the frontend's python3."""
+        python = Path(sys.executable)
+        return f"{shlex.quote(str(python.relative_to(Path.cwd())))} -m invoke" if python.is_relative_to(Path.cwd()) \
+            else "python3 -m invoke"
+
+    def batch_path(self, path: Path) -> str:
+        """Relative to the home directory when it is in it: the job runs on the first site's
+        frontend, whose home holds the same checkout at the same place, not this machine's
+        absolute path (a laptop's, another site's)."""
+        if path.is_relative_to(Path.home()):
+            return f'"$HOME"/{shlex.quote(str(path.relative_to(Path.home())))}'
+        return shlex.quote(str(path))
+
     def destroy(self) -> None:
         """Nothing of Grid'5000 is ours to remove but jobs: end the live ones reserved here."""
         for r in list(self.reservations):
             self.release(r)
+
+
+def read_config(path: Path) -> dict:
+    """The configuration file's keys; inside Grid'5000 none is needed (the API knows the
+    user there, as EnOSlib assumes)."""
+    if path.is_file():
+        return yaml.safe_load(path.read_text()) or {}
+    if _inside():
+        return {}
+    raise UserError(f"no {path}: write your Grid'5000 login there (username: ..., password: ...), "
+                    "see README 'Running on Grid'5000'")
+
+
+def _inside() -> bool:
+    """On a Grid'5000 machine (a frontend, a node)."""
+    return socket.getfqdn().endswith("." + DOMAIN)
 
 
 def _describe(nodes: NodeSet, uri: str) -> Description:

@@ -31,6 +31,7 @@ class Job:
     hosts: list[str] = field(default_factory=list)
     start: float | None = None       # unix time the job started
     walltime_s: int = 0
+    types: tuple[str, ...] = ()      # deploy, ...
 
     @property
     def live(self) -> bool:
@@ -43,6 +44,7 @@ class Job:
 
 class Scheduler(ABC):
     """The OAR of a testbed's sites."""
+    poll_s = (0.5, 2.0)          # first and longest wait between two polls (it grows by half each time)
 
     @abstractmethod
     def submit(self, site: str, nodes: int, walltime_s: int, name: str, command: str,
@@ -69,9 +71,11 @@ class Scheduler(ABC):
     def extend(self, site: str, job: int, seconds: int) -> None:
         """Ask OAR for `seconds` more walltime (granted at its next scheduling pass)."""
 
-    def wait(self, jobs: dict[str, int], timeout: float = 300) -> dict[str, Job]:
-        """Poll until every job runs; a job that ends first is an error."""
-        deadline = time.monotonic() + timeout
+    def wait(self, jobs: dict[str, int], timeout: float | None = 300) -> dict[str, Job]:
+        """Poll until every job runs (backing off, `poll_s`); a job that ends first is an
+        error, and so is `timeout` seconds of waiting (None: wait as long as OAR queues them)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay, longest = self.poll_s
         while True:
             st = {site: self.job(site, j) for site, j in jobs.items()}
             if all(s.state == "running" for s in st.values()):
@@ -80,18 +84,20 @@ class Scheduler(ABC):
                 if not s.live:
                     raise UserError(f"OAR job {s.id} on {s.site} ended ({s.state}) before running: "
                                     f"see oarstat -fj {s.id}")
-            if time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 waiting = ", ".join(f"{s.site}:{s.id}:{s.state}" for s in st.values())
                 raise UserError(f"OAR jobs not running after {timeout:.0f} s ({waiting}): nodes busy? see oarstat")
-            time.sleep(0.5)
+            time.sleep(delay)
+            delay = min(longest, delay * 1.5)
 
     def wait_ended(self, pairs: list[tuple[str, int]], timeout: float = 60) -> None:
-        """Poll until every (site, job) has ended."""
-        deadline = time.monotonic() + timeout
+        """Poll until every (site, job) has ended (backing off, `poll_s`, from half a second)."""
+        deadline, delay = time.monotonic() + timeout, 0.5
         while any(self.job(s, j).live for s, j in pairs):
             if time.monotonic() > deadline:
                 raise UserError(f"OAR jobs {pairs} still live {timeout:.0f} s after oardel: see oarstat")
-            time.sleep(0.5)
+            time.sleep(delay)
+            delay = min(self.poll_s[1], delay * 1.5)
 
 
 def enclosing_job() -> tuple[int, list[str]] | None:
@@ -169,4 +175,4 @@ def _job(site: str, job: int, st: dict) -> Job:
     site = hosts[0].split(".")[1] if hosts and "." in hosts[0] else asked[1] if asked else site
     return Job(site, job, (st.get("state") or "unknown").lower(), st.get("name") or "",
                sorted(set(st.get("assigned_network_address") or [])), _unix(st.get("startTime")),
-               int(st.get("walltime") or 0))
+               int(st.get("walltime") or 0), tuple(st.get("types") or ()))

@@ -2,15 +2,22 @@
 cannot be reached from here, as its documented schemas describe it, backed by real parts.
 
     GET    /sites, /sites/<s>, /sites/<s>/clusters, /sites/<s>/clusters/<c>/nodes     Reference API
-    POST   /sites/<s>/jobs            {resources, command, name, types, properties}
-    GET    /sites/<s>/jobs?state=&user=&name=,  /sites/<s>/jobs/<id>     waiting|launching|running|...
-    DELETE /sites/<s>/jobs/<id>
-    POST   /sites/<s>/jobs/<id>/walltime  {walltime: "+H:MM:SS"}
-    POST   /sites/<s>/deployments     {nodes, environment, key}
-    GET    /sites/<s>/deployments/<uid>   status processing|terminated|error, result[node].state OK|KO
+    POST   /sites/<s>/jobs            {resources, command, name, types, properties}            201
+    GET    /sites/<s>/jobs?state=&user=&name=&resources=&limit=,  /sites/<s>/jobs/<id>
+    DELETE /sites/<s>/jobs/<id>                                                           202
+    POST   /sites/<s>/jobs/<id>/walltime  {walltime: "+H:MM:SS" or "H:MM:SS"}             202
+    POST   /sites/<s>/deployments     {nodes, environment, key}    only nodes of running deploy jobs
+    GET    /sites/<s>/deployments/<uid>   status processing|terminated|canceled, result[node].state OK|KO
+    DELETE /sites/<s>/deployments/<uid>   cancel                                                   202
 
-Jobs are jobs of the local OAR, deployments reimage the local nodes; HTTP Basic
-authentication with one user. Used by the g5k backend's tests; run it to try the backend:
+Jobs are jobs of the local OAR (they end when their command exits), deployments reimage the
+local nodes; HTTP Basic authentication with one user. Where the real server's behaviour is
+known from its source (grid5000/g5k-api), this follows it: job states are OAR's, lower-cased
+(tolaunch, toackreservation, hold, ...: lib/oar/job.rb `state`); `state=` filters capitalize
+each asked state, so camel-case ones match nothing (Job.list); listings hold `assigned_nodes`
+only with `resources=yes` and 50 jobs unless `limit` (jobs_controller.rb index, LIMIT); DELETE
+and walltime changes answer 202 (jobs_controller.rb destroy, jobs_walltime_controller.rb
+update). Used by the g5k backend's tests; run it to try the backend:
 `python -m g5kdeploy.testbed.local.g5k_api 8080`."""
 from __future__ import annotations
 
@@ -67,12 +74,17 @@ class Api:
 
     def jobs(self, site, query) -> dict:
         self._site(site)
-        states = set((query.get("state") or ["waiting,launching,running"])[0].split(","))
-        name = (query.get("name") or [None])[0]
-        found = [_job_json(self.tb.scheduler.job(site, int(j)), self.user)
-                 for j, st in self.tb.scheduler.jobs().items()
-                 if (name is None or st.get("name") == name)]
-        return _items([j for j in found if j["state"] in states and j["site"] == site])
+        first = {k: v[0] for k, v in query.items()}
+        # OAR's own spelling of the asked states, as Job.list capitalizes them
+        asked = {s.strip().capitalize() for s in first["state"].split(",")} if "state" in first else None
+        if first.get("user") not in (None, "", self.user):
+            return _items([])                                   # one account: its jobs only
+        found = [self.tb.scheduler.job(site, int(j)) for j, st in self.tb.scheduler.jobs().items()
+                 if first.get("name") in (None, "", st.get("name"))]
+        found = [j for j in found if j.site == site and (asked is None or OAR_STATES.get(j.state) in asked)]
+        listed = [_job_json(j, self.user, nodes=first.get("resources", "no") != "no")
+                  for j in sorted(found, key=lambda j: -j.id)[:int(first.get("limit", LIMIT))]]
+        return _items(listed)
 
     def submit(self, site, spec) -> dict:
         self._site(site)
@@ -84,21 +96,35 @@ class Api:
         return self.job(site, job)
 
     def delete(self, site, job) -> dict:
+        j = self.tb.scheduler.job(site, int(job))
+        if not j.live:                  # oardel refuses a job that has ended (assumed: the OAR API's answer)
+            raise ValueError(f"job {job} is already {j.state}")
         self.tb.scheduler.delete(site, int(job))
-        return {"message": f"Deleted job {job}", "status": "Deleted"}
+        return {}
 
     def walltime(self, site, job, spec) -> dict:
-        change = spec.get("walltime", "")
-        if not change.startswith("+"):
-            raise ValueError("walltime must be an increase such as +0:30:00")
-        self.tb.scheduler.extend(site, int(job), parse_walltime(change[1:]))
+        """A change of a running job's walltime, `+H:MM:SS` or an absolute `H:MM:SS`: accepted
+        (202), applied by OAR at its next pass."""
+        j, change = self.tb.scheduler.job(site, int(job)), str(spec.get("walltime", ""))
+        if j.state != "running":
+            raise ValueError(f"job {job} is {j.state}: only a running job's walltime can change")
+        more = parse_walltime(change[1:]) if change.startswith("+") else parse_walltime(change) - j.walltime_s
+        if more > 0:
+            self.tb.scheduler.extend(site, int(job), more)
         return {"status": "Accepted", "walltime": change}
 
     # -- deployments --------------------------------------------------------------------------------
     def deploy(self, site, spec) -> dict:
+        """A deployment of nodes the caller holds in running deploy jobs (what Kadeploy's
+        rights allow), as deployments_controller.rb create answers: 201, or 400."""
         nodes = self.tb.nodes(",".join(spec.get("nodes") or []) or None)
         if not spec.get("nodes") or {n.site for n in nodes} != {site}:
             raise ValueError(f"nodes must be nodes of {site}")
+        held = {h for j in self.tb.scheduler.on_site(site) if j.state == "running" and "deploy" in j.types
+                for h in j.hosts}
+        if outside := [h for h in nodes.hostnames() if h not in held]:
+            raise ValueError(f"The deployment you are trying to submit is not valid: {', '.join(outside)} "
+                             "not reserved in a running deploy job")
         uid = "D-" + uuid.uuid4().hex[:12]
         record = {"uid": uid, "site": site, "status": "processing", "nodes": nodes.hostnames(),
                   "environment": spec.get("environment"), "user_uid": self.user}
@@ -108,6 +134,8 @@ class Api:
         def work():
             outcomes = self.tb.reimage(nodes, "debian12-g5kdeploy")
             with self.lock:
+                if record["status"] == "canceled":
+                    return
                 record["result"] = {h: {"state": "OK" if o.ok else "KO", "macro": "", "micro": "",
                                         "error": o.error} for h, o in outcomes.items()}
                 record["status"] = "terminated"
@@ -118,16 +146,29 @@ class Api:
         with self.lock:
             return dict(self.deployments[uid])
 
+    def cancel(self, site, uid) -> dict:
+        """DELETE of a deployment still processing: canceled (202); else nothing changes."""
+        with self.lock:
+            record = self.deployments[uid]
+            if record["status"] == "processing":
+                record["status"] = "canceled"
+            return dict(record)
+
 
 def _items(items: list) -> dict:
     return {"items": items, "total": len(items), "offset": 0}
 
 
-def _job_json(j: Job, user: str) -> dict:
-    state = {"tolaunch": "launching", "toackreservation": "launching", "hold": "hold"}.get(j.state, j.state)
-    return {"uid": j.id, "site": j.site, "name": j.name, "user": user, "state": state,
-            "assigned_nodes": j.hosts, "started_at": int(j.start or 0), "walltime": j.walltime_s,
-            "type": "job"}
+LIMIT = 50
+# OAR's job states, lower-cased (how the API reports them) -> as stored (what `state=` matches)
+OAR_STATES = {s.lower(): s for s in ("Waiting", "Hold", "toLaunch", "toError", "toAckReservation", "Launching",
+                                     "Running", "Suspended", "Resuming", "Finishing", "Terminated", "Error")}
+
+
+def _job_json(j: Job, user: str, nodes: bool = True) -> dict:
+    return {"uid": j.id, "site": j.site, "name": j.name, "user": user, "state": j.state, "types": list(j.types),
+            "started_at": int(j.start or 0), "walltime": j.walltime_s, "type": "job"} | \
+        ({"assigned_nodes": j.hosts} if nodes else {})
 
 
 ROUTES = [
@@ -142,6 +183,7 @@ ROUTES = [
     ("POST", r"/sites/(\w+)/jobs/(\d+)/walltime", lambda a, m, q, b: a.walltime(m[1], m[2], b)),
     ("POST", r"/sites/(\w+)/deployments", lambda a, m, q, b: a.deploy(m[1], b)),
     ("GET", r"/sites/(\w+)/deployments/([\w-]+)", lambda a, m, q, b: a.deployment(m[1], m[2])),
+    ("DELETE", r"/sites/(\w+)/deployments/([\w-]+)", lambda a, m, q, b: a.cancel(m[1], m[2])),
 ]
 
 
@@ -165,7 +207,8 @@ class Handler(BaseHTTPRequestHandler):
                     return self._reply(400, {"code": 400, "message": str(e)})
                 except Exception as e:  # the API answers 500, as the real one would
                     return self._reply(500, {"code": 500, "message": str(e)})
-                return self._reply(201 if verb == "POST" else 200, out)
+                code = 202 if verb == "DELETE" or path.endswith("/walltime") else 201 if verb == "POST" else 200
+                return self._reply(code, out)
         self._reply(404, {"code": 404, "message": f"no route {self.command} {url.path}"})
 
     do_GET = do_POST = do_DELETE = _serve
