@@ -113,7 +113,8 @@ class FakeScheduler:
     def __init__(self, testbed):
         self.testbed, self.jobs, self.next_id = testbed, {}, 1
 
-    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=()):
+    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
+               reservation=None):
         from g5kdeploy.testbed.oar import Job
         held = {h for j in self.jobs.values() if j.live for h in j.hosts}
         free = [n.hostname for n in self.testbed.nodes() if n.site == site and n.hostname not in held]

@@ -512,3 +512,37 @@ def test_g5k_lists_held_jobs_so_no_duplicate_is_submitted(tb, g5k):
     finally:
         tb.scheduler.delete("nancy", job)
         tb.scheduler.wait_ended([("nancy", job)])
+
+
+def test_queue_project_and_an_advance_reservation_starting_every_site_together(tb):
+    from datetime import datetime
+    res = tb.reserve({"nancy": 1}, "0:05", name="queued", queue="besteffort", project="g5kdeploy-tests")
+    try:
+        st = tb.scheduler.status(res.jobs["nancy"])
+        assert (st["queue"], st["project"]) == ("besteffort", "g5kdeploy-tests")
+    finally:
+        tb.release(res)
+    at = datetime.fromtimestamp(int(time.time()) + 20)
+    res = tb.reserve({"rennes": 1, "nancy": 1}, "0:05", name="advance", reservation=at)
+    try:
+        starts = [tb.scheduler.job(s, j).start for s, j in res.jobs.items()]
+        # not before its date, and at OAR's next scheduling pass after it (44-48 s late here)
+        assert all(at.timestamp() - 1 <= t <= at.timestamp() + 90 for t in starts), (at, starts)
+        assert max(starts) - min(starts) <= 2                                   # together
+    finally:
+        tb.release(res)
+    with pytest.raises(UserError, match="is in the past"):
+        tb.reserve({"nancy": 1}, "0:05", name="late", reservation=datetime(2020, 1, 1))
+
+
+def test_g5k_passes_queue_project_and_reservation_as_the_api_takes_them(tb, g5k):
+    from datetime import datetime
+    g, _, _ = g5k
+    at = datetime.fromtimestamp(int(time.time()) + 15)
+    res = g.reserve({"nancy": 1}, "0:05", name="g5k-advance", reservation=at, project="p1")
+    try:
+        st = tb.scheduler.status(res.jobs["nancy"])
+        assert st["project"] == "p1" and st.get("reservation") not in (None, "None")   # an advance reservation job
+        assert at.timestamp() - 1 <= g.scheduler.job("nancy", res.jobs["nancy"]).start <= at.timestamp() + 90
+    finally:
+        g.release(res)

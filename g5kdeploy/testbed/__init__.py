@@ -96,26 +96,33 @@ class Testbed(ABC):
     # -- OAR ---------------------------------------------------------------------------------
     def reserve(self, request: dict[str, int], walltime: str | int = "1:00", name: str = "g5kdeploy",
                 deploy: bool = True, properties: str | None = None, timeout: float | None = None,
-                submitted_hook=None) -> Reservation:
+                submitted_hook=None, queue: str | None = None, project: str | None = None,
+                reservation: datetime | None = None) -> Reservation:
         """Nodes per site. Inside an OAR job (OAR_JOB_ID, OAR_NODEFILE) that job's nodes are
         taken, with the live jobs of the same name on other sites; else a live job named
         `name` is adopted per site; else one job per site is submitted (`submitted_hook(site,
         job)` is called as soon as each is). `timeout`: how long to wait for them to run
         (default: as long as OAR queues them where requests queue; 300 s where they cannot,
-        the local testbed refusing at once what busy nodes cannot give)."""
+        the local testbed refusing at once what busy nodes cannot give; until it starts for
+        an advance `reservation`). `queue` (default, production, besteffort...) and `project`
+        are OAR's; an advance `reservation` starts every site's job at that date."""
         seconds = parse_walltime(walltime)
+        start = reservation.timestamp() if reservation else None
+        if start and start < time.time() - 60:
+            raise UserError(f"reservation {reservation:%Y-%m-%d %H:%M:%S} is in the past: give a date to come")
         adopted = self.check_request(request, name, deploy)
         submitted: dict[str, int] = {}
         try:
             for site in (s for s in request if s not in adopted):
-                submitted[site] = self.scheduler.submit(site, request[site], seconds, name, HOLD,
-                                                        properties, ("deploy",) if deploy else ())
+                submitted[site] = self.scheduler.submit(site, request[site], seconds, name, HOLD, properties,
+                                                        ("deploy",) if deploy else (), queue, project, start)
                 self._submitted(site, submitted[site])
                 if submitted_hook:
                     submitted_hook(site, submitted[site])
             jobs = {**{s: j.id for s, j in adopted.items()}, **submitted}
             with console.status(f"waiting for OAR jobs {', '.join(f'{s}:{j}' for s, j in jobs.items())}"):
-                states = self.scheduler.wait(jobs, timeout if timeout is not None else None if self.queues else 300)
+                patience = timeout if timeout is not None else None if self.queues or start else 300
+                states = self.scheduler.wait(jobs, patience)
         except BaseException:
             self._end(submitted)
             raise

@@ -18,7 +18,9 @@ import shlex
 import socket
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -41,6 +43,7 @@ TIMEOUT_S = 30          # per HTTP request (python-grid5000 retries 5 times on 5
 # (they last a moment; `job()` reports them, and Job.live counts them live)
 LIVE = "waiting,hold,launching,running,suspended,resuming"
 LIST_LIMIT = 500        # the API's largest page (jobs_controller.rb LIMIT_MAX; 50 by default)
+PARIS = ZoneInfo("Europe/Paris")   # Grid'5000's OAR time zone
 
 
 def _errors(what: str):
@@ -80,11 +83,15 @@ class G5kApi(Scheduler):
         return self.client.sites[site].jobs
 
     @_errors("job submission")
-    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=()) -> int:
+    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
+               reservation=None) -> int:
         spec = {"name": name, "resources": f"nodes={nodes},walltime={format_walltime(walltime_s)}",
                 "command": command, "types": list(types)}
         if properties:
             spec["properties"] = properties
+        spec |= {k: v for k, v in (("queue", queue), ("project", project)) if v}
+        if reservation:              # Grid'5000's OAR reads it in its own time zone (app/models/grid5000/job.rb)
+            spec["reservation"] = datetime.fromtimestamp(reservation, PARIS).strftime("%Y-%m-%d %H:%M:%S")
         return int(self._jobs(site).create(spec).uid)
 
     @_errors("job status")

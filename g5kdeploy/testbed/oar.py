@@ -48,8 +48,10 @@ class Scheduler(ABC):
 
     @abstractmethod
     def submit(self, site: str, nodes: int, walltime_s: int, name: str, command: str,
-               properties: str | None = None, types: tuple[str, ...] = ()) -> int:
-        """Submit a job of `nodes` nodes on `site`; its id."""
+               properties: str | None = None, types: tuple[str, ...] = (), queue: str | None = None,
+               project: str | None = None, reservation: float | None = None) -> int:
+        """Submit a job of `nodes` nodes on `site` (in `queue`, for `project`; `reservation`:
+        an advance reservation starting at that unix time); its id."""
 
     @abstractmethod
     def job(self, site: str, job: int) -> Job:
@@ -129,11 +131,16 @@ class OarCli(Scheduler):
             raise UserError(f"{argv[0]} failed: {msg[-1] if msg else 'exit ' + str(p.returncode)}")
         return p.stdout
 
-    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=()) -> int:
+    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
+               reservation=None) -> int:
         where = f"site='{site}'" + (f" AND ({properties})" if properties else "")
         argv = ["oarsub", "-n", name, "-l", f"nodes={nodes},walltime={format_walltime(walltime_s)}", "-p", where]
         for t in types:
             argv += ["-t", t]
+        argv += ["-q", queue] if queue else []
+        argv += ["--project", project] if project else []
+        # OAR reads the date in the server's local time
+        argv += ["-r", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(reservation))] if reservation else []
         out = self._call(argv + [command])
         m = re.search(r"OAR_JOB_ID=(\d+)", out)
         if not m:

@@ -26,9 +26,11 @@ import json
 import re
 import threading
 import uuid
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from g5kdeploy.testbed.g5k import PARIS
 from g5kdeploy.testbed.local import LocalTestbed
 from g5kdeploy.testbed.model import parse_walltime
 from g5kdeploy.testbed.oar import Job
@@ -91,8 +93,12 @@ class Api:
         m = re.fullmatch(r"nodes=(\d+),walltime=([\d:]+)", spec.get("resources", ""))
         if not m or not spec.get("command"):
             raise ValueError("resources must be nodes=N,walltime=H:MM:SS and command is required")
+        reservation = spec.get("reservation")
+        start = datetime.strptime(reservation, "%Y-%m-%d %H:%M:%S").replace(tzinfo=PARIS).timestamp() \
+            if reservation else None
         job = self.tb.scheduler.submit(site, int(m[1]), parse_walltime(m[2]), spec.get("name", ""),
-                                       spec["command"], spec.get("properties"), tuple(spec.get("types", ())))
+                                       spec["command"], spec.get("properties"), tuple(spec.get("types", ())),
+                                       spec.get("queue"), spec.get("project"), start)
         return self.job(site, job)
 
     def delete(self, site, job) -> dict:
