@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from g5kdeploy.files import write_atomic
 from g5kdeploy.nimbus.config import CHAIN_PORT, LIB
 
 PORT = CHAIN_PORT
@@ -98,9 +99,7 @@ def install(part: Path, out: Path, sha256: str, record: bool = True) -> None:
         digest_file.unlink(missing_ok=True)
         return
     st = out.stat()
-    tmp = digest_file.with_name(f".{digest_file.name}.{secrets.token_hex(4)}")
-    tmp.write_text(f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
-    os.replace(tmp, digest_file)
+    write_atomic(digest_file, f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
 
 
 def recorded_digest(image: Path) -> str | None:

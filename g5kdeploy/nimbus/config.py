@@ -16,6 +16,11 @@ CHAIN_PORT = 8790               # the VMMs' chain daemons (nimbus.chain)
 LIB = Path("/var/lib/nimbus")   # on service and VMM nodes: repository/, boot/, cache/, incoming/, vms/
 
 
+def shareable(path: str) -> bool:
+    """A path a guest may be given: absolute, normalized, no comma (QEMU's option separator)."""
+    return path.startswith("/") and "," not in path and posixpath.normpath(path) == path.rstrip("/")
+
+
 @dataclass
 class Vmm:
     host: str
@@ -58,8 +63,8 @@ class Cloud:
         paths = tag.split()
         allowed = ", ".join(self.shares) or "none"
         for p in paths:
-            if not p.startswith("/") or "," in p or posixpath.normpath(p) != p.rstrip("/") or len(paths) > 8 or not any(
-                    p == s or p.startswith(s.rstrip("/") + "/") for s in self.shares):
+            if not shareable(p) or len(paths) > 8 or not any(p == s or p.startswith(s.rstrip("/") + "/")
+                                                             for s in self.shares):
                 raise ValueError(f"tag share={tag[:200]!r}: give up to 8 absolute VMM paths inside {allowed}")
         return paths
 

@@ -37,16 +37,19 @@ class CloudPlan:
     access_key: str = field(default_factory=lambda: "AKID" + secrets.token_hex(8).upper())
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
 
+    def derived(self, purpose: str) -> str:
+        """A secret derived from the cloud's: converging again with the same credentials
+        changes nothing."""
+        return hmac.new(self.secret_key.encode(), f"nimbus {purpose}".encode(), hashlib.sha256).hexdigest()
+
     @property
     def chain_token(self) -> str:
-        """What the VMMs' chain daemons ask of a stream: derived from the cloud's secret, so
-        that converging again with the same credentials changes nothing."""
-        return hmac.new(self.secret_key.encode(), b"nimbus chain", hashlib.sha256).hexdigest()[:32]
+        """What the VMMs' chain daemons ask of a stream."""
+        return self.derived("chain")[:32]
 
     @property
     def redis_password(self) -> str:
-        """The cloud's Redis password (derived like the chain token)."""
-        return hmac.new(self.secret_key.encode(), b"nimbus redis", hashlib.sha256).hexdigest()
+        return self.derived("redis")
 
     @property
     def endpoint(self) -> str:

@@ -12,6 +12,7 @@ import sys
 import time
 
 from g5kdeploy.nimbus import ec2
+from g5kdeploy.nimbus.config import shareable
 from g5kdeploy.vm import qemu
 from g5kdeploy.vm.qemu import Guest, mac_for
 
@@ -78,8 +79,8 @@ def instance_id(text: str) -> str:
 
 
 def shared_path(text: str) -> str:
-    """A directory to share: absolute, normalized, no comma (QEMU's option separator)."""
-    if not text.startswith("/") or "," in text or os.path.normpath(text) != text.rstrip("/"):
+    """A directory to share (config.shareable)."""
+    if not shareable(text):
         raise argparse.ArgumentTypeError(f"not a shareable path: {text!r}")
     return text
 

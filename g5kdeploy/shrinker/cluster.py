@@ -18,6 +18,7 @@ from pathlib import Path
 
 from g5kdeploy import REDIS_CLI, chef, on_node, remote
 from g5kdeploy.errors import UserError
+from g5kdeploy.files import write_atomic
 from g5kdeploy.progress import parallel
 from g5kdeploy.shrinker.channel import KEYS, PEERS, key_text
 from g5kdeploy.testbed.model import Node, NodeSet, heads
@@ -83,9 +84,7 @@ def keys_shared(users: dict[str, list[Node]]):
             by_node[n].append(name)
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-keys-") as tmp:
         for name in users:
-            fd = os.open(os.path.join(tmp, f"{name}.key"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(key_text(secrets.token_bytes(32)))
+            write_atomic(os.path.join(tmp, f"{name}.key"), key_text(secrets.token_bytes(32)), 0o600)
 
         def give(node: Node) -> None:        # into the directory the shrinker-vmm role made
             sent = remote.put([os.path.join(tmp, f"{name}.key") for name in by_node[node]], [node], str(KEYS))

@@ -121,8 +121,9 @@ class Testbed(ABC):
                     submitted_hook(site, submitted[site])
             jobs = {**{s: j.id for s, j in adopted.items()}, **submitted}
             with console.status(f"waiting for OAR jobs {', '.join(f'{s}:{j}' for s, j in jobs.items())}"):
-                patience = timeout if timeout is not None else None if self.queues or start else 300
-                states = self.scheduler.wait(jobs, patience)
+                if timeout is None and not (self.queues or start):
+                    timeout = 300            # what cannot queue runs at once, or not at all
+                states = self.scheduler.wait(jobs, timeout)
         except BaseException:
             self._end(submitted)
             raise
