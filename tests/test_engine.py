@@ -13,6 +13,15 @@ from g5kdeploy import engine
 from g5kdeploy.errors import UserError
 from g5kdeploy.testbed import Feature
 
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in a terminal (a shell's background job starts with
+    it ignored, and Python then keeps it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
 EXPERIMENTS = ("testbed-check", "deploy-nimbus", "propagation", "shrinker", "blastx-sky")
 
 
@@ -92,7 +101,7 @@ def _reserving(outcome):
     (lambda: os.kill(os.getpid(), signal.SIGINT), KeyboardInterrupt),          # Ctrl-C (SIGTERM: the same in tasks)
     (lambda: (_ for _ in ()).throw(engine.WalltimeReached("x", 10, 5)), engine.WalltimeReached),
 ])
-def test_the_reservation_is_released_once_on_every_exit(tmp_path, monkeypatch, outcome, raised):
+def test_the_reservation_is_released_once_on_every_exit(tmp_path, monkeypatch, outcome, raised, ctrl_c_raises):
     monkeypatch.setenv("G5KDEPLOY_RESULTS", str(tmp_path))
     tb = fake_testbed()
     ended = []
@@ -142,7 +151,7 @@ class _nothing:
         return False
 
 
-def test_a_signal_during_the_release_waits_until_it_is_done():
+def test_a_signal_during_the_release_waits_until_it_is_done(ctrl_c_raises):
     tb = fake_testbed()
     release = tb.release
 
