@@ -1,11 +1,13 @@
 """The local testbed at work: OAR reservations, ssh, reimage, shaping, remote execution."""
 import hashlib
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
-from conftest import drawn, invoke, own_testbed
+from conftest import ROOT, drawn, invoke, own_testbed
 from g5kdeploy import engine
 from g5kdeploy import remote
 from g5kdeploy.errors import UserError
@@ -182,3 +184,48 @@ def test_oars_database_refuses_the_packaged_passwords(tb):
         p = subprocess.run(["psql", "-h", "127.0.0.1", "-U", user, "-d", "oar", "-c", "select 1"],
                            capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password})
         assert p.returncode != 0 and "password authentication failed" in p.stderr, (user, p.stderr)
+
+
+OUTSIDE = """
+import json, sys
+from g5kdeploy import remote
+gateway, blob, hosts = sys.argv[1], sys.argv[2], sys.argv[3:]
+direct = remote.run("hostname", hosts)
+remote.use_gateway(gateway)
+out = {"direct_ok": direct.ok, "direct_error": direct.failed[0].error if direct.failed else ""}
+for method in ("ssh", "taktuk"):
+    r = remote.run("hostname", hosts, method=method)
+    out[method] = {x.host: x.stdout.strip() for x in r if x.ok}
+out["put"] = remote.put([blob], hosts, "/root", method="taktuk").ok
+out["chain_put"] = remote.chain_put(blob, hosts, "/tmp").ok
+print(json.dumps(out))
+"""
+
+
+def test_ssh_taktuk_and_chain_put_go_through_the_gateway(tb, tmp_path):
+    """From a machine that cannot reach the nodes (as outside Grid'5000: their names do not
+    resolve, only the gateway's does), every remote method reaches them through the gateway."""
+    from g5kdeploy.testbed.local.nodes import HOSTS_TAG
+    from g5kdeploy.testbed.local.system import replace_block
+    gw, *nodes = tb.nodes()
+    hosts = tmp_path / "hosts"
+    hosts.write_text(open("/etc/hosts").read())
+    replace_block(hosts, HOSTS_TAG, [f"{gw.address} {gw.hostname}"])
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 2048)
+    (tmp_path / "outside.py").write_text(OUTSIDE)
+    names = [n.hostname for n in nodes]
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@"',
+                        "sh", str(hosts), str(tmp_path / "resolv.conf"), sys.executable, str(tmp_path / "outside.py"),
+                        f"root@{gw.hostname}", str(blob), *names],
+                       capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["direct_ok"] == [] and "resolve" in out["direct_error"]       # outside indeed
+    assert out["ssh"] == out["taktuk"] == {h: h for h in names}
+    assert sorted(out["put"]) == sorted(out["chain_put"]) == sorted(names)
+    digest = hashlib.md5(blob.read_bytes()).hexdigest()
+    sums = remote.run("md5sum /tmp/blob.bin /root/blob.bin", nodes)
+    assert sums.failed == [] and {line.split()[0] for r in sums for line in r.stdout.splitlines()} == {digest}

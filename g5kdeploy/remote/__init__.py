@@ -10,6 +10,8 @@ import logging
 import os
 import queue
 import shlex
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -27,13 +29,28 @@ METHODS = ("ssh", "taktuk")
 # user root; host keys and identities come from ssh_config (the local testbed writes one).
 # No `-tt` (execo's default): stderr stays separate from stdout.
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "PasswordAuthentication=no", "-o", "ConnectTimeout=20")
-CONNECTION = {"user": "root", "ssh_options": SSH_OPTIONS}
+CONNECTION: dict = {}
 
 
 def use_gateway(gateway: str | None) -> None:
     """Reach nodes through `user@host` (ssh ProxyJump: Grid'5000's access machine from
-    outside), or directly (None). TakTuk's node-to-node hops stay direct."""
-    CONNECTION["ssh_options"] = SSH_OPTIONS + (("-o", f"ProxyJump={gateway}") if gateway else ())
+    outside), or directly (None). ssh, scp and TakTuk's connector (execo reads
+    `taktuk_connector_options`, not `ssh_options`) all jump; through a gateway TakTuk
+    connects every node from here (`-d -1`, no work stealing: nodes hold no key for the
+    gateway), and `chain_put` enters the chain at its first node."""
+    jump = ("-o", f"ProxyJump={gateway}") if gateway else ()
+    CONNECTION.clear()
+    CONNECTION.update({"user": "root", "ssh_options": SSH_OPTIONS + jump, "scp_options": SSH_OPTIONS + jump + ("-rp",),
+                       "taktuk_connector_options": SSH_OPTIONS + jump,
+                       "taktuk_options": ("-s", "-d", "-1") if gateway else ("-s",), "gateway": gateway})
+
+
+def gateway() -> str | None:
+    """The gateway nodes are reached through (use_gateway), if any."""
+    return CONNECTION.get("gateway")
+
+
+use_gateway(None)
 
 
 @dataclass
@@ -169,13 +186,45 @@ def chain_put(local_file: str | Path, hosts, remote_dir: str = "/tmp") -> Result
     its MD5 on every host: a host is ok only if its copy is identical."""
     local_file = Path(local_file)
     digest = hashlib.md5(local_file.read_bytes()).hexdigest()
-    _quiet(execo.ChainPut(_hosts(hosts), [str(local_file)], remote_dir, connection_params=CONNECTION)).run()
+    if gateway():
+        _chain_from_first(local_file, _hosts(hosts), remote_dir)
+    else:
+        _quiet(execo.ChainPut(_hosts(hosts), [str(local_file)], remote_dir, connection_params=CONNECTION)).run()
     remote = shlex.quote(f"{remote_dir.rstrip('/')}/{local_file.name}")
     checked = run(f"echo {digest}' '{remote} | md5sum -c --quiet", hosts)
     for r in checked:
         if not r.ok and ("FAILED" in r.stdout + r.stderr or "No such file" in r.stderr):
             r.error = "copy missing or different"
     return checked
+
+
+def _chain_from_first(local_file: Path, hosts: list[execo.Host], remote_dir: str) -> None:
+    """ChainPut when nodes are reached through a gateway, where no TCP connection from here
+    to a node is allowed: the file crosses the gateway once (scp to the first node), which
+    then sends it down the chain of the others with execo's own chain script, as execo's
+    ChainPut does from here (same arguments; index 0 is the sender)."""
+    first, rest = hosts[0], hosts[1:]
+    if not _quietly_run(execo.Put([first], [str(local_file)], remote_dir, connection_params=CONNECTION)).ok or not rest:
+        return
+    p = execo.config.make_connection_params(CONNECTION)
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-chain-") as tmp:
+        chain_hosts = Path(tmp) / f"chainhosts-{os.getpid()}"
+        chain_hosts.write_text("".join(f"{h.address}\n" for h in rest))
+        script = Path(tmp) / f"chainput-{os.getpid()}"
+        shutil.copy2(Path(execo.__file__).parent / "execo-chainput", script)
+        _quietly_run(execo.TaktukPut(hosts, [str(script), str(chain_hosts)], "/tmp", connection_params=CONNECTION))
+    port = execo.utils.get_port()
+    source = f"{remote_dir.rstrip('/')}/{local_file.name}"
+
+    def step(index: int) -> str:
+        return shlex.join([f"/tmp/{script.name}", source, remote_dir, p["nc"], str(p["chainput_nc_client_timeout"]),
+                           str(p["chainput_nc_server_timeout"]), str(port), str(p["chainput_host_retry"]),
+                           str(p["chainput_chain_retry"]), str(p["chainput_try_delay"]), str(index),
+                           f"/tmp/{chain_hosts.name}", "--autoremove"])
+    steps = [step(i) for i in range(len(hosts))]
+    _quiet(execo.ParallelActions([
+        execo.TaktukRemote("{{steps[1:]}}", rest, connection_params=CONNECTION),
+        execo.Remote(steps[0], [first], connection_params=CONNECTION)])).run()
 
 
 class _Lines(execo.ProcessOutputHandler):
