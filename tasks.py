@@ -147,21 +147,31 @@ def _overrides(params) -> dict:
     return out
 
 
-def _sites(text: str) -> dict[str, int]:
-    """`rennes:4,nancy:2` -> {"rennes": 4, "nancy": 2}"""
-    out = {}
-    for part in filter(None, text.split(",")):
-        site, _, count = part.partition(":")
-        if not count.isdigit() or int(count) <= 0:
-            raise UserError(f"bad --sites entry {part!r}: write site:nodes, e.g. rennes:4,nancy:4")
-        out[site.strip()] = int(count)
+def _sites(text: str) -> dict:
+    """`rennes:4,nancy:2` -> {"rennes": 4, "nancy": 2}; `rennes:paradent=2,rennes:parapluie=1`
+    -> {"rennes": {"paradent": 2, "parapluie": 1}}; `rennes:paradent-[1-2]` -> those hosts."""
+    import re
+    out: dict = {}
+    for part in filter(None, re.split(r",(?![^\[]*\])", text)):     # commas inside [..] belong to hostlists
+        site, _, want = (x.strip() for x in part.partition(":"))
+        cluster, _, count = want.rpartition("=")
+        if want.isdigit() and int(want) > 0 and site not in out:
+            out[site] = int(want)
+        elif cluster and count.isdigit() and int(count) > 0 and isinstance(out.get(site, {}), dict):
+            out.setdefault(site, {})[cluster] = int(count)
+        elif want and "=" not in want and site not in out:
+            out[site] = want
+        else:
+            raise UserError(f"bad --sites entry {part!r}: write site:nodes, site:cluster=nodes or site:hostlist, "
+                            "e.g. rennes:4,nancy:graphene=2")
     if not out:
         raise UserError("no --sites: write site:nodes, e.g. rennes:4,nancy:4")
     return out
 
 
 @task(help={"task": "the invoke task to run inside the job, quoted, e.g. \"experiment shrinker\"",
-            "sites": "nodes per site, e.g. rennes:4,nancy:4 (the batch runs in the first site's job)",
+            "sites": "nodes per site, e.g. rennes:4,nancy:4, per cluster (nancy:graphene=2) or by name "
+                     "(rennes:paradent-[1-2]); the batch runs in the first site's job",
             "walltime": "H:MM or H:MM:SS", "name": "OAR job name (default: from the task)",
             "testbed": "local (embedded) or g5k"})
 @user_errors
@@ -170,7 +180,7 @@ def submit(c, task, sites, walltime="1:00", name=None, testbed=TESTBED):
     from g5kdeploy.testbed.model import parse_walltime
     request = _sites(sites)
     parse_walltime(walltime)
-    _described(testbed).check_counts(request)       # bad input: refused even with no testbed up
+    _described(testbed).demands(request)       # bad input: refused even with no testbed up
     name = name or "batch-" + "-".join(task.split()[:2])
     tb = _testbed(testbed, bring_up=False)
     jobs = tb.submit(task, request, walltime, name)
@@ -214,6 +224,23 @@ def walltime(c, name=None, extend=None, testbed=TESTBED):
     for j in jobs:
         end = f"ends {datetime.fromtimestamp(j.end):%H:%M:%S}" if j.end else "not started"
         print(f"{j.site}:{j.id} {j.state} walltime {j.walltime_s} s, {end}")
+
+
+@task(help={"name": "OAR job name (default: the enclosing batch job's)", "testbed": "local or g5k"})
+@user_errors
+def check(c, name=None, testbed=TESTBED):
+    """Say which nodes of the live jobs of that name cannot be reached as root, and why."""
+    from g5kdeploy import remote
+    tb = _testbed(testbed, bring_up=False)
+    name = name or _enclosing_name(tb)
+    if not (hosts := sorted({h for j in tb.live(name) for h in j.hosts})):
+        raise UserError(f"no live OAR job named {name!r} holds nodes: see oarstat")
+    remote.reach(tb)
+    why = remote.check(hosts, tb)
+    for h in hosts:
+        print(f"{h:40} {'unreachable: ' + why[h] if h in why else 'ok'}")
+    if why:
+        raise Exit(f"{len(why)} of {len(hosts)} nodes cannot be reached", code=1)
 
 
 def _enclosing_name(tb) -> str:

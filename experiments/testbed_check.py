@@ -44,7 +44,7 @@ class TestbedCheck(Experiment):
     Params = Params
 
     def request(self, p: Params, testbed: Testbed) -> dict[str, int]:
-        return {s: site.size for s, site in testbed.description.sites.items()}       # every node
+        return {s: n for s in testbed.description.sites if (n := len(testbed.available(s)))}   # every live node
 
     def validate(self, p: Params, testbed: Testbed) -> None:
         self.one_of("method", p.methods, remote.METHODS)

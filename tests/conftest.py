@@ -113,9 +113,10 @@ class FakeScheduler:
     def __init__(self, testbed):
         self.testbed, self.jobs, self.next_id = testbed, {}, 1
 
-    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
+    def submit(self, site, resources, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
                reservation=None):
         from g5kdeploy.testbed.oar import Job
+        nodes = int(resources.removeprefix("nodes="))          # counts only
         held = {h for j in self.jobs.values() if j.live for h in j.hosts}
         free = [n.hostname for n in self.testbed.nodes() if n.site == site and n.hostname not in held]
         job = Job(site, self.next_id, "running" if len(free) >= nodes else "waiting", name,
@@ -138,6 +139,9 @@ class FakeScheduler:
 
     def extend(self, site, job, seconds):
         self.jobs[job].walltime_s += seconds
+
+    def down(self, site):
+        return {}
 
     def wait(self, jobs, timeout=300):
         from g5kdeploy.errors import UserError
@@ -173,6 +177,9 @@ def fake_testbed(features=(), queues=False, description=SMALL):
 
         def reimage(self, nodes, environment):
             return {n.hostname: Outcome(n, True) for n in nodes}
+
+        def deployments(self, nodes):
+            return {}
 
         def ssh_settings(self):
             return {"user": "root"}

@@ -25,6 +25,8 @@ CASES = [
     (["experiment", "blastx-sky", "--param", "workers_on=everywhere"], "workers_on"),
     (["submit", "experiment testbed-check", "--sites", "rennes:x"], "rennes:x"),
     (["submit", "experiment testbed-check", "--sites", "mars:2"], "mars"),
+    (["submit", "experiment testbed-check", "--sites", "rennes:parapluie=2"], "rennes has no cluster 'parapluie'"),
+    (["submit", "experiment testbed-check", "--sites", "rennes:2,rennes:paradent=1"], "rennes:paradent=1"),
     (["submit", "experiment testbed-check", "--sites", "rennes:2", "--walltime", "soon"], "walltime"),
     (["deploy-nimbus", "--sites", "rennes,mars"], "mars"),
     (["deploy-nimbus", "--sites", "rennes", "--propagation", "ftp"], "ftp"),
@@ -52,3 +54,10 @@ def test_bad_input_is_one_line_and_leaves_nothing(args, message, tmp_path):
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (r.returncode, r.stderr[-2000:])
     assert lines[0].startswith("error: ") and "Traceback" not in r.stderr + r.stdout
     assert snapshot(results) == before                      # nothing made: run, temporary file, namespace
+
+
+def test_sites_are_counts_clusters_or_hostlists():
+    import tasks
+    assert tasks._sites("rennes:4,nancy:2") == {"rennes": 4, "nancy": 2}
+    assert tasks._sites("rennes:paradent=2,rennes:parapluie=1,nancy:graphene-[1,3]") == \
+        {"rennes": {"paradent": 2, "parapluie": 1}, "nancy": "graphene-[1,3]"}

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -252,22 +253,31 @@ def test_nodes_are_reached_through_a_gateway_when_one_is_set(tb):
 
 
 # -- the g5k backend against the Grid'5000 API served over this testbed ----------------------------
-@pytest.fixture
-def g5k(tb, tmp_path, monkeypatch):
+@contextmanager
+def stand_in(tb, tmp_path, monkeypatch, clusters=None, **keys):
+    """The g5k backend connected to the API stand-in (`clusters`: its Reference API facts)."""
     from g5kdeploy.testbed import g5k as backend
     from g5kdeploy.testbed.g5k import G5kTestbed
     from g5kdeploy.testbed.local import g5k_api
     monkeypatch.setattr(backend, "CACHE", tmp_path / "cache")         # the Reference API's, for this test
-    server = g5k_api.serve(tb, "alice", "s3cret")
+    server = g5k_api.serve(tb, "alice", "s3cret", clusters=clusters)
     config = tmp_path / "python-grid5000.yaml"
     conf = {"uri": f"http://127.0.0.1:{server.server_port}/stable", "username": "alice", "password": "s3cret",
-            "ssh_key": str(tb.files.key) + ".pub", "gateway": None}     # the nodes are reached directly here
+            "ssh_key": str(tb.files.key) + ".pub", "gateway": None, **keys}     # the nodes are reached directly here
     config.write_text(yaml.safe_dump(conf))
-    g = G5kTestbed.connect(config)
-    assert g.scheduler.poll_s == (5.0, 45.0)           # the live service's pace...
-    g.scheduler.poll_s = (0.5, 2.0)                    # ...the stand-in answers at once
-    yield g, config, conf
-    server.shutdown()
+    try:
+        g = G5kTestbed.connect(config)
+        assert g.scheduler.poll_s == (5.0, 45.0)           # the live service's pace...
+        g.scheduler.poll_s = (0.5, 2.0)                    # ...the stand-in answers at once
+        yield g, config, conf
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def g5k(tb, tmp_path, monkeypatch):
+    with stand_in(tb, tmp_path, monkeypatch) as out:
+        yield out
 
 
 def test_g5k_reserve_reuse_extend_release_through_the_api(tb, g5k):
@@ -544,5 +554,128 @@ def test_g5k_passes_queue_project_and_reservation_as_the_api_takes_them(tb, g5k)
         st = tb.scheduler.status(res.jobs["nancy"])
         assert st["project"] == "p1" and st.get("reservation") not in (None, "None")   # an advance reservation job
         assert at.timestamp() - 1 <= g.scheduler.job("nancy", res.jobs["nancy"]).start <= at.timestamp() + 90
+    finally:
+        g.release(res)
+
+
+def test_requests_per_cluster_per_host_and_in_oar_resources_on_both_backends(tb, g5k):
+    g, _, _ = g5k
+    for testbed in (tb, g):
+        with testbed.reserved({"rennes": {"paradent": 2}, "nancy": "graphene-2"}, "0:05", name="shaped") as res:
+            assert sorted(n.cluster for n in res.nodes if n.site == "rennes") == ["paradent"] * 2
+            assert [n.hostname for n in res.nodes if n.site == "nancy"] == ["graphene-2.nancy.grid5000.fr"]
+            asked = tb.scheduler.status(res.jobs["rennes"])["initial_request"]
+            assert "-l {cluster='paradent'}/nodes=2,walltime=0:05:00" in asked, asked
+        with testbed.reserved({"nancy": "{cluster='graphene'}/nodes=1"}, "0:05", name="raw") as res:
+            assert [n.cluster for n in res.nodes] == ["graphene"]
+    jobs = _live(tb)
+    for bad, said in (({"rennes": {"graphene": 1}}, "rennes has no cluster 'graphene': it has paradent"),
+                      ({"rennes": {"paradent": 4}}, "cluster paradent has 3 nodes, 4 requested"),
+                      ({"nancy": "paradent-1"}, "nancy:paradent-1 is no node count"),
+                      ({"nancy": "walltime=1"}, "ask for no nodes")):
+        with pytest.raises(UserError, match=said):
+            g.reserve(bad, "0:05")
+    assert _live(tb) == jobs
+
+
+@pytest.fixture
+def absent_node(tb):
+    """graphene-2 set Absent in OAR (as an administrator does a broken node), Alive afterwards."""
+    host = "graphene-2.nancy.grid5000.fr"
+    subprocess.run(["oarnodesetting", "-s", "Absent", "-h", host], check=True, capture_output=True)
+    yield host
+    subprocess.run(["oarnodesetting", "-s", "Alive", "-h", host], check=True, capture_output=True)
+
+
+def test_nodes_oar_holds_down_are_neither_asked_for_nor_given(tb, g5k, absent_node):
+    from experiments import testbed_check
+    from g5kdeploy import remote
+    g, _, _ = g5k
+    jobs = _live(tb)
+    for testbed in (tb, g):                                          # OAR's own state, or the status API's
+        assert testbed.scheduler.down("nancy") == {absent_node: "absent"}
+        assert testbed.available("nancy").hostnames() == ["graphene-1.nancy.grid5000.fr"]
+        assert testbed_check.EXPERIMENT.request(testbed_check.Params(), testbed) == {"rennes": 3, "nancy": 1}
+        with pytest.raises(UserError, match=r"nancy: 2 nodes wanted, 1 that OAR can give \(graphene-2 absent\)"):
+            testbed.reserve({"nancy": 2}, "0:05")
+        with pytest.raises(UserError, match="that OAR can give"):
+            testbed.reserve({"nancy": "graphene-2"}, "0:05")
+        assert remote.check([absent_node], testbed) == {absent_node: "OAR has it absent"}
+    assert _live(tb) == jobs
+
+
+def test_g5k_description_follows_the_reference_api_exotic_queues_and_deploy(tb, tmp_path, monkeypatch):
+    facts = {"graphene": {"exotic": True}, "paradent": {"queues": ["production"], "deploy": False}}
+    with stand_in(tb, tmp_path, monkeypatch, clusters=facts) as (g, _, _):
+        clusters = {c.name: c for s in g.description.sites.values() for c in s.clusters}
+        assert clusters["graphene"].exotic and clusters["paradent"].queues == ("production",)
+        assert not clusters["paradent"].deploy
+        jobs = _live(tb)
+        with pytest.raises(UserError, match=r"nancy has 0 nodes for default-queue deploy jobs .*exotic ones only by"):
+            g.reserve({"nancy": 1}, "0:05")
+        with pytest.raises(UserError, match="cluster paradent takes no production-queue deploy jobs"):
+            g.reserve({"rennes": {"paradent": 1}}, "0:05", queue="production")
+        assert _live(tb) == jobs
+        with g.reserved({"nancy": {"graphene": 1}}, "0:05", name="exotic") as res:   # named: an exotic job
+            assert set(tb.scheduler.status(res.jobs["nancy"])["types"]) == {"deploy", "exotic"}
+        with g.reserved({"rennes": 2}, "0:05", name="prod", queue="production", deploy=False) as res:
+            st = tb.scheduler.status(res.jobs["rennes"])
+            assert st["queue"] == "production" and "deploy" not in st["types"]
+        # the stand-in's admission keeps a plain job off the exotic cluster, as Grid'5000's OAR does
+        with pytest.raises(UserError, match="job submission failed"):
+            g.scheduler.submit("nancy", "nodes=1", 300, "plain", "sleep 1")
+    assert _live(tb) == jobs
+
+
+def test_a_second_deploy_reimages_nothing_and_force_deploy_does(tb, g5k):
+    from g5kdeploy import remote
+    g, _, _ = g5k
+    for testbed in (tb, g):
+        with testbed.reserved({"rennes": 2}, "0:05", name="idempotent") as res:
+            assert all(o.ok and o.value is None for o in testbed.deploy(res.nodes).values())
+            assert remote.run("touch /root/kept", res.nodes).failed == []
+            again = testbed.deploy(res.nodes)
+            assert {o.value for o in again.values()} == {"already deployed"}
+            assert remote.run("test -e /root/kept", res.nodes).failed == []          # nothing reimaged
+            testbed.deploy(res.nodes[:1], force_deploy=True)
+            assert remote.run("test -e /root/kept", res.nodes).ok == [res.nodes[1].hostname]
+        with testbed.reserved({"rennes": 2}, "0:05", name="idempotent") as res:      # a new job: deployed anew
+            assert all(o.value is None for o in testbed.deploy(res.nodes).values())
+
+
+def test_check_says_which_nodes_cannot_be_reached_and_why(tb):
+    from g5kdeploy import remote
+    with tb.reserved({"rennes": 2}, "0:05", name="checked") as res:
+        locked, fine = res.nodes
+        assert remote.run("rm /root/.ssh/authorized_keys", [locked]).failed == []
+        r = invoke("check", "--name", "checked")
+        assert r.returncode == 1 and f"{fine.hostname:40} ok" in r.stdout, r.stdout + r.stderr
+        assert f"{locked.hostname:40} unreachable: root login refused" in r.stdout
+        assert remote.check(tb.nodes("paradent-[1-3]"), tb) == {
+            locked.hostname: "root login refused (not deployed with your key: deploy it)",
+            "paradent-3.rennes.grid5000.fr": "held by no running OAR job"}
+        tb.deploy([locked], force_deploy=True)
+        assert remote.check(res.nodes, tb) == {}
+
+
+def test_g5k_deployment_is_cancelled_after_its_timeout_and_takes_arch_and_version(tb, tmp_path, monkeypatch):
+    with stand_in(tb, tmp_path, monkeypatch, deploy_timeout_s=0.01, arch="x86_64", version=2024) as (g, _, _):
+        with g.reserved({"nancy": 1}, "0:05", name="slow-deploy") as res:
+            outcome = g.reimage(res.nodes, "debian12-g5kdeploy")[res.nodes[0].hostname]
+            assert not outcome.ok and "cancelled" in outcome.error
+            d = g.client.sites["nancy"].deployments.list(user="alice")[0]           # the newest
+            assert (d.status, d.arch, d.version, d.environment) == ("canceled", "x86_64", 2024, "debian12-min")
+
+
+def test_g5k_reserve_waits_as_long_as_oar_queues_its_job(tb, g5k):
+    import threading
+    g, _, _ = g5k
+    blocker = tb.reserve({"nancy": 2}, "0:05", name="blocker")
+    submitted = []
+    threading.Timer(8, tb.release, [blocker]).start()       # the nodes free up later
+    t0 = time.monotonic()
+    res = g.reserve({"nancy": 1}, "0:05", name="patient", submitted_hook=lambda s, j: submitted.append(j))
+    try:
+        assert time.monotonic() - t0 >= 7 and list(res.jobs.values()) == submitted    # waited in place
     finally:
         g.release(res)

@@ -181,8 +181,7 @@ def execute(experiment: Experiment, testbed: Testbed, overrides: dict | None = N
     run = Run(experiment.name, dataclasses.asdict(params), testbed=testbed.description.source, run_id=resume,
               resume=bool(resume))
     run.deadline = testbed.deadline
-    ssh = testbed.ssh_settings()
-    remote.use_gateway(f"{ssh['gateway_user']}@{ssh['gateway']}" if ssh.get("gateway") else None)
+    remote.reach(testbed)
     first, failed_before = len(testbed.used), dict(testbed.failed_nodes)
     try:
         experiment.main(run, testbed, params)

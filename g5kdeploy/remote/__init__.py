@@ -45,6 +45,12 @@ def use_gateway(gateway: str | None) -> None:
                        "taktuk_options": ("-s", "-d", "-1") if gateway else ("-s",), "gateway": gateway})
 
 
+def reach(testbed) -> None:
+    """Reach the testbed's nodes as its ssh settings say (through a gateway or not)."""
+    ssh = testbed.ssh_settings()
+    use_gateway(f"{ssh['gateway_user']}@{ssh['gateway']}" if ssh.get("gateway") else None)
+
+
 def gateway() -> str | None:
     """The gateway nodes are reached through (use_gateway), if any."""
     return CONNECTION.get("gateway")
@@ -149,6 +155,39 @@ def run(command: str, hosts, method: str = "ssh", timeout: float | None = None) 
         if timeout and r.exit_code in (124, 137):
             r.ok, r.error = False, f"timeout after {timeout} s"
     return results
+
+
+# ssh's own words for a failure -> what it means for a node, and what to do
+WHY = (("Could not resolve hostname", "its name does not resolve (from outside Grid'5000, set a gateway)"),
+       ("Connection refused", "no sshd answers (down, or still booting)"),
+       ("No route to host", "no route to it (down, or another network)"),
+       ("timed out", "no answer (off, or unreachable)"),
+       ("timeout", "no answer in time (overloaded, or unreachable)"),
+       ("Permission denied", "root login refused (not deployed with your key: deploy it)"),
+       ("Host key verification failed", "its host key differs from the known one (reinstalled?)"))
+
+
+def check(hosts, testbed=None, timeout: float = 20) -> dict[str, str]:
+    """The hosts that cannot be reached as root now, each with why: what the testbed's OAR
+    says first when given (dead, absent, suspected; held by no running job), then an ssh
+    `true` on the others (ssh's failure said in plain words, `WHY`)."""
+    names, why = hostnames(hosts), {}
+    if testbed is not None:
+        by_site: dict[str, list[str]] = {}
+        for h in names:
+            by_site.setdefault(testbed.node(h).site, []).append(h)
+        for site, group in by_site.items():
+            down = testbed.scheduler.down(site)
+            held = {h for j in testbed.scheduler.on_site(site) if j.state == "running" for h in j.hosts}
+            why |= {h: f"OAR has it {down[h]}" if h in down else "held by no running OAR job"
+                    for h in group if h in down or h not in held}
+    todo = [h for h in names if h not in why]
+    for r in (run("true", todo, timeout=timeout) if todo else []):
+        if not r.ok:
+            said = r.error or r.stderr.strip()
+            why[r.host] = next((plain for words, plain in WHY if words in said), said.splitlines()[-1] if said else
+                               f"exit {r.exit_code}")
+    return why
 
 
 def run_module(node, module: str, *args, timeout: float | None = 600) -> dict:

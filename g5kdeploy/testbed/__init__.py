@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import shlex
 import signal
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from g5kdeploy.errors import UserError
 from g5kdeploy.progress import Outcome, console
 from g5kdeploy.testbed.description import Description
-from g5kdeploy.testbed.model import Node, NodeSet, Reservation, heads, parse_walltime
+from g5kdeploy.testbed.model import Cluster, Demand, Node, NodeSet, Reservation, expand_hostlist, heads, parse_walltime
 from g5kdeploy.testbed.oar import Job, Scheduler, enclosing_job
 
 __all__ = ["Feature", "Testbed", "Node", "NodeSet", "Reservation", "heads", "open"]
@@ -64,6 +65,11 @@ class Testbed(ABC):
         """Deploy `environment` on nodes once (Kadeploy); per-node outcome by hostname."""
 
     @abstractmethod
+    def deployments(self, nodes: NodeSet) -> dict[str, tuple[str, float]]:
+        """Per node, its last deployment (environment, unix time) if that deployment succeeded
+        on it (what Kadeploy knows; nodes with none, or whose last one failed, are left out)."""
+
+    @abstractmethod
     def ssh_settings(self) -> dict:
         """How to reach nodes as root: user, keyfile, port, and an ssh gateway if any."""
 
@@ -94,11 +100,12 @@ class Testbed(ABC):
         """Remove everything the testbed created."""
 
     # -- OAR ---------------------------------------------------------------------------------
-    def reserve(self, request: dict[str, int], walltime: str | int = "1:00", name: str = "g5kdeploy",
+    def reserve(self, request: dict, walltime: str | int = "1:00", name: str = "g5kdeploy",
                 deploy: bool = True, properties: str | None = None, timeout: float | None = None,
                 submitted_hook=None, queue: str | None = None, project: str | None = None,
                 reservation: datetime | None = None) -> Reservation:
-        """Nodes per site. Inside an OAR job (OAR_JOB_ID, OAR_NODEFILE) that job's nodes are
+        """Nodes per site (see `demands`: a count, {cluster: count}, a hostlist or OAR resources
+        per site). Inside an OAR job (OAR_JOB_ID, OAR_NODEFILE) that job's nodes are
         taken, with the live jobs of the same name on other sites; else a live job named
         `name` is adopted per site; else one job per site is submitted (`submitted_hook(site,
         job)` is called as soon as each is). `timeout`: how long to wait for them to run
@@ -110,12 +117,13 @@ class Testbed(ABC):
         start = reservation.timestamp() if reservation else None
         if start and start < time.time() - 60:
             raise UserError(f"reservation {reservation:%Y-%m-%d %H:%M:%S} is in the past: give a date to come")
-        adopted = self.check_request(request, name, deploy)
+        wanted = self.demands(request, deploy, queue)
+        adopted = self.check_request(request, name, deploy, queue)
         submitted: dict[str, int] = {}
         try:
             for site in (s for s in request if s not in adopted):
-                submitted[site] = self.scheduler.submit(site, request[site], seconds, name, HOLD, properties,
-                                                        ("deploy",) if deploy else (), queue, project, start)
+                submitted[site] = self.scheduler.submit(site, wanted[site].resources, seconds, name, HOLD, properties,
+                                                        self._types(wanted[site], deploy), queue, project, start)
                 self._submitted(site, submitted[site])
                 if submitted_hook:
                     submitted_hook(site, submitted[site])
@@ -128,7 +136,7 @@ class Testbed(ABC):
             self._end(submitted)
             raise
         nodes = NodeSet()
-        for site, count in request.items():
+        for site, count in ((s, d.count) for s, d in wanted.items()):
             hosts = [h for h in states[site].hosts if self.node(h).site == site]
             if len(hosts) < count:
                 self._end(submitted)
@@ -142,21 +150,22 @@ class Testbed(ABC):
         self.used.append(res)
         return res
 
-    def check_request(self, request: dict[str, int], name: str, deploy: bool = True) -> dict[str, Job]:
-        """A one-line UserError for a request this testbed cannot meet now (unknown site, too
-        many nodes, a job to adopt that is not a deploy job when nodes are to be deployed, and
-        locally nodes that other jobs hold); else the jobs it would adopt."""
-        self.check_counts(request)
+    def check_request(self, request: dict, name: str, deploy: bool = True, queue: str | None = None) -> dict[str, Job]:
+        """A one-line UserError for a request this testbed cannot meet now (see `demands`; nodes
+        OAR will not give, dead or absent; a job to adopt that is not a deploy job when nodes
+        are to be deployed; locally, nodes that other jobs hold); else the jobs it would adopt."""
+        wanted = self.demands(request, deploy, queue)
+        self._check_alive(wanted, deploy, queue)
         adopted = self._adoptable(request, name)
         if deploy and (plain := [j for j in adopted.values() if "deploy" not in j.types]):
             j = plain[0]
             raise UserError(f"OAR job {j.id} ({j.name or 'no name'}) on {j.site} is not a deploy job, and Kadeploy "
                             f"deploys only nodes of one: end it (invoke release --name {j.name}) or use another name")
         if not self.queues:
-            self._check_free({s: n for s, n in request.items() if s not in adopted})
+            self._check_free({s: d for s, d in wanted.items() if s not in adopted}, deploy, queue)
         return adopted
 
-    def _adoptable(self, request: dict[str, int], name: str) -> dict[str, Job]:
+    def _adoptable(self, request: dict, name: str) -> dict[str, Job]:
         """Per site, the job to take instead of submitting one."""
         out: dict[str, Job] = {}
         if inside := self.enclosing():
@@ -192,11 +201,24 @@ class Testbed(ABC):
                 with around(), signals_held():
                     self.release(res)
 
-    def _check_free(self, request: dict[str, int]) -> None:
+    def _check_alive(self, wanted: dict[str, Demand], deploy: bool, queue: str | None) -> None:
+        """Refuse at once what the nodes OAR can give (not dead, absent, suspected) cannot."""
+        for site, d in wanted.items():
+            if not (down := self.scheduler.down(site)):
+                continue
+            fit = self.eligible(d, deploy, queue)
+            if d.raw or d.count <= len(up := [n for n in fit if n.hostname not in down]):
+                continue
+            lost = ", ".join(f"{n.short} {down[n.hostname]}" for n in fit if n.hostname in down)
+            raise UserError(f"{site}: {d.count} nodes wanted, {len(up)} that OAR can give ({lost}): "
+                            f"ask for {len(up) or 'other nodes'}")
+
+    def _check_free(self, wanted: dict[str, Demand], deploy: bool, queue: str | None) -> None:
         """Refuse at once what the nodes that other jobs leave free cannot give."""
-        for site, count in request.items():
+        for site, d in ((s, d) for s, d in wanted.items() if not d.raw):    # OAR alone reads its own resources
             holders = [j for j in self.scheduler.on_site(site) if j.hosts]
-            free = self.description.sites[site].size - len({h for j in holders for h in j.hosts})
+            taken = {h for j in holders for h in j.hosts}
+            count, free = d.count, len([n for n in self.eligible(d, deploy, queue) if n.hostname not in taken])
             if count > free:
                 held = ", ".join(f"{j.id} ({j.name or 'no name'}: {len(j.hosts)} nodes)" for j in holders)
                 ends = sorted({"invoke nimbus-destroy" if j.name == "nimbus" else f"invoke release --name {j.name}"
@@ -245,25 +267,26 @@ class Testbed(ABC):
         self.scheduler.wait_ended([(j.site, j.id) for j in jobs])
         return jobs
 
-    def submit(self, task: str, request: dict[str, int], walltime: str | int, name: str) -> dict[str, int]:
+    def submit(self, task: str, request: dict, walltime: str | int, name: str) -> dict[str, int]:
         """An OAR batch job that runs `invoke <task>` on the frontend (a deploy job, as on
         Grid'5000) with the first site's nodes, and jobs of the same name on the other sites
         that the task adopts and that end with it. The jobs per site."""
         seconds = parse_walltime(walltime)
-        self.check_counts(request)
+        wanted = self.demands(request)
+        self._check_alive(wanted, True, None)
         if live := self.live(name, request):
             raise UserError(f"live OAR jobs are named {name!r} already ({', '.join(str(j.id) for j in live)}): "
                             f"choose another --name or end them (invoke release --name {name})")
         if not self.queues:
-            self._check_free(request)
+            self._check_free(wanted, True, None)
         jobs: dict[str, int] = {}
         try:
             first, *others = request
             for site in others:
-                jobs[site] = self.scheduler.submit(site, request[site], seconds, name, HOLD,
-                                                   types=("deploy",))
-            jobs[first] = self.scheduler.submit(first, request[first], seconds, name,
-                                                self.batch_command(task, name), types=("deploy",))
+                jobs[site] = self.scheduler.submit(site, wanted[site].resources, seconds, name, HOLD,
+                                                   types=self._types(wanted[site], True))
+            jobs[first] = self.scheduler.submit(first, wanted[first].resources, seconds, name,
+                                                self.batch_command(task, name), types=self._types(wanted[first], True))
         except BaseException:
             self._end(jobs)
             raise
@@ -296,18 +319,57 @@ class Testbed(ABC):
         self._deadline = (key, time.monotonic(), min(ends) if ends else None)
         return self._deadline[2]
 
-    def check_counts(self, request: dict[str, int]) -> None:
-        """Known sites, and between 1 and the site's size nodes on each."""
+    def demands(self, request: dict, deploy: bool = True, queue: str | None = None) -> dict[str, Demand]:
+        """Each site's part of a request, checked against the description (one-line UserErrors):
+        per site a node count (`{"rennes": 4}`), nodes per cluster (`{"rennes": {"paradent":
+        4}}`), a hostlist of its nodes (`"paradent-[1-4]"`), or OAR's own resources string
+        (`"{gpu_count>0}/nodes=2"`, anything with `nodes=`: passed as is). A count must fit the
+        nodes that such a job may have (Cluster.takes: the queue's clusters, deployable ones
+        for a deploy job, exotic ones only when named)."""
         sites = self.description.sites
         if not request:
             raise UserError("empty reservation: ask for nodes per site, e.g. rennes:2,nancy:1")
-        for site, count in request.items():
+        out: dict[str, Demand] = {}
+        for site, want in request.items():
             if site not in sites:
                 raise UserError(f"unknown site {site!r}: this testbed has {', '.join(sites)}")
-            if not isinstance(count, int) or count <= 0:
-                raise UserError(f"{site}: ask for a positive number of nodes (got {count!r})")
-            if count > sites[site].size:
-                raise UserError(f"{site} has {sites[site].size} nodes, {count} requested: ask for fewer")
+            out[site] = d = _demand(site, want, self)
+            for c in self._clusters(d):
+                if not c.takes(queue, deploy, d.exotic_ok):
+                    kind = f"{queue or 'default'}-queue {'deploy ' if deploy else ''}jobs"
+                    raise UserError(f"{site}: cluster {c.name} takes no {kind} (queues {', '.join(c.queues)}"
+                                    f"{', exotic' if c.exotic else ''}{'' if c.deploy else ', not deployable'}): "
+                                    "name another cluster, or another queue")
+            if not d.raw and d.count > (room := len(self.eligible(d, deploy, queue))):
+                if d.clusters or d.hosts or room == sites[site].size:
+                    raise UserError(f"{site} has {room} nodes, {d.count} requested: ask for fewer")
+                raise UserError(f"{site} has {room} nodes for {queue or 'default'}-queue {'deploy ' if deploy else ''}"
+                                f"jobs (of {sites[site].size}; exotic ones only by name), {d.count} requested: "
+                                "ask for fewer")
+        return out
+
+    def _clusters(self, d: Demand) -> list[Cluster]:
+        """The clusters a demand names, by name or through its hosts."""
+        named = {c for c, _ in d.clusters} | {self.node(h).cluster for h in d.hosts}
+        return [c for c in self.description.sites[d.site].clusters if c.name in named]
+
+    def eligible(self, d: Demand, deploy: bool = True, queue: str | None = None) -> NodeSet:
+        """The nodes of its site that a job asking `d` may have (what the description says)."""
+        clusters = {c.name: c for c in self.description.sites[d.site].clusters}
+        named = {c for c, _ in d.clusters}
+        return NodeSet(n for n in self.nodes() if n.site == d.site
+                       and (n.hostname in d.hosts if d.hosts else n.cluster in named if named else True)
+                       and clusters[n.cluster].takes(queue, deploy, d.exotic_ok))
+
+    def available(self, site: str, deploy: bool = True, queue: str | None = None) -> NodeSet:
+        """The site's nodes that a job asking for a count may have now: those the description
+        allows it (`eligible`) that OAR does not hold down (dead, absent, suspected)."""
+        down = self.scheduler.down(site)
+        return NodeSet(n for n in self.eligible(Demand(site, 0), deploy, queue) if n.hostname not in down)
+
+    def _types(self, d: Demand, deploy: bool) -> tuple[str, ...]:
+        """OAR job types: deploy, and exotic when it names exotic clusters (as Grid'5000 requires)."""
+        return ("deploy",) * deploy + ("exotic",) * any(c.exotic for c in self._clusters(d))
 
     def node(self, host: str) -> Node:
         """The node of a hostname (full, `name.site` or short)."""
@@ -315,16 +377,22 @@ class Testbed(ABC):
 
     # -- Kadeploy ------------------------------------------------------------------------------
     def deploy(self, nodes, environment: str = "debian12-g5kdeploy", min: int | None = None,
-               tries: int = 2) -> dict[str, Outcome]:
+               tries: int = 2, force_deploy: bool = False) -> dict[str, Outcome]:
         """Deploy nodes, retrying those that fail. Goes on when at least `min` (default: all)
-        succeeded, recording the others in `failed_nodes`; else a UserError naming them."""
+        succeeded, recording the others in `failed_nodes`; else a UserError naming them.
+        Nodes that run `environment` already, deployed since their OAR job began, are left as
+        they are (their outcome's value is "already deployed") unless `force_deploy`."""
         if self.environments and environment not in self.environments:
             raise UserError(f"unknown environment {environment!r}: available: {', '.join(self.environments)}")
         nodes = self.nodes(nodes) if isinstance(nodes, str) else NodeSet(nodes)
         need = len(nodes) if min is None else min
-        outcomes: dict[str, Outcome] = {}
-        todo = nodes
-        for _ in range(tries):
+        ready = NodeSet() if force_deploy else self.deployed(nodes, environment)
+        outcomes = {n.hostname: Outcome(n, True, "already deployed") for n in ready}
+        if ready:
+            console.print(f"deploy: {ready} run {environment} since their job began: not reimaged "
+                          "(force_deploy=True reimages them)")
+        todo = NodeSet(n for n in nodes if n not in ready)
+        for _ in range(tries if todo else 0):
             t0 = time.monotonic()
             outcomes |= self.reimage(todo, environment)
             todo = NodeSet(n for n in todo if not outcomes[n.hostname].ok)
@@ -340,6 +408,21 @@ class Testbed(ABC):
         self.failed_nodes |= failed
         return outcomes
 
+    def deployed(self, nodes: NodeSet, environment: str) -> NodeSet:
+        """The nodes whose last deployment, made since the running job that holds them began,
+        put `environment` on them (a node's job's end gives it back to its standard system).
+        OAR and the API give whole seconds (OAR rounds its start): a second of slack."""
+        began = {h: j.start for site in nodes.by_site() for j in self.scheduler.on_site(site)
+                 if j.state == "running" and j.start for h in j.hosts}
+        last = self.deployments(nodes)
+        return NodeSet(n for n in nodes if n.hostname in last and n.hostname in began
+                       and last[n.hostname][0] == self.kadeploy_name(environment)
+                       and last[n.hostname][1] >= began[n.hostname] - 1)
+
+    def kadeploy_name(self, environment: str) -> str:
+        """What the environment is called where it is deployed."""
+        return environment
+
     # -- interoperability ----------------------------------------------------------------------
     def roles(self, reservation: Reservation):
         """The reservation as EnOSlib `Roles`: one role per site and per cluster, and `all`."""
@@ -353,6 +436,37 @@ class Testbed(ABC):
             for role in (n.site, n.cluster, "all"):
                 roles.setdefault(role, []).append(host)
         return Roles(roles)
+
+
+def _demand(site: str, want, testbed: "Testbed") -> Demand:
+    """One site's request (see Testbed.demands), its names checked against the testbed."""
+    where = f"{site}: ask for a positive number of nodes, {{cluster: nodes}}, a hostlist or OAR resources"
+    if isinstance(want, int) and not isinstance(want, bool):
+        if want <= 0:
+            raise UserError(f"{where} (got {want!r})")
+        return Demand(site, want)
+    if isinstance(want, dict) and want:
+        clusters = {c.name: c for c in testbed.description.sites[site].clusters}
+        for c, n in want.items():
+            if c not in clusters:
+                raise UserError(f"{site} has no cluster {c!r}: it has {', '.join(clusters)}")
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= clusters[c].nodes:
+                raise UserError(f"{site}: cluster {c} has {clusters[c].nodes} nodes, {n!r} requested: ask for 1 to "
+                                f"{clusters[c].nodes}")
+        return Demand(site, sum(want.values()), tuple(want.items()))
+    if isinstance(want, str) and "=" in want:
+        if not (counts := [int(n) for n in re.findall(r"nodes=(\d+)", want)]) or not all(counts):
+            raise UserError(f"{site}: OAR resources {want!r} ask for no nodes: write them like {{cluster='a'}}/nodes=2")
+        return Demand(site, sum(counts), raw=want)
+    if isinstance(want, str) and want.strip():
+        try:
+            hosts = testbed.nodes(",".join(f"{h}.{site}" if "." not in h else h for h in expand_hostlist(want)))
+        except UserError as e:
+            raise UserError(f"{site}:{want} is no node count, cluster=count nor hostlist of {site}'s nodes ({e})") from None
+        if others := [n.short for n in hosts if n.site != site]:
+            raise UserError(f"{site}: {', '.join(others)} are not nodes of {site}")
+        return Demand(site, len(set(hosts)), hosts=tuple(sorted({n.hostname for n in hosts})))
+    raise UserError(f"{where} (got {want!r})")
 
 
 @contextmanager

@@ -83,9 +83,9 @@ class G5kApi(Scheduler):
         return self.client.sites[site].jobs
 
     @_errors("job submission")
-    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
+    def submit(self, site, resources, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
                reservation=None) -> int:
-        spec = {"name": name, "resources": f"nodes={nodes},walltime={format_walltime(walltime_s)}",
+        spec = {"name": name, "resources": f"{resources},walltime={format_walltime(walltime_s)}",
                 "command": command, "types": list(types)}
         if properties:
             spec["properties"] = properties
@@ -127,6 +127,14 @@ class G5kApi(Scheduler):
     def extend(self, site: str, job: int, seconds: int) -> None:
         self._jobs(site)[job].walltime_change.create({"walltime": "+" + format_walltime(seconds)})
 
+    @_errors("node status")
+    def down(self, site: str) -> dict[str, str]:
+        """From the site's status (sites_controller.rb status, lib/oar/resource.rb: `hard` is
+        OAR's resource state, lower-cased; standby nodes are absent ones OAR wakes on demand)."""
+        status = self.client.sites[site].status.list(disks="no", waiting="no", job_details="no")
+        return {host: st["hard"] for host, st in (getattr(status, "nodes", None) or {}).items()
+                if st.get("hard") in ("dead", "absent", "suspected")}
+
 
 def _job(site: str, j) -> Job:
     return Job(site, int(j.uid), j.state.lower(), getattr(j, "name", "") or "",
@@ -145,8 +153,8 @@ class G5kTestbed(Testbed):
         self.client, self.config = client, config
         self.user = config.get("username") or getpass.getuser()     # on a frontend: the login user
         self.scheduler = G5kApi(client, self.user)
-        self._nodes = self._reference(config.get("sites"))
-        self.description = _describe(self._nodes, config.get("uri", "https://api.grid5000.fr/stable"))
+        self._nodes, clusters = self._reference(config.get("sites"))
+        self.description = _describe(self._nodes, clusters, config.get("uri", "https://api.grid5000.fr/stable"))
 
     @classmethod
     def connect(cls, config: Path | str = CONFIG) -> "G5kTestbed":
@@ -155,43 +163,55 @@ class G5kTestbed(Testbed):
         client = Grid5000(**{"timeout": TIMEOUT_S, **{k: v for k, v in conf.items() if k not in OURS}})
         return cls(client, conf)
 
-    def _reference(self, sites: list[str] | None) -> NodeSet:
-        """The nodes of the Reference API, from a cache on disk younger than
-        `reference_max_age_s` (config, default a day) or asked again; clusters of every queue
-        (`queues=all`: production ones too). A site that does not answer is left out with a
-        warning, unless no site answers."""
+    def _reference(self, sites: list[str] | None) -> tuple[NodeSet, dict[str, dict]]:
+        """The nodes of the Reference API and what jobs each cluster takes (`_site_nodes`),
+        from a cache on disk younger than `reference_max_age_s` (config, default a day) or
+        asked again; clusters of every queue (`queues=all`: production ones too). A site that
+        does not answer is left out with a warning, unless no site answers."""
         uri = self.config.get("uri", "https://api.grid5000.fr/stable")
-        path = CACHE / f"reference-{hashlib.sha256(f'{uri} {sites}'.encode()).hexdigest()[:16]}.json"
+        path = CACHE / f"reference-2-{hashlib.sha256(f'{uri} {sites}'.encode()).hexdigest()[:16]}.json"
         if path.is_file() and time.time() - path.stat().st_mtime < float(self.config.get("reference_max_age_s", 86400)):
-            return NodeSet(Node(**n) for n in json.loads(path.read_text()))
-        out, lost = NodeSet(), []
+            cached = json.loads(path.read_text())
+            return NodeSet(Node(**n) for n in cached["nodes"]), cached["clusters"]
+        nodes, clusters, lost = NodeSet(), {}, []
         for site in sites or self._site_names():
             try:
-                out += self._site_nodes(site)
+                site_nodes, site_clusters = self._site_nodes(site)
             except UserError as e:
                 lost.append(f"{site} ({e})")
-        if lost and not out:
+                continue
+            nodes += site_nodes
+            clusters |= site_clusters
+        if lost and not nodes:
             raise UserError("Grid'5000 Reference API: no site answered: " + "; ".join(lost))
         if lost:
             console.print(f"[yellow]left out of the description: {'; '.join(lost)}[/yellow]")
         else:
             CACHE.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps([dataclasses.asdict(n) for n in out]))
-        return out
+            write_atomic(path, json.dumps({"nodes": [dataclasses.asdict(n) for n in nodes], "clusters": clusters}))
+        return nodes, clusters
 
     @_errors("reading the Reference API")
     def _site_names(self) -> list[str]:
         return [s.uid for s in self.client.sites.list()]
 
     @_errors("reading the Reference API")
-    def _site_nodes(self, site: str) -> list[Node]:
-        out = []
+    def _site_nodes(self, site: str) -> tuple[list[Node], dict[str, dict]]:
+        """The site's nodes, and per cluster the jobs it takes: its `exotic` flag, its `queues`
+        and its nodes' `supported_job_types` (deploy)."""
+        nodes, clusters = [], {}
         for cluster in self.client.sites[site].clusters.list(queues="all"):
             for n in cluster.nodes.list():
                 ip = next((a["ip"] for a in n.network_adapters if a.get("mounted") and a.get("ip")), "")
-                out.append(Node(f"{n.uid}.{site}.{DOMAIN}", ip, site, cluster.uid,
-                                int(n.architecture["nb_cores"]), int(n.main_memory["ram_size"]) // 2**30))
-        return out
+                nodes.append(Node(f"{n.uid}.{site}.{DOMAIN}", ip, site, cluster.uid,
+                                  int(n.architecture["nb_cores"]), int(n.main_memory["ram_size"]) // 2**30))
+                jobs = getattr(n, "supported_job_types", None) or {}
+                clusters.setdefault(cluster.uid, {
+                    "exotic": bool(getattr(cluster, "exotic", False)),
+                    "queues": [q for q in getattr(cluster, "queues", None) or jobs.get("queues") or ["default"]
+                               if q != "admin"],      # resources_controller.rb: ["admin", "default"] if none
+                    "deploy": bool(jobs.get("deploy", True))})
+        return nodes, clusters
 
     def nodes(self, hosts: str | None = None) -> NodeSet:
         if hosts is None:
@@ -209,7 +229,7 @@ class G5kTestbed(Testbed):
         A deployment still waiting or processing after `deploy_timeout_s` (config, default
         1800) is cancelled (DELETE, as deployments_controller.rb destroy) and its nodes fail.
         `arch` and `version` (config) are passed to Kadeploy when given."""
-        env = self.config.get("environment", "debian12-min") if environment == "debian12-g5kdeploy" else environment
+        env = self.kadeploy_name(environment)
         spec = {"environment": env, "key": self._public_key(),
                 **{k: self.config[k] for k in ("arch", "version") if k in self.config}}
         t0, limit = time.monotonic(), float(self.config.get("deploy_timeout_s", 1800))
@@ -239,6 +259,26 @@ class G5kTestbed(Testbed):
                 why = f"timed out after {limit:.0f} s, cancelled" if took >= limit else f"deployment {d.status}"
                 out[n.hostname] = Outcome(n, state == "OK", error="" if state == "OK" else
                                           f"Kadeploy {d.uid}: {state} ({why})", duration_s=took)
+        return out
+
+    def kadeploy_name(self, environment: str) -> str:
+        """debian12-g5kdeploy is `environment` of the config here (default debian12-min)."""
+        return self.config.get("environment", "debian12-min") if environment == "debian12-g5kdeploy" else environment
+
+    @_errors("deployment listing")
+    def deployments(self, nodes: NodeSet) -> dict[str, tuple[str, float]]:
+        """From this user's latest deployments per site, newest first (deployments_controller.rb
+        index: `user`, ordered by created_at DESC, 50 by default)."""
+        out: dict[str, tuple[str, float]] = {}
+        for site, group in nodes.by_site().items():
+            todo = set(group.hostnames())
+            for d in self.client.sites[site].deployments.list(user=self.user):
+                for host in todo & set(getattr(d, "nodes", [])):
+                    todo.discard(host)
+                    if d.status == "terminated" and (getattr(d, "result", None) or {}).get(host, {}).get("state") == "OK":
+                        out[host] = (d.environment, float(d.created_at))
+                if not todo:
+                    break
         return out
 
     def _key(self) -> Path:
@@ -306,14 +346,16 @@ def _inside() -> bool:
     return socket.getfqdn().endswith("." + DOMAIN)
 
 
-def _describe(nodes: NodeSet, uri: str) -> Description:
+def _describe(nodes: NodeSet, takes: dict[str, dict], uri: str) -> Description:
     """Sites and clusters as the Reference API gives them (no address plan: the network is real)."""
     sites: dict[str, Site] = {}
     for site, group in nodes.by_site().items():
         clusters = {}
         for n in group:
-            c = clusters.get(n.cluster)
-            clusters[n.cluster] = Cluster(n.cluster, site, (c.nodes if c else 0) + 1, n.cores, n.memory_gib)
+            c, t = clusters.get(n.cluster), takes.get(n.cluster, {})
+            clusters[n.cluster] = Cluster(n.cluster, site, (c.nodes if c else 0) + 1, n.cores, n.memory_gib,
+                                          tuple(t.get("queues", ["default"])), t.get("exotic", False),
+                                          t.get("deploy", True))
         sites[site] = Site(site, tuple(clusters.values()))
     return Description("grid5000", ipaddress.ip_network("0.0.0.0/32"), 0, 0, sites,
                        source={"name": "grid5000", "api": uri, "nodes": str(nodes)})

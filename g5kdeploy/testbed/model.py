@@ -34,11 +34,22 @@ class Node:
 
 @dataclass(frozen=True)
 class Cluster:
+    """A cluster; `queues`, `exotic` and `deploy` say which OAR jobs may have its nodes
+    (the Reference API's supported_job_types and exotic; a local cluster takes any job)."""
     name: str
     site: str
     nodes: int
     cores: int
     memory_gib: int
+    queues: tuple[str, ...] = ("default",)     # besteffort jobs go anywhere
+    exotic: bool = False                       # only jobs that name it (OAR's `-t exotic`)
+    deploy: bool = True                        # Kadeploy may deploy it
+
+    def takes(self, queue: str | None, deploy: bool, named: bool) -> bool:
+        """Whether a job of that queue (None: default) and kind may have this cluster's
+        nodes; `named`: the job names this cluster or its hosts."""
+        return ((queue or "default") in self.queues or queue == "besteffort") and (self.deploy or not deploy) \
+            and (named or not self.exotic)
 
     def node_names(self) -> list[str]:
         return [f"{self.name}-{i}.{self.site}.{DOMAIN}" for i in range(1, self.nodes + 1)]
@@ -105,6 +116,33 @@ class Reservation:
     def __str__(self) -> str:
         jobs = ", ".join(f"{s}:{j}" + (" adopted" if s in self.adopted else "") for s, j in self.jobs.items())
         return f"{self.nodes} (OAR jobs {jobs}, until {self.end:%H:%M:%S})"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """One site's part of a request: `count` nodes anywhere on the site, so many per cluster,
+    the named hosts, or OAR's own resources string (`raw`)."""
+    site: str
+    count: int
+    clusters: tuple[tuple[str, int], ...] = ()
+    hosts: tuple[str, ...] = ()
+    raw: str = ""
+
+    @property
+    def resources(self) -> str:
+        """What OAR is asked for (oarsub -l, the API's `resources`), walltime aside."""
+        if self.raw:
+            return self.raw
+        if self.hosts:
+            return "{host IN (%s)}/nodes=%d" % (",".join(f"'{h}'" for h in self.hosts), self.count)
+        if self.clusters:
+            return "+".join(f"{{cluster='{c}'}}/nodes={n}" for c, n in self.clusters)
+        return f"nodes={self.count}"
+
+    @property
+    def exotic_ok(self) -> bool:
+        """Whether it names clusters or hosts, and so may have exotic ones."""
+        return bool(self.clusters or self.hosts)
 
 
 _WALLTIME = re.compile(r"^(\d+)(?::([0-5]?\d))?(?::([0-5]?\d))?$")

@@ -47,11 +47,12 @@ class Scheduler(ABC):
     poll_s = (0.5, 2.0)          # first and longest wait between two polls (it grows by half each time)
 
     @abstractmethod
-    def submit(self, site: str, nodes: int, walltime_s: int, name: str, command: str,
+    def submit(self, site: str, resources: str, walltime_s: int, name: str, command: str,
                properties: str | None = None, types: tuple[str, ...] = (), queue: str | None = None,
                project: str | None = None, reservation: float | None = None) -> int:
-        """Submit a job of `nodes` nodes on `site` (in `queue`, for `project`; `reservation`:
-        an advance reservation starting at that unix time); its id."""
+        """Submit a job of `resources` (OAR's, e.g. `nodes=4`, Demand.resources) on `site` (in
+        `queue`, for `project`; `reservation`: an advance reservation starting at that unix
+        time); its id."""
 
     @abstractmethod
     def job(self, site: str, job: int) -> Job:
@@ -72,6 +73,11 @@ class Scheduler(ABC):
     @abstractmethod
     def extend(self, site: str, job: int, seconds: int) -> None:
         """Ask OAR for `seconds` more walltime (granted at its next scheduling pass)."""
+
+    @abstractmethod
+    def down(self, site: str) -> dict[str, str]:
+        """The site's nodes that OAR will not give now (its state of them is not Alive), with
+        that state in lower case: dead, absent, suspected, standby."""
 
     def wait(self, jobs: dict[str, int], timeout: float | None = 300) -> dict[str, Job]:
         """Poll until every job runs (backing off, `poll_s`); a job that ends first is an
@@ -131,10 +137,10 @@ class OarCli(Scheduler):
             raise UserError(f"{argv[0]} failed: {msg[-1] if msg else 'exit ' + str(p.returncode)}")
         return p.stdout
 
-    def submit(self, site, nodes, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
+    def submit(self, site, resources, walltime_s, name, command, properties=None, types=(), queue=None, project=None,
                reservation=None) -> int:
         where = f"site='{site}'" + (f" AND ({properties})" if properties else "")
-        argv = ["oarsub", "-n", name, "-l", f"nodes={nodes},walltime={format_walltime(walltime_s)}", "-p", where]
+        argv = ["oarsub", "-n", name, "-l", f"{resources},walltime={format_walltime(walltime_s)}", "-p", where]
         for t in types:
             argv += ["-t", t]
         argv += ["-q", queue] if queue else []
@@ -173,6 +179,12 @@ class OarCli(Scheduler):
 
     def extend(self, site: str, job: int, seconds: int) -> None:
         self._call(["oarwalltime", str(job), "+" + format_walltime(seconds)])
+
+    def down(self, site: str) -> dict[str, str]:
+        """From `oarnodes -J` (one record per OAR resource)."""
+        resources = json.loads(self._call(["oarnodes", "-J"]).strip() or "{}").values()
+        return {r["network_address"]: r["state"].lower() for r in resources
+                if r.get("site") == site and r.get("state") != "Alive"}
 
 
 def _job(site: str, job: int, st: dict) -> Job:

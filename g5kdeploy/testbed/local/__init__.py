@@ -10,6 +10,7 @@ import logging
 import os
 import pwd
 import shutil
+import time
 from pathlib import Path
 
 from g5kdeploy import HOME, work_dir
@@ -149,15 +150,26 @@ class LocalTestbed(Testbed):
 
     # -- Kadeploy analog ----------------------------------------------------------------------
     def reimage(self, nodes: NodeSet, environment: str) -> dict:
-        """Reimage nodes in parallel: kill everything on them, wipe their private layer, boot."""
+        """Reimage nodes in parallel: kill everything on them, wipe their private layer, boot;
+        each node's outcome is recorded in its directory (`deployments`)."""
         def reimage(node):
+            started = time.time()
             stop_all_processes(netns(node))
             self.files.prepare_upper(node)
             self.files.start(node)
             if not wait_ssh(node.address):
                 raise RuntimeError(f"sshd did not come back (see {self.files.node_dir(node) / 'console.log'})")
+            write_atomic(self.files.deployment(node), json.dumps({"environment": environment, "at": started}))
 
         return {o.item.hostname: o for o in parallel(reimage, nodes, f"deploying {environment}")}
+
+    def deployments(self, nodes: NodeSet) -> dict[str, tuple[str, float]]:
+        out = {}
+        for n in nodes:
+            if (record := self.files.deployment(n)).is_file():
+                d = json.loads(record.read_text())
+                out[n.hostname] = (d["environment"], d["at"])
+        return out
 
     def output_dir(self) -> Path:
         return Path(pwd.getpwnam(oar_server.USER).pw_dir)

@@ -2,16 +2,21 @@
 cannot be reached from here, as its documented schemas describe it, backed by real parts.
 
     GET    /sites, /sites/<s>, /sites/<s>/clusters, /sites/<s>/clusters/<c>/nodes     Reference API
+    GET    /sites/<s>/status          nodes[host].hard alive|dead|absent|suspected, .soft free|busy
     POST   /sites/<s>/jobs            {resources, command, name, types, properties}            201
     GET    /sites/<s>/jobs?state=&user=&name=&resources=&limit=,  /sites/<s>/jobs/<id>
     DELETE /sites/<s>/jobs/<id>                                                           202
     POST   /sites/<s>/jobs/<id>/walltime  {walltime: "+H:MM:SS" or "H:MM:SS"}             202
-    POST   /sites/<s>/deployments     {nodes, environment, key}    only nodes of running deploy jobs
+    POST   /sites/<s>/deployments     {nodes, environment, key, arch, version}   only nodes of running deploy jobs
+    GET    /sites/<s>/deployments?user=&status=&limit=     newest first
     GET    /sites/<s>/deployments/<uid>   status processing|terminated|canceled, result[node].state OK|KO
     DELETE /sites/<s>/deployments/<uid>   cancel                                                   202
 
 Jobs are jobs of the local OAR (they end when their command exits), deployments reimage the
-local nodes; HTTP Basic authentication with one user. Where the real server's behaviour is
+local nodes, node states are OAR's; HTTP Basic authentication with one user. What the
+Reference API says of a cluster that the local testbed has no notion of (exotic, its queues,
+not deployable) can be given (`clusters`); jobs are then kept off such clusters unless they
+may have them, as Grid'5000's OAR admission rules do (exotic ones need `-t exotic`). Where the real server's behaviour is
 known from its source (grid5000/g5k-api), this follows it: job states are OAR's, lower-cased
 (tolaunch, toackreservation, hold, ...: lib/oar/job.rb `state`); `state=` filters capitalize
 each asked state, so camel-case ones match nothing (Job.list); listings hold `assigned_nodes`
@@ -25,11 +30,14 @@ import base64
 import json
 import re
 import threading
+import time
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from g5kdeploy.errors import UserError
 from g5kdeploy.testbed.g5k import PARIS
 from g5kdeploy.testbed.local import LocalTestbed
 from g5kdeploy.testbed.model import parse_walltime
@@ -41,8 +49,10 @@ PREFIX = "/stable"
 class Api:
     """What the handler serves: the testbed, its deployments, the one account."""
 
-    def __init__(self, testbed: LocalTestbed, user: str, password: str):
+    def __init__(self, testbed: LocalTestbed, user: str, password: str, clusters: dict | None = None):
         self.tb, self.user, self.password = testbed, user, password
+        self.takes = {c.name: replace(c, **{k: tuple(v) if k == "queues" else v for k, v in (clusters or {}).get(c.name, {}).items()})
+                      for site in testbed.description.sites.values() for c in site.clusters}
         self.deployments: dict[str, dict] = {}
         self.lock = threading.Lock()
 
@@ -54,17 +64,34 @@ class Api:
         self._site(site)
         return {"uid": site, "type": "site"}
 
-    def clusters(self, site):
-        return _items([{"uid": c.name, "type": "cluster"} for c in self._site(site).clusters])
+    def clusters(self, site, query):
+        """Those sharing a queue with the asked ones, as resources_controller.rb (enrich_params,
+        lookup_path) filters them: admin and default when none asked, `all` adds production."""
+        asked = query.get("queues", [""])[0]
+        asked = {"": ["admin", "default"], "all": ["admin", "default", "production"]}.get(asked, asked.split(","))
+        return _items([{"uid": c.name, "type": "cluster", "exotic": c.exotic, "queues": ["admin", *c.queues]}
+                       for c in (self.takes[k.name] for k in self._site(site).clusters)
+                       if set(asked) & {"admin", *c.queues}])
 
     def cluster_nodes(self, site, cluster):
         nodes = [n for n in self.tb.nodes() if n.site == site and n.cluster == cluster]
         if not nodes:
             raise KeyError(cluster)
+        c = self.takes[cluster]
         return _items([{"uid": n.short, "type": "node", "architecture": {"nb_cores": n.cores},
                         "main_memory": {"ram_size": n.memory_gib * 2**30},
-                        "network_adapters": [{"device": "eth0", "ip": n.address, "mounted": True}]}
+                        "network_adapters": [{"device": "eth0", "ip": n.address, "mounted": True}],
+                        "supported_job_types": {"deploy": c.deploy, "besteffort": True, "queues": ["admin", *c.queues]}}
                        for n in nodes])
+
+    def status(self, site) -> dict:
+        """Per node, OAR's state of it (`hard`) and whether a job holds it (`soft`)."""
+        self._site(site)
+        down = self.tb.scheduler.down(site)
+        busy = {h for j in self.tb.scheduler.on_site(site) if j.state == "running" for h in j.hosts}
+        return {"uid": int(time.time()), "nodes": {
+            n.hostname: {"hard": down.get(n.hostname, "alive"), "soft": "busy" if n.hostname in busy else "free",
+                         "reservations": []} for n in self.tb.nodes() if n.site == site}}
 
     def _site(self, site):
         return self.tb.description.sites[site]
@@ -90,15 +117,23 @@ class Api:
 
     def submit(self, site, spec) -> dict:
         self._site(site)
-        m = re.fullmatch(r"nodes=(\d+),walltime=([\d:]+)", spec.get("resources", ""))
+        m = re.fullmatch(r"(.+),walltime=([\d:]+)", spec.get("resources", ""))
         if not m or not spec.get("command"):
-            raise ValueError("resources must be nodes=N,walltime=H:MM:SS and command is required")
+            raise ValueError("resources must end with ,walltime=H:MM:SS and command is required")
         reservation = spec.get("reservation")
         start = datetime.strptime(reservation, "%Y-%m-%d %H:%M:%S").replace(tzinfo=PARIS).timestamp() \
             if reservation else None
-        job = self.tb.scheduler.submit(site, int(m[1]), parse_walltime(m[2]), spec.get("name", ""),
-                                       spec["command"], spec.get("properties"), tuple(spec.get("types", ())),
-                                       spec.get("queue"), spec.get("project"), start)
+        types = tuple(spec.get("types", ()))
+        properties = spec.get("properties")
+        if banned := [c.name for c in self.takes.values()       # admission: clusters this job may not have
+                      if not c.takes(spec.get("queue"), "deploy" in types, "exotic" in types)]:
+            off = "cluster NOT IN (%s)" % ",".join(f"'{c}'" for c in banned)
+            properties = f"({properties}) AND {off}" if properties else off
+        try:
+            job = self.tb.scheduler.submit(site, m[1], parse_walltime(m[2]), spec.get("name", ""), spec["command"],
+                                           properties, types, spec.get("queue"), spec.get("project"), start)
+        except UserError as e:          # oarsub's refusal, which OAR's API answers with a 400
+            raise ValueError(str(e)) from None
         return self.job(site, job)
 
     def delete(self, site, job) -> dict:
@@ -132,8 +167,9 @@ class Api:
             raise ValueError(f"The deployment you are trying to submit is not valid: {', '.join(outside)} "
                              "not reserved in a running deploy job")
         uid = "D-" + uuid.uuid4().hex[:12]
-        record = {"uid": uid, "site": site, "status": "processing", "nodes": nodes.hostnames(),
-                  "environment": spec.get("environment"), "user_uid": self.user}
+        record = {"uid": uid, "site_uid": site, "status": "processing", "nodes": nodes.hostnames(),
+                  "environment": spec.get("environment"), "user_uid": self.user, "created_at": int(time.time()),
+                  **{k: spec[k] for k in ("arch", "version") if k in spec}}
         with self.lock:
             self.deployments[uid] = record
 
@@ -147,6 +183,15 @@ class Api:
                 record["status"] = "terminated"
         threading.Thread(target=work, daemon=True).start()
         return dict(record)
+
+    def deployments_of(self, site, query) -> dict:
+        """The site's deployments, newest first, of `user` and `status` when asked (deployments_controller.rb index)."""
+        first = {k: v[0] for k, v in query.items()}
+        with self.lock:
+            found = [dict(d) for d in self.deployments.values() if d["site_uid"] == site
+                     and first.get("user", d["user_uid"]) == d["user_uid"] and first.get("status", d["status"]) == d["status"]]
+        found.sort(key=lambda d: -d["created_at"])
+        return _items(found[:int(first.get("limit", LIMIT))])
 
     def deployment(self, site, uid) -> dict:
         with self.lock:
@@ -180,7 +225,8 @@ def _job_json(j: Job, user: str, nodes: bool = True) -> dict:
 ROUTES = [
     ("GET", r"/sites", lambda a, m, q, b: a.sites()),
     ("GET", r"/sites/(\w+)", lambda a, m, q, b: a.site(m[1])),
-    ("GET", r"/sites/(\w+)/clusters", lambda a, m, q, b: a.clusters(m[1])),
+    ("GET", r"/sites/(\w+)/clusters", lambda a, m, q, b: a.clusters(m[1], q)),
+    ("GET", r"/sites/(\w+)/status", lambda a, m, q, b: a.status(m[1])),
     ("GET", r"/sites/(\w+)/clusters/([\w-]+)/nodes", lambda a, m, q, b: a.cluster_nodes(m[1], m[2])),
     ("GET", r"/sites/(\w+)/jobs", lambda a, m, q, b: a.jobs(m[1], q)),
     ("POST", r"/sites/(\w+)/jobs", lambda a, m, q, b: a.submit(m[1], b)),
@@ -188,6 +234,7 @@ ROUTES = [
     ("DELETE", r"/sites/(\w+)/jobs/(\d+)", lambda a, m, q, b: a.delete(m[1], m[2])),
     ("POST", r"/sites/(\w+)/jobs/(\d+)/walltime", lambda a, m, q, b: a.walltime(m[1], m[2], b)),
     ("POST", r"/sites/(\w+)/deployments", lambda a, m, q, b: a.deploy(m[1], b)),
+    ("GET", r"/sites/(\w+)/deployments", lambda a, m, q, b: a.deployments_of(m[1], q)),
     ("GET", r"/sites/(\w+)/deployments/([\w-]+)", lambda a, m, q, b: a.deployment(m[1], m[2])),
     ("DELETE", r"/sites/(\w+)/deployments/([\w-]+)", lambda a, m, q, b: a.cancel(m[1], m[2])),
 ]
@@ -235,9 +282,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(testbed: LocalTestbed, user: str, password: str, port: int = 0) -> ThreadingHTTPServer:
-    """Start the API on 127.0.0.1:<port> (0: any free one) in a thread; `.shutdown()` ends it."""
-    handler = type("BoundHandler", (Handler,), {"api": Api(testbed, user, password)})
+def serve(testbed: LocalTestbed, user: str, password: str, port: int = 0, clusters: dict | None = None) \
+        -> ThreadingHTTPServer:
+    """Start the API on 127.0.0.1:<port> (0: any free one) in a thread; `.shutdown()` ends it.
+    `clusters`: Reference API facts per cluster, e.g. {"graphene": {"exotic": True}}."""
+    handler = type("BoundHandler", (Handler,), {"api": Api(testbed, user, password, clusters)})
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

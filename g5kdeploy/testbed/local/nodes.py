@@ -62,6 +62,10 @@ class NodeFiles:
     def node_dir(self, node: Node) -> Path:
         return self.workdir / "nodes" / node.short
 
+    def deployment(self, node: Node) -> Path:
+        """The record of the node's last successful reimage (gone with its private layer)."""
+        return self.node_dir(node) / "deployment.json"
+
     def host_key(self, node: Node) -> Path:
         return self.node_dir(node) / "hostkey" / "ssh_host_ed25519_key"
 
@@ -105,6 +109,7 @@ class NodeFiles:
         files as a freshly installed Debian has them (the host's own, e.g. pyenv's, cost
         0.3 s per ssh command and are not part of the environment)."""
         d = self.node_dir(node)
+        self.deployment(node).unlink(missing_ok=True)
         for sub in ("upper", "work", "root"):
             shutil.rmtree(d / sub, ignore_errors=True)
         u = d / "upper"

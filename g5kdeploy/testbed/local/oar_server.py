@@ -10,6 +10,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,12 +122,28 @@ def prepare_database(desc: Description) -> None:
     # job ids start again from 1: an earlier testbed's OAR.<name>.<id>.stdout would be appended to
     for old in Path(pwd.getpwnam(USER).pw_dir).glob("OAR.*.std*"):
         old.unlink()
+    grid5000_queue_and_types()
     for prop in ("site", "cluster", "host"):
         sh("oarproperty", "-c", "-a", prop)
     script = "".join(
         f"oarnodesetting -a -h {n.hostname} -p host={n.hostname} -p site={n.site} "
         f"-p cluster={n.cluster} -p deploy=YES >/dev/null || exit 1\n" for n in desc.nodes())
     sh("sh", "-e", input=script)
+
+
+def grid5000_queue_and_types() -> None:
+    """What Grid'5000's OAR has beyond a stock one: the production queue and the exotic job
+    type (added to the admission rule that checks job types)."""
+    sh("oarnotify", "--add-queue", "production,5,oar_sched_gantt_with_timesharing_and_fairsharing_and_quotas")
+    rule = re.search(r"--- \((\d+)\) RULE #\d+\n# Check if job types are valid", sh("oaradmissionrules", "-S").stdout)
+    if not rule:
+        raise RuntimeError("OAR has no admission rule checking job types: its exotic type cannot be added")
+    with tempfile.TemporaryDirectory(prefix="g5kdeploy-oar-") as tmp:
+        os.chmod(tmp, 0o777)                       # oaradmissionrules writes and reads it as user oar
+        script = Path(tmp) / "rule.pl"
+        sh("oaradmissionrules", "-s", rule[1], "-w", str(script))
+        script.write_text(script.read_text().replace("my @types = (\n", "my @types = (\n    qr/^exotic$/,\n", 1))
+        sh("oaradmissionrules", "-m", rule[1], "-r", str(script))
 
 
 def resources_match(desc: Description) -> bool:
