@@ -508,6 +508,10 @@ def test_g5k_reference_is_cached_and_a_silent_site_left_out(tb, g5k, tmp_path):
         G5kTestbed(client, {**conf, "reference_max_age_s": 0})             # too old: asked again
     partial = G5kTestbed(g.client, {**conf, "sites": ["nancy", "nosuch"]})
     assert sorted(partial.description.sites) == ["nancy"]                  # nosuch (404) left out
+    without = G5kTestbed(g.client, {**conf, "excluded_sites": ["rennes"]})
+    assert sorted(without.description.sites) == ["nancy"]
+    with pytest.raises(UserError, match="site rennes is excluded"):
+        without.reserve({"rennes": 1}, "0:05")
 
 
 def test_g5k_lists_held_jobs_so_no_duplicate_is_submitted(tb, g5k):

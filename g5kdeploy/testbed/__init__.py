@@ -47,6 +47,7 @@ class Testbed(ABC):
     environments: tuple[str, ...]
     features: frozenset[Feature] = frozenset()
     queues = True                # a request that busy nodes cannot meet waits (False: refused at once)
+    excluded: frozenset[str] = frozenset()   # sites left out of the description by configuration
     batch_invoke = f"{shlex.quote(sys.executable)} -m invoke"    # what a batch job runs tasks with
 
     def __init__(self) -> None:
@@ -331,6 +332,9 @@ class Testbed(ABC):
             raise UserError("empty reservation: ask for nodes per site, e.g. rennes:2,nancy:1")
         out: dict[str, Demand] = {}
         for site, want in request.items():
+            if site in self.excluded:
+                raise UserError(f"site {site} is excluded (excluded_sites in the configuration): "
+                                f"use {', '.join(sites)}, or take it out of excluded_sites")
             if site not in sites:
                 raise UserError(f"unknown site {site!r}: this testbed has {', '.join(sites)}")
             out[site] = d = _demand(site, want, self)

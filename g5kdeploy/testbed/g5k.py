@@ -5,7 +5,7 @@ the local backend (testbed/__init__.py); only HTTP is here.
 Configuration is python-grid5000's `~/.python-grid5000.yaml` (username, password, uri,
 verify_ssl), plus our keys in the same file: `environment` (what `debian12-g5kdeploy`
 means here, default debian12-min), `ssh_key` (public key given to Kadeploy), `sites`
-(the sites to describe, default all) and `gateway` (how to reach nodes: default
+(the sites to describe, default all), `excluded_sites` (left out of them) and `gateway` (how to reach nodes: default
 access.grid5000.fr from outside Grid'5000, null for directly)."""
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from g5kdeploy.testbed.oar import Job, Scheduler
 CONFIG = Path.home() / ".python-grid5000.yaml"
 CACHE = Path.home() / ".cache" / "g5kdeploy"        # the Reference API's nodes, per API and sites
 ACCESS = "access.grid5000.fr"
-OURS = ("environment", "ssh_key", "sites", "gateway", "arch", "version", "deploy_timeout_s",
+OURS = ("environment", "ssh_key", "sites", "excluded_sites", "gateway", "arch", "version", "deploy_timeout_s",
         "reference_max_age_s")                  # keys of the config file that are not python-grid5000's
 TIMEOUT_S = 30          # per HTTP request (python-grid5000 retries 5 times on 500/502/504 and connection errors)
 # the states a live job can be listed by: the API capitalizes each asked state (g5k-api
@@ -153,6 +153,7 @@ class G5kTestbed(Testbed):
         self.client, self.config = client, config
         self.user = config.get("username") or getpass.getuser()     # on a frontend: the login user
         self.scheduler = G5kApi(client, self.user)
+        self.excluded = frozenset(config.get("excluded_sites") or ())
         self._nodes, clusters = self._reference(config.get("sites"))
         self.description = _describe(self._nodes, clusters, config.get("uri", "https://api.grid5000.fr/stable"))
 
@@ -169,12 +170,13 @@ class G5kTestbed(Testbed):
         asked again; clusters of every queue (`queues=all`: production ones too). A site that
         does not answer is left out with a warning, unless no site answers."""
         uri = self.config.get("uri", "https://api.grid5000.fr/stable")
-        path = CACHE / f"reference-2-{hashlib.sha256(f'{uri} {sites}'.encode()).hexdigest()[:16]}.json"
+        key = f"{uri} {sites} {sorted(self.excluded)}"
+        path = CACHE / f"reference-2-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
         if path.is_file() and time.time() - path.stat().st_mtime < float(self.config.get("reference_max_age_s", 86400)):
             cached = json.loads(path.read_text())
             return NodeSet(Node(**n) for n in cached["nodes"]), cached["clusters"]
         nodes, clusters, lost = NodeSet(), {}, []
-        for site in sites or self._site_names():
+        for site in (s for s in sites or self._site_names() if s not in self.excluded):
             try:
                 site_nodes, site_clusters = self._site_nodes(site)
             except UserError as e:
