@@ -181,7 +181,7 @@ def fake_testbed(features=(), queues=False, description=SMALL):
         def deployments(self, nodes):
             return {}
 
-        def ssh_settings(self):
+        def ssh_settings(self, deploy=True):
             return {"user": "root"}
 
         def output_dir(self):

@@ -254,15 +254,16 @@ def test_nodes_are_reached_through_a_gateway_when_one_is_set(tb):
 
 # -- the g5k backend against the Grid'5000 API served over this testbed ----------------------------
 @contextmanager
-def stand_in(tb, tmp_path, monkeypatch, clusters=None, **keys):
-    """The g5k backend connected to the API stand-in (`clusters`: its Reference API facts)."""
+def stand_in(tb, tmp_path, monkeypatch, clusters=None, user="alice", **keys):
+    """The g5k backend connected to the API stand-in (`clusters`: its Reference API facts)
+    as `user`."""
     from g5kdeploy.testbed import g5k as backend
     from g5kdeploy.testbed.g5k import G5kTestbed
     from g5kdeploy.testbed.local import g5k_api
     monkeypatch.setattr(backend, "CACHE", tmp_path / "cache")         # the Reference API's, for this test
-    server = g5k_api.serve(tb, "alice", "s3cret", clusters=clusters)
+    server = g5k_api.serve(tb, user, "s3cret", clusters=clusters)
     config = tmp_path / "python-grid5000.yaml"
-    conf = {"uri": f"http://127.0.0.1:{server.server_port}/stable", "username": "alice", "password": "s3cret",
+    conf = {"uri": f"http://127.0.0.1:{server.server_port}/stable", "username": user, "password": "s3cret",
             "ssh_key": str(tb.files.key) + ".pub", "gateway": None, **keys}     # the nodes are reached directly here
     config.write_text(yaml.safe_dump(conf))
     try:
@@ -683,3 +684,23 @@ def test_g5k_reserve_waits_as_long_as_oar_queues_its_job(tb, g5k):
         assert time.monotonic() - t0 >= 7 and list(res.jobs.values()) == submitted    # waited in place
     finally:
         g.release(res)
+
+
+def test_nodes_of_a_job_that_is_not_a_deploy_job_are_reached_as_the_user_with_sudo_g5k(tb, tmp_path, monkeypatch):
+    from g5kdeploy import remote
+    blob = tmp_path / "blob.txt"
+    blob.write_text("mine\n")
+    with stand_in(tb, tmp_path, monkeypatch, user=oar_server.USER) as (g, _, _):
+        for testbed in (tb, g):
+            with testbed.reserved({"nancy": 1}, "0:05", name="plain", deploy=False) as res:
+                assert not res.deploy and testbed.roles(res)["all"][0].user == oar_server.USER
+                remote.reach(testbed, res)
+                try:
+                    who = remote.run('echo "$(id -un) $SUDO_USER"', res.nodes)
+                    assert [r.stdout.split() for r in who] == [["root", oar_server.USER]]    # root through sudo-g5k
+                    assert remote.put([blob], res.nodes, "/tmp").failed == []              # copies are the user's
+                    owner = remote.run("stat -c %U /tmp/blob.txt && rm /tmp/blob.txt", res.nodes)[0]
+                    assert owner.stdout.strip() == oar_server.USER
+                finally:
+                    remote.reach(testbed)
+            assert remote.run("id -un", res.nodes)[0].stdout.strip() == "root"            # deploy jobs: root

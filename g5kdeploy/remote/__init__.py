@@ -39,16 +39,28 @@ def use_gateway(gateway: str | None) -> None:
     connects every node from here (`-d -1`, no work stealing: nodes hold no key for the
     gateway), and `chain_put` enters the chain at its first node."""
     jump = ("-o", f"ProxyJump={gateway}") if gateway else ()
-    CONNECTION.clear()
-    CONNECTION.update({"user": "root", "ssh_options": SSH_OPTIONS + jump, "scp_options": SSH_OPTIONS + jump + ("-rp",),
+    CONNECTION.update({"ssh_options": SSH_OPTIONS + jump, "scp_options": SSH_OPTIONS + jump + ("-rp",),
                        "taktuk_connector_options": SSH_OPTIONS + jump,
                        "taktuk_options": ("-s", "-d", "-1") if gateway else ("-s",), "gateway": gateway})
 
 
-def reach(testbed) -> None:
-    """Reach the testbed's nodes as its ssh settings say (through a gateway or not)."""
-    ssh = testbed.ssh_settings()
+def use_login(user: str = "root", sudo: str | None = None) -> None:
+    """Log in to nodes as `user`; `sudo`: the command that gives root there (Grid'5000's
+    sudo-g5k on the nodes of a job that is not a deploy job), put before every command run."""
+    CONNECTION.update({"user": user, "sudo": sudo})
+
+
+def reach(testbed, reservation=None) -> None:
+    """Reach the testbed's nodes as its ssh settings say (through a gateway or not; as root,
+    or for the nodes of a reservation that is not a deploy job, as the user with sudo)."""
+    ssh = testbed.ssh_settings(deploy=getattr(reservation, "deploy", True))
     use_gateway(f"{ssh['gateway_user']}@{ssh['gateway']}" if ssh.get("gateway") else None)
+    use_login(ssh["user"], ssh.get("sudo"))
+
+
+def as_root(command: str) -> str:
+    """The command as root on the nodes (through the login's sudo, if any)."""
+    return f"{CONNECTION['sudo']} sh -c {shlex.quote(command)}" if CONNECTION.get("sudo") else command
 
 
 def gateway() -> str | None:
@@ -57,6 +69,7 @@ def gateway() -> str | None:
 
 
 use_gateway(None)
+use_login()
 
 
 @dataclass
@@ -148,6 +161,7 @@ def run(command: str, hosts, method: str = "ssh", timeout: float | None = None) 
     _check_method(method)
     if timeout:
         command = f"timeout -k 2 {timeout} sh -c {shlex.quote(command)}"
+    command = as_root(command)
     cls = execo.Remote if method == "ssh" else execo.TaktukRemote
     results = _quietly_run(cls(command, _hosts(hosts), connection_params=CONNECTION,
                                process_args={"timeout": timeout + 10 if timeout else None}))
@@ -205,7 +219,7 @@ def run_module(node, module: str, *args, timeout: float | None = 600) -> dict:
 
 
 def put(local_files: list[str | Path], hosts, remote_dir: str = ".", method: str = "ssh") -> Results:
-    """Copy local files to every host (scp in parallel, or TakTuk's put)."""
+    """Copy local files to every host (scp in parallel, or TakTuk's put), as the login user."""
     _check_method(method)
     for f in local_files:
         if not Path(f).exists():
@@ -281,7 +295,7 @@ class Stream:
 
     def __init__(self, command: str, host, timeout: float | None = None):
         self._lines: queue.Queue[str] = queue.Queue()
-        self._process = _quiet_process(execo.SshProcess(command, _hosts([host])[0], connection_params=CONNECTION,
+        self._process = _quiet_process(execo.SshProcess(as_root(command), _hosts([host])[0], connection_params=CONNECTION,
                                                         timeout=timeout, stdout_handlers=[_Lines(self._lines.put)]))
         self._process.start()
 

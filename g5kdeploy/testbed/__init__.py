@@ -71,8 +71,9 @@ class Testbed(ABC):
         on it (what Kadeploy knows; nodes with none, or whose last one failed, are left out)."""
 
     @abstractmethod
-    def ssh_settings(self) -> dict:
-        """How to reach nodes as root: user, keyfile, port, and an ssh gateway if any."""
+    def ssh_settings(self, deploy: bool = True) -> dict:
+        """How to reach nodes: user, keyfile, port, an ssh gateway if any; root for deploy
+        jobs' nodes, else the user and `sudo` (the command that gives root there)."""
 
     @abstractmethod
     def output_dir(self) -> Path:
@@ -146,7 +147,7 @@ class Testbed(ABC):
                                 f"--name {states[site].name})")
             nodes += [self.node(h) for h in hosts[:count]]
         res = Reservation(jobs, nodes, datetime.fromtimestamp(min(s.end for s in states.values())), name,
-                          adopted={s: j.id for s, j in adopted.items()})
+                          adopted={s: j.id for s, j in adopted.items()}, deploy=deploy)
         self.reservations.append(res)
         self.used.append(res)
         return res
@@ -431,7 +432,7 @@ class Testbed(ABC):
     def roles(self, reservation: Reservation):
         """The reservation as EnOSlib `Roles`: one role per site and per cluster, and `all`."""
         from enoslib.objects import Host, Roles
-        s = self.ssh_settings()
+        s = self.ssh_settings(reservation.deploy)
         extra = {k: s[k] for k in ("gateway", "gateway_user") if s.get(k)}
         roles: dict[str, list] = {}
         for n in reservation.nodes:

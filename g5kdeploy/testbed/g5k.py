@@ -298,10 +298,12 @@ class G5kTestbed(Testbed):
                         "or set ssh_key in ~/.python-grid5000.yaml")
 
     # -- access ---------------------------------------------------------------------------------
-    def ssh_settings(self) -> dict:
-        """root on deployed nodes with your key; through `gateway` (default: access.grid5000.fr
-        from outside Grid'5000, none from inside; null: none)."""
-        out = {"user": "root", "port": 22, "keyfile": str(self._key().with_suffix(""))}
+    def ssh_settings(self, deploy: bool = True) -> dict:
+        """root on deployed nodes with your key, yourself with sudo-g5k on the nodes of other
+        jobs (their standard system); through `gateway` (default: access.grid5000.fr from
+        outside Grid'5000, none from inside; null: none)."""
+        out = {"user": "root" if deploy else self.user, "port": 22, "keyfile": str(self._key().with_suffix(""))} | \
+            ({} if deploy else {"sudo": "sudo-g5k"})
         gateway = self.config.get("gateway", "auto")
         if gateway == "auto":
             gateway = None if _inside() else ACCESS

@@ -112,6 +112,7 @@ class Reservation:
     end: datetime
     name: str = "g5kdeploy"
     adopted: dict[str, int] = field(default_factory=dict)
+    deploy: bool = True              # deploy jobs (root through the deployed key) or not (sudo-g5k)
 
     def __str__(self) -> str:
         jobs = ", ".join(f"{s}:{j}" + (" adopted" if s in self.adopted else "") for s, j in self.jobs.items())

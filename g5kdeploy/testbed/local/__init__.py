@@ -88,6 +88,7 @@ class LocalTestbed(Testbed):
                            "wan": {"|".join(sorted(p)): d.wan_rate_between(*p) for p in self._site_pairs()}})
         self._apply_rates()
         nodes = d.nodes()
+        oar_server.ensure_user()                # its login on the nodes is set up with them
         for n in nodes:
             f.prepare_upper(n)
             f.start(n)
@@ -174,8 +175,10 @@ class LocalTestbed(Testbed):
     def output_dir(self) -> Path:
         return Path(pwd.getpwnam(oar_server.USER).pw_dir)
 
-    def ssh_settings(self) -> dict:
-        return {"user": "root", "keyfile": str(self.files.key), "port": 22}
+    def ssh_settings(self, deploy: bool = True) -> dict:
+        """root with the testbed's key; for other jobs' nodes, OAR's user with sudo-g5k."""
+        return {"user": "root" if deploy else oar_server.USER, "keyfile": str(self.files.key), "port": 22} | \
+            ({} if deploy else {"sudo": "sudo-g5k"})
 
     # -- network --------------------------------------------------------------------------------
     def shape(self, a: str, b: str, rate: str) -> None:

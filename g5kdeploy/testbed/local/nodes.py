@@ -1,7 +1,10 @@
 """Testbed nodes: keys, the private layer of each node, its sshd, start/stop, ssh access."""
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
+import stat
 import socket
 import subprocess
 import time
@@ -10,6 +13,7 @@ from pathlib import Path
 
 from g5kdeploy.files import write_atomic
 from g5kdeploy.testbed.description import Description
+from g5kdeploy.testbed.local.oar_server import USER
 from g5kdeploy.testbed.local.system import kill, sh, start_time
 from g5kdeploy.testbed.model import Node
 
@@ -121,8 +125,28 @@ class NodeFiles:
         (u / "etc/resolv.conf").write_text("# testbed node: names come from /etc/hosts\nnameserver 127.0.0.1\n")
         shutil.copy2(self.key.with_suffix(".pub"), u / "root/.ssh/authorized_keys")
         shutil.copy2(self.key, u / "root/.ssh/id_ed25519")
+        self._user_access(u)
         for name in ("bashrc", "profile"):
             shutil.copy2(f"/usr/share/base-files/dot.{name}", u / f"root/.{name}")
+
+    @staticmethod
+    def _user_access(u: Path) -> None:
+        """As on a Grid'5000 node in its standard system: the job's user logs in with the
+        key (here OAR's user, with the testbed's key) and becomes root with `sudo-g5k`
+        (Grid'5000's own is sudo for the job's owner on its nodes; here sudo for that user)."""
+        user = pwd.getpwnam(USER)
+        home = Path(user.pw_dir)
+        _dirs_like_lower(u, home / ".ssh", user)
+        keys = u / home.relative_to("/") / ".ssh/authorized_keys"
+        shutil.copy2(u / "root/.ssh/authorized_keys", keys)
+        os.chown(keys, user.pw_uid, user.pw_gid)
+        _dirs_like_lower(u, Path("/usr/local/bin"))
+        (u / "usr/local/bin/sudo-g5k").write_text('#!/bin/sh\n# Grid\'5000\'s sudo-g5k, on a testbed node\n'
+                                                  'exec sudo -n -- "$@"\n')
+        (u / "usr/local/bin/sudo-g5k").chmod(0o755)
+        _dirs_like_lower(u, Path("/etc/sudoers.d"))
+        (u / "etc/sudoers.d/sudo-g5k").write_text(f"{USER} ALL=(root) NOPASSWD: ALL\n")
+        (u / "etc/sudoers.d/sudo-g5k").chmod(0o440)
 
     def start(self, node: Node) -> subprocess.Popen:
         """Boot the node: its PID 1 builds the root and runs sshd."""
@@ -133,6 +157,24 @@ class NodeFiles:
              "--kill-child", "--propagation", "private", "sh", str(init), str(self.workdir), node.short,
              node.hostname], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
+
+
+def _dirs_like_lower(upper: Path, path: Path, owner=None) -> None:
+    """Make `path` in a private layer with each directory's owner and mode as the node's
+    lower layer has them (an upper directory's own would hide them: a home owned by root);
+    one missing below is made for `owner` (uid, gid), mode 0700."""
+    for d in [*reversed(path.parents[:-1]), path]:
+        made = upper / d.relative_to("/")
+        if made.exists():
+            continue
+        made.mkdir()
+        if d.exists():
+            st = d.stat()
+            os.chown(made, st.st_uid, st.st_gid)
+            os.chmod(made, stat.S_IMODE(st.st_mode))
+        else:
+            os.chown(made, owner.pw_uid, owner.pw_gid)
+            os.chmod(made, 0o700)
 
 
 def netns_pids(name: str) -> list[int] | None:

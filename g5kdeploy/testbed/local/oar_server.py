@@ -74,10 +74,19 @@ def configure(desc: Description) -> None:
     hba = conf / "pg_hba.conf"
     if "198.18.0.0/15" not in hba.read_text():
         _rewrite(hba, hba.read_text() + "host all all 198.18.0.0/15 scram-sha-256\n")
+    ensure_user()
+
+
+def ensure_user() -> None:
+    """The submitting user, made once (the nodes see it too: their root is this machine's).
+    No password can log it in (`*`), but its account is not locked (`!`), which sshd would
+    refuse even with a key: on the nodes of its jobs it logs in with the testbed's key."""
     try:
         pwd.getpwnam(USER)
     except KeyError:
-        sh("useradd", "-m", "-s", "/bin/bash", USER)
+        sh("useradd", "-m", "-s", "/bin/bash", "-p", "*", USER)
+    if sh("getent", "shadow", USER).stdout.split(":")[1].startswith("!"):
+        sh("usermod", "-p", "*", USER)
 
 
 def _rewrite(path: Path, text: str) -> None:
