@@ -120,7 +120,7 @@ class Testbed(ABC):
         if start and start < time.time() - 60:
             raise UserError(f"reservation {reservation:%Y-%m-%d %H:%M:%S} is in the past: give a date to come")
         wanted = self.demands(request, deploy, queue)
-        adopted = self.check_request(request, name, deploy, queue)
+        adopted = self._checked(wanted, name, deploy, queue)
         submitted: dict[str, int] = {}
         try:
             for site in (s for s in request if s not in adopted):
@@ -156,9 +156,12 @@ class Testbed(ABC):
         """A one-line UserError for a request this testbed cannot meet now (see `demands`; nodes
         OAR will not give, dead or absent; a job to adopt that is not a deploy job when nodes
         are to be deployed; locally, nodes that other jobs hold); else the jobs it would adopt."""
-        wanted = self.demands(request, deploy, queue)
+        return self._checked(self.demands(request, deploy, queue), name, deploy, queue)
+
+    def _checked(self, wanted: dict[str, Demand], name: str, deploy: bool, queue: str | None) -> dict[str, Job]:
+        """check_request of the demands already made of a request."""
         self._check_alive(wanted, deploy, queue)
-        adopted = self._adoptable(request, name)
+        adopted = self._adoptable(wanted, name)
         if deploy and (plain := [j for j in adopted.values() if "deploy" not in j.types]):
             j = plain[0]
             raise UserError(f"OAR job {j.id} ({j.name or 'no name'}) on {j.site} is not a deploy job, and Kadeploy "
@@ -340,7 +343,7 @@ class Testbed(ABC):
                 raise UserError(f"unknown site {site!r}: this testbed has {', '.join(sites)}")
             out[site] = d = _demand(site, want, self)
             for c in self._clusters(d):
-                if not c.takes(queue, deploy, d.exotic_ok):
+                if not c.takes(queue, deploy, d.named):
                     kind = f"{queue or 'default'}-queue {'deploy ' if deploy else ''}jobs"
                     raise UserError(f"{site}: cluster {c.name} takes no {kind} (queues {', '.join(c.queues)}"
                                     f"{', exotic' if c.exotic else ''}{'' if c.deploy else ', not deployable'}): "
@@ -364,7 +367,7 @@ class Testbed(ABC):
         named = {c for c, _ in d.clusters}
         return NodeSet(n for n in self.nodes() if n.site == d.site
                        and (n.hostname in d.hosts if d.hosts else n.cluster in named if named else True)
-                       and clusters[n.cluster].takes(queue, deploy, d.exotic_ok))
+                       and clusters[n.cluster].takes(queue, deploy, d.named))
 
     def available(self, site: str, deploy: bool = True, queue: str | None = None) -> NodeSet:
         """The site's nodes that a job asking for a count may have now: those the description

@@ -141,8 +141,8 @@ class Demand:
         return f"nodes={self.count}"
 
     @property
-    def exotic_ok(self) -> bool:
-        """Whether it names clusters or hosts, and so may have exotic ones."""
+    def named(self) -> bool:
+        """Whether it names clusters or hosts (and so may have exotic ones: Cluster.takes)."""
         return bool(self.clusters or self.hosts)
 
 

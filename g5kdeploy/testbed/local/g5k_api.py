@@ -16,8 +16,8 @@ Jobs are jobs of the local OAR (they end when their command exits), deployments 
 local nodes, node states are OAR's; HTTP Basic authentication with one user. What the
 Reference API says of a cluster that the local testbed has no notion of (exotic, its queues,
 not deployable) can be given (`clusters`); jobs are then kept off such clusters unless they
-may have them, as Grid'5000's OAR admission rules do (exotic ones need `-t exotic`). Where the real server's behaviour is
-known from its source (grid5000/g5k-api), this follows it: job states are OAR's, lower-cased
+may have them, as Grid'5000's OAR admission rules do (exotic ones need `-t exotic`).
+Where the real server's behaviour is known from its source (grid5000/g5k-api), this follows it: job states are OAR's, lower-cased
 (tolaunch, toackreservation, hold, ...: lib/oar/job.rb `state`); `state=` filters capitalize
 each asked state, so camel-case ones match nothing (Job.list); listings hold `assigned_nodes`
 only with `resources=yes` and 50 jobs unless `limit` (jobs_controller.rb index, LIMIT); DELETE
@@ -51,7 +51,9 @@ class Api:
 
     def __init__(self, testbed: LocalTestbed, user: str, password: str, clusters: dict | None = None):
         self.tb, self.user, self.password = testbed, user, password
-        self.takes = {c.name: replace(c, **{k: tuple(v) if k == "queues" else v for k, v in (clusters or {}).get(c.name, {}).items()})
+        facts = {name: {k: tuple(v) if k == "queues" else v for k, v in given.items()}
+                 for name, given in (clusters or {}).items()}
+        self.takes = {c.name: replace(c, **facts.get(c.name, {}))       # what jobs each cluster takes
                       for site in testbed.description.sites.values() for c in site.clusters}
         self.deployments: dict[str, dict] = {}
         self.lock = threading.Lock()
