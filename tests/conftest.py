@@ -107,8 +107,12 @@ def redis_address(tmp_path_factory):
 
 
 # -- engine unit tests: no root, no testbed ------------------------------------------------------
-class FakeScheduler:
-    """An OAR that runs nothing: jobs start at once on the first free hosts of their site."""
+from g5kdeploy.testbed.oar import Scheduler  # noqa: E402  (after the fixtures' imports)
+
+
+class FakeScheduler(Scheduler):
+    """An OAR that runs nothing: jobs start at once on the first free hosts of their site
+    (what Scheduler derives from its calls, e.g. `holders`, comes with it)."""
 
     def __init__(self, testbed):
         self.testbed, self.jobs, self.next_id = testbed, {}, 1

@@ -192,7 +192,7 @@ def check(hosts, testbed=None, timeout: float = 20) -> dict[str, str]:
             by_site.setdefault(testbed.node(h).site, []).append(h)
         for site, group in by_site.items():
             down = testbed.scheduler.down(site)
-            held = {h for j in testbed.scheduler.on_site(site) if j.state == "running" for h in j.hosts}
+            held = testbed.scheduler.holders(site)
             why |= {h: f"OAR has it {down[h]}" if h in down else "held by no running OAR job"
                     for h in group if h in down or h not in held}
     todo = [h for h in names if h not in why]

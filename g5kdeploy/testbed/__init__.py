@@ -420,8 +420,7 @@ class Testbed(ABC):
         """The nodes whose last deployment, made since the running job that holds them began,
         put `environment` on them (a node's job's end gives it back to its standard system).
         OAR and the API give whole seconds (OAR rounds its start): a second of slack."""
-        began = {h: j.start for site in nodes.by_site() for j in self.scheduler.on_site(site)
-                 if j.state == "running" and j.start for h in j.hosts}
+        began = {h: j.start for site in nodes.by_site() for h, j in self.scheduler.holders(site).items() if j.start}
         last = self.deployments(nodes)
         return NodeSet(n for n in nodes if n.hostname in last and n.hostname in began
                        and last[n.hostname][0] == self.kadeploy_name(environment)

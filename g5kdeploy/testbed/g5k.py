@@ -5,8 +5,9 @@ the local backend (testbed/__init__.py); only HTTP is here.
 Configuration is python-grid5000's `~/.python-grid5000.yaml` (username, password, uri,
 verify_ssl), plus our keys in the same file: `environment` (what `debian12-g5kdeploy`
 means here, default debian12-min), `ssh_key` (public key given to Kadeploy), `sites`
-(the sites to describe, default all), `excluded_sites` (left out of them) and `gateway` (how to reach nodes: default
-access.grid5000.fr from outside Grid'5000, null for directly)."""
+(the sites to describe, default all), `excluded_sites` (left out of them), `gateway` (how
+to reach nodes: default access.grid5000.fr from outside Grid'5000, null for directly), and
+`arch`, `version`, `deploy_timeout_s`, `reference_max_age_s` (see G5kTestbed)."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,6 @@ def _errors(what: str):
     """python-grid5000's HTTP errors as one line that says what to do."""
     from grid5000.exceptions import Grid5000Error
     from requests.exceptions import ConnectionError as Unreachable
-
     from requests.exceptions import RetryError, Timeout
 
     def wrap(fn):

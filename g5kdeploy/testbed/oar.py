@@ -79,6 +79,10 @@ class Scheduler(ABC):
         """The site's nodes that OAR will not give now (its state of them is not Alive), with
         that state in lower case: dead, absent, suspected, standby."""
 
+    def holders(self, site: str) -> dict[str, Job]:
+        """The site's nodes that running jobs hold, each with its job."""
+        return {h: j for j in self.on_site(site) if j.state == "running" for h in j.hosts}
+
     def wait(self, jobs: dict[str, int], timeout: float | None = 300) -> dict[str, Job]:
         """Poll until every job runs (backing off, `poll_s`); a job that ends first is an
         error, and so is `timeout` seconds of waiting (None: wait as long as OAR queues them)."""

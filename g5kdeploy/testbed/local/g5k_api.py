@@ -90,7 +90,7 @@ class Api:
         """Per node, OAR's state of it (`hard`) and whether a job holds it (`soft`)."""
         self._site(site)
         down = self.tb.scheduler.down(site)
-        busy = {h for j in self.tb.scheduler.on_site(site) if j.state == "running" for h in j.hosts}
+        busy = self.tb.scheduler.holders(site)
         return {"uid": int(time.time()), "nodes": {
             n.hostname: {"hard": down.get(n.hostname, "alive"), "soft": "busy" if n.hostname in busy else "free",
                          "reservations": []} for n in self.tb.nodes() if n.site == site}}
@@ -163,8 +163,7 @@ class Api:
         nodes = self.tb.nodes(",".join(spec.get("nodes") or []) or None)
         if not spec.get("nodes") or {n.site for n in nodes} != {site}:
             raise ValueError(f"nodes must be nodes of {site}")
-        held = {h for j in self.tb.scheduler.on_site(site) if j.state == "running" and "deploy" in j.types
-                for h in j.hosts}
+        held = {h for h, j in self.tb.scheduler.holders(site).items() if "deploy" in j.types}
         if outside := [h for h in nodes.hostnames() if h not in held]:
             raise ValueError(f"The deployment you are trying to submit is not valid: {', '.join(outside)} "
                              "not reserved in a running deploy job")
