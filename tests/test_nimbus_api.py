@@ -156,7 +156,7 @@ def test_requests_are_canonicalized_as_botocore_does(path, query, body):
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
-    from g5kdeploy.nimbus import sigv4
+    from g5kdeploy.nimbus import signature
     request = AWSRequest(method="POST", url=f"http://198.19.1.1:8773{path}" + (f"?{query}" if query else ""),
                          data=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
     auth = SigV4Auth(Credentials(KEY, SECRET), "ec2", "rennes")
@@ -166,9 +166,9 @@ def test_requests_are_canonicalized_as_botocore_does(path, query, body):
     signed_headers = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
     del request.headers["Authorization"]                        # botocore's canonical request is of the unsigned one
     sent = request.body or b""                                    # botocore keeps an empty body as ''
-    ours = sigv4.canonical_request("POST", url.path, url.query, headers, signed_headers, sent)
+    ours = signature.canonical_request("POST", url.path, url.query, headers, signed_headers, sent)
     assert ours == auth.canonical_request(request)
-    assert sigv4.verify("POST", url.path, url.query, headers, sent, {KEY: SECRET}, "rennes") == KEY
+    assert signature.verify("POST", url.path, url.query, headers, sent, {KEY: SECRET}, "rennes") == KEY
 
 
 def test_a_non_utf8_body_is_the_clients_error(cloud):

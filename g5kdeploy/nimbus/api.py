@@ -1,6 +1,9 @@
 """The cloud's EC2 Query API and scheduler, on the service node:
-`python3 -m g5kdeploy.nimbus.api [/etc/nimbus/cloud.json]`. boto3's ec2 client works against
-it unchanged: RunInstances, DescribeInstances, TerminateInstances, DescribeImages."""
+`python3 -m g5kdeploy.nimbus.api [/etc/nimbus/cloud.json]`. boto3's ec2 client and the AWS
+CLI work against it unchanged (Signature Version 4 or 2): instances (Run, Describe with
+filters and pages, Terminate, Reboot, Stop/Start keeping RAM and disk, DescribeInstanceStatus),
+images (Describe), key pairs (Create, Import, Describe, Delete), tags (Create, Delete,
+Describe, TagSpecifications), regions (one per cloud of the federation) and zones."""
 from __future__ import annotations
 
 import base64
@@ -18,7 +21,7 @@ from pathlib import Path
 import redis
 
 from g5kdeploy import on_node
-from g5kdeploy.nimbus import ec2, propagation, sigv4, ssh, web
+from g5kdeploy.nimbus import ec2, keypairs, propagation, signature, ssh, web
 from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
 from g5kdeploy.nimbus.ec2 import EC2Error
 from g5kdeploy.nimbus.store import Store
@@ -27,6 +30,16 @@ from g5kdeploy.vm.qemu import VMS
 log = logging.getLogger("nimbus.api")
 VMM = on_node("g5kdeploy.nimbus.vmm")
 ALIVE = ("pending", "running")
+HOLDING = ALIVE + ("shutting-down", "stopping", "stopped")      # states whose guest holds VMM memory
+INSTANCE_FILTERS = {"instance-state-name", "instance-state-code", "instance-id", "image-id", "instance-type",
+                    "private-ip-address", "ip-address", "availability-zone", "reservation-id", "key-name",
+                    "launch-index", "private-dns-name", "dns-name"}
+IMAGE_FILTERS = {"image-id", "name", "state", "architecture", "image-type", "is-public", "owner-id",
+                 "root-device-type", "virtualization-type"}
+KEY_FILTERS = {"key-name", "fingerprint", "key-pair-id", "key-type"}
+TAG_FILTERS = {"key", "value", "resource-id", "resource-type"}
+STATUS_FILTERS = {"availability-zone", "instance-state-name", "instance-state-code", "instance-status.status",
+                  "system-status.status"}
 
 
 def new_id(prefix: str) -> str:
@@ -60,16 +73,25 @@ class Service:
         wanted = ec2.members(p, "ImageId") or list(images)
         if unknown := [i for i in wanted if i not in images]:
             raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{', '.join(unknown)}]' does not exist")
-        return {"imagesSet": [{"imageId": i, "imageLocation": f"{self.cloud.site}/{i}", "imageState": "available",
-                               "imageOwnerId": "g5kdeploy", "isPublic": True, "architecture": "x86_64",
-                               "imageType": "machine", "name": i, "rootDeviceType": "instance-store",
-                               "virtualizationType": "hvm", "description": f"{images[i].stat().st_size} bytes"}
-                              for i in wanted]}
+        chosen = ec2.filters(p, IMAGE_FILTERS)
+        out = []
+        for i in wanted:
+            x = {"imageId": i, "imageLocation": f"{self.cloud.site}/{i}", "imageState": "available",
+                 "imageOwnerId": "g5kdeploy", "isPublic": True, "architecture": "x86_64", "imageType": "machine",
+                 "name": i, "rootDeviceType": "instance-store", "virtualizationType": "hvm",
+                 "description": f"{images[i].stat().st_size} bytes"}
+            fields = {"image-id": [i], "name": [i], "state": ["available"], "architecture": ["x86_64"],
+                      "image-type": ["machine"], "is-public": ["true"], "owner-id": ["g5kdeploy"],
+                      "root-device-type": ["instance-store"], "virtualization-type": ["hvm"]}
+            tags = self._tags_of(i)
+            if ec2.selected(fields, tags, chosen):
+                out.append({**x, "tagSet": ec2.tag_set(tags)})
+        return {"imagesSet": out}
 
     # scheduling ---------------------------------------------------------------------------
     def _place(self, count: int, memory: int) -> list[tuple[str, str]]:
         """(VMM, address) for up to `count` guests: the VMM with the most free memory first."""
-        alive = [i for i in self.store.instances() if i["state"] in ALIVE + ("shutting-down",)]
+        alive = [i for i in self.store.instances() if i["state"] in HOLDING]
         free = {v.host: v.memory_mb for v in self.cloud.vmms}
         for i in alive:
             free[i["vmm"]] = free.get(i["vmm"], 0) - i["memory_mb"]
@@ -114,6 +136,11 @@ class Service:
             user_data = base64.b64decode(p.get("UserData", ""), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise EC2Error("InvalidParameterValue", "UserData must be base64-encoded text") from None
+        key_name = p.get("KeyName")
+        key = self.store.record("keys", key_name) if key_name is not None else None
+        if key_name is not None and key is None:
+            raise EC2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name}' does not exist")
+        self._dry_run(p)
         memory, requested = INSTANCE_TYPES[itype], time.time()
         with self.lock:
             slots = self._place(high, memory)
@@ -127,9 +154,11 @@ class Service:
                           "requested_at": requested,
                           "vmm": host, "ip": ip, "name": guest_name(ip, self.cloud.site), "reservation": reservation,
                           "ctx": reservation, "launch_index": n, "launch_time": now, "zone": self.cloud.site,
-                          "role": tags.get("role", "node"), "propagation": mode, "tags": tags}
+                          "role": tags.get("role", "node"), "propagation": mode, "tags": tags,
+                          "key_name": key_name}
                          for n, (host, ip) in enumerate(slots)]
-            self.store.new_context(reservation, [i["id"] for i in instances], user_data)
+            self.store.new_context(reservation, [i["id"] for i in instances], user_data,
+                                   key["public_key"] if key else "")
             self.store.put(*instances)
         self.launcher.submit(self._launch_or_fail, instances, images[image], mode)
         return {"reservationId": reservation, "ownerId": "g5kdeploy", "groupSet": [],
@@ -228,35 +257,242 @@ class Service:
             raise EC2Error("InvalidInstanceID.NotFound", f"The instance ID '{', '.join(unknown)}' does not exist")
         return [known[i] for i in wanted] if wanted else sorted(known.values(), key=lambda i: i["launch_time"])
 
+    def _filtered(self, p: dict, known: set[str] = INSTANCE_FILTERS) -> list[dict]:
+        """The instances a request names (all if none), passed through its filters, in pages
+        when it asks for them (MaxResults cannot go with instance ids, as in EC2)."""
+        if "MaxResults" in p and ec2.members(p, "InstanceId"):
+            raise EC2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with "
+                                                          "the parameter maxResults")
+        chosen = ec2.filters(p, known)
+        return [i for i in self._selected(p) if ec2.selected(instance_fields(i), i.get("tags", {}), chosen)]
+
     def describe_instances(self, p: dict) -> dict:
+        instances, more = ec2.page(self._filtered(p), p)
         reservations: dict[str, list[dict]] = {}
-        for i in self._selected(p):
+        for i in instances:
             reservations.setdefault(i["reservation"], []).append(i)
         return {"reservationSet": [{"reservationId": r, "ownerId": "g5kdeploy", "groupSet": [],
                                     "instancesSet": [ec2.instance_xml(i) for i in sorted(v, key=lambda i: i["launch_index"])]}
-                                   for r, v in reservations.items()]}
+                                   for r, v in reservations.items()], "nextToken": more}
 
-    def terminate_instances(self, p: dict) -> dict:
+    def describe_instance_status(self, p: dict) -> dict:
+        every = p.get("IncludeAllInstances") == "true" or bool(ec2.members(p, "InstanceId"))
+        out = []
+        for i in self._filtered(p, STATUS_FILTERS | {"instance-id"}):
+            if not every and i["state"] != "running":
+                continue
+            status = {"running": "ok", "pending": "initializing"}.get(i["state"], "not-applicable")
+            summary = {"status": status, "details": [{"name": "reachability", "status": {
+                "ok": "passed", "initializing": "initializing"}.get(status, "not-applicable")}]}
+            out.append({"instanceId": i["id"], "availabilityZone": i["zone"],
+                        "instanceState": {"code": ec2.STATE_CODES[i["state"]], "name": i["state"]},
+                        "instanceStatus": summary, "systemStatus": summary})
+        page, more = ec2.page(out, p)
+        return {"instanceStatusSet": page, "nextToken": more}
+
+    def _changed(self, p: dict, change, allowed: tuple[str, ...]) -> dict:
+        """Apply `change(instance)` to each named instance (in parallel); the state changes
+        as EC2 reports them. An instance in none of the `allowed` states is refused first."""
         if not ec2.members(p, "InstanceId"):
             raise EC2Error("MissingParameter", "The request must contain the parameter InstanceId")
         chosen = self._selected(p)
+        if wrong := [i for i in chosen if i["state"] not in allowed]:
+            raise EC2Error("IncorrectInstanceState", f"The instance '{wrong[0]['id']}' is in state "
+                           f"'{wrong[0]['state']}', not {' or '.join(allowed)}")
+        self._dry_run(p)
 
-        def stop(i: dict) -> dict:
+        def one(i: dict) -> dict:
             before = i["state"]
-            if before != "terminated":
-                self._terminate(i)
+            change(i)
+            now = self.store.get(i["id"])["state"]
             return {"instanceId": i["id"], "previousState": {"code": ec2.STATE_CODES[before], "name": before},
-                    "currentState": {"code": 48, "name": "terminated"}}
-        return {"instancesSet": ssh.each(stop, chosen)}
+                    "currentState": {"code": ec2.STATE_CODES[now], "name": now}}
+        return {"instancesSet": ssh.each(one, chosen)}
+
+    def stop_instances(self, p: dict) -> dict:
+        def stop(i: dict) -> None:
+            if i["state"] == "running":
+                self.store.update(i["id"], state="stopping")
+                self._vmm(i, "control", i["id"], "pause")
+                self.store.update(i["id"], state="stopped", reason="User initiated")
+        return self._changed(p, stop, ("running", "stopped"))
+
+    def start_instances(self, p: dict) -> dict:
+        def start(i: dict) -> None:
+            if i["state"] == "stopped":
+                self.store.update(i["id"], state="pending")
+                self._vmm(i, "control", i["id"], "resume")
+                self.store.update(i["id"], state="running", reason="")
+        return self._changed(p, start, ("running", "stopped"))
+
+    def reboot_instances(self, p: dict) -> dict:
+        self._changed(p, lambda i: self._vmm(i, "control", i["id"], "reset"), ("running",))
+        return {"return": True}
+
+    def terminate_instances(self, p: dict) -> dict:
+        return self._changed(p, lambda i: i["state"] != "terminated" and self._terminate(i), tuple(ec2.STATE_CODES))
+
+    def _dry_run(self, p: dict) -> None:
+        """A DryRun request stops here, once it has been checked, as EC2's does."""
+        if p.get("DryRun") == "true":
+            raise EC2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
+
+    # key pairs ----------------------------------------------------------------------------
+    def _new_key(self, p: dict, public: keypairs.PublicKey, **extra) -> dict:
+        name = p.get("KeyName", "")
+        if not keypairs.NAME.fullmatch(name):
+            raise EC2Error("InvalidParameterValue" if name else "MissingParameter",
+                           "KeyName must be 1-255 ASCII characters")
+        if self.store.record("keys", name):
+            raise EC2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
+        self._dry_run(p)
+        key = {"name": name, "id": new_id("key"), "type": public.type, "fingerprint": public.fingerprint,
+               "public_key": public.openssh, "created": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+               "tags": ec2.tags(p, "key-pair")}
+        if not self.store.put_record("keys", name, key, new=True):
+            raise EC2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
+        return {"keyName": name, "keyFingerprint": public.fingerprint, "keyPairId": key["id"], **extra,
+                "tagSet": ec2.tag_set(key["tags"])}
+
+    def create_key_pair(self, p: dict) -> dict:
+        try:
+            private, public = keypairs.create(p.get("KeyType", "rsa"), p.get("KeyFormat", "pem"))
+        except keypairs.BadKey as e:
+            raise EC2Error("InvalidParameterValue", str(e)) from None
+        return self._new_key(p, public, keyMaterial=private)
+
+    def import_key_pair(self, p: dict) -> dict:
+        try:
+            public = keypairs.imported(base64.b64decode(p.get("PublicKeyMaterial", ""), validate=True))
+        except (binascii.Error, keypairs.BadKey) as e:
+            raise EC2Error("InvalidKey.Format", str(e) if isinstance(e, keypairs.BadKey)
+                           else "PublicKeyMaterial must be base64") from None
+        return self._new_key(p, public)
+
+    def describe_key_pairs(self, p: dict) -> dict:
+        keys = self.store.records("keys")
+        names, ids = ec2.members(p, "KeyName"), ec2.members(p, "KeyPairId")
+        if unknown := [n for n in names if n not in keys]:
+            raise EC2Error("InvalidKeyPair.NotFound", f"The key pair '{unknown[0]}' does not exist")
+        if unknown := [i for i in ids if i not in {k["id"] for k in keys.values()}]:
+            raise EC2Error("InvalidKeyPair.NotFound", f"The key pair '{unknown[0]}' does not exist")
+        chosen = ec2.filters(p, KEY_FILTERS)
+        out = []
+        for k in sorted(keys.values(), key=lambda k: k["name"]):
+            fields = {"key-name": [k["name"]], "fingerprint": [k["fingerprint"]], "key-pair-id": [k["id"]],
+                      "key-type": [k["type"]]}
+            if (not names or k["name"] in names) and (not ids or k["id"] in ids) and \
+                    ec2.selected(fields, k["tags"], chosen):
+                out.append({"keyPairId": k["id"], "keyName": k["name"], "keyFingerprint": k["fingerprint"],
+                            "keyType": k["type"], "createTime": k["created"], "tagSet": ec2.tag_set(k["tags"]),
+                            "publicKey": k["public_key"] if p.get("IncludePublicKey") == "true" else None})
+        return {"keySet": out}
+
+    def delete_key_pair(self, p: dict) -> dict:
+        keys = self.store.records("keys")
+        name = p.get("KeyName") or next((n for n, k in keys.items() if k["id"] == p.get("KeyPairId")), None)
+        if not p.get("KeyName") and not p.get("KeyPairId"):
+            raise EC2Error("MissingParameter", "The request must contain the parameter KeyName or KeyPairId")
+        self._dry_run(p)
+        gone = keys.get(name or "")
+        if gone:
+            self.store.delete_record("keys", name)
+        return {"return": True, "keyPairId": gone and gone["id"]}     # EC2: true even if there was none
+
+    # tags ---------------------------------------------------------------------------------
+    def _tags_of(self, resource: str) -> dict[str, str]:
+        if resource.startswith("i-"):
+            return (self.store.get(resource) or {}).get("tags", {})
+        if resource.startswith("key-"):
+            return next((k["tags"] for k in self.store.records("keys").values() if k["id"] == resource), {})
+        return (self.store.record("images", resource) or {}).get("tags", {})
+
+    def _retag(self, p: dict, change) -> dict:
+        """`change(tags) -> tags` on every resource of ResourceId.N (instances, images, key pairs)."""
+        resources = ec2.members(p, "ResourceId")
+        if not resources:
+            raise EC2Error("MissingParameter", "The request must contain the parameter ResourceId")
+        images, keys = self.images(), self.store.records("keys")
+        instances = [r for r in resources if r.startswith("i-")]
+        if instances:
+            self._selected({f"InstanceId.{n}": r for n, r in enumerate(instances, 1)})   # each must exist
+        by_id = {k["id"]: n for n, k in keys.items()}
+        if unknown := [r for r in resources if not r.startswith("i-") and r not in images and r not in by_id]:
+            raise EC2Error("InvalidID", f"The ID '{unknown[0]}' is not valid")
+        self._dry_run(p)
+        with self.lock:
+            for r in resources:
+                if r.startswith("i-"):
+                    self.store.update(r, tags=change(self._tags_of(r)))
+                elif r in by_id:
+                    key = keys[by_id[r]]
+                    self.store.put_record("keys", key["name"], {**key, "tags": change(key["tags"])})
+                else:
+                    image = self.store.record("images", r) or {}
+                    self.store.put_record("images", r, {**image, "tags": change(image.get("tags", {}))})
+        return {"return": True}
+
+    def create_tags(self, p: dict) -> dict:
+        new = ec2.tag_list(p)
+        if not new:
+            raise EC2Error("MissingParameter", "The request must contain the parameter Tag")
+        return self._retag(p, lambda tags: {**tags, **new})
+
+    def delete_tags(self, p: dict) -> dict:
+        gone = ec2.tag_list(p)                 # a key without a value: whatever its value
+        valued = {k for n in range(1, len(gone) + 1) if f"Tag.{n}.Value" in p for k in [p[f"Tag.{n}.Key"]]}
+        return self._retag(p, lambda tags: {k: v for k, v in tags.items()
+                                            if not (k in gone and (k not in valued or gone[k] == v))})
+
+    def describe_tags(self, p: dict) -> dict:
+        chosen = ec2.filters(p, TAG_FILTERS)
+        every = [(i["id"], "instance", i.get("tags", {})) for i in self._selected({})]
+        every += [(image, "image", self._tags_of(image)) for image in self.images()]
+        every += [(k["id"], "key-pair", k["tags"]) for k in self.store.records("keys").values()]
+        out = [{"resourceId": r, "resourceType": kind, "key": k, "value": v}
+               for r, kind, tags in every for k, v in sorted(tags.items())
+               if ec2.selected({"key": [k], "value": [v], "resource-id": [r], "resource-type": [kind]}, {}, chosen)]
+        page, more = ec2.page(out, p)
+        return {"tagSet": page, "nextToken": more}
+
+    # regions and zones --------------------------------------------------------------------
+    def describe_regions(self, p: dict) -> dict:
+        regions = self.cloud.regions or {self.cloud.site: ""}
+        wanted = ec2.members(p, "RegionName") or sorted(regions)
+        if unknown := [r for r in wanted if r not in regions]:
+            raise EC2Error("InvalidParameterValue", f"Invalid region: {unknown[0]} (regions: {', '.join(regions)})")
+        chosen = ec2.filters(p, {"region-name", "endpoint", "opt-in-status"})
+        return {"regionInfo": [{"regionName": r, "regionEndpoint": regions[r], "optInStatus": "opt-in-not-required"}
+                               for r in wanted if ec2.selected({"region-name": [r], "endpoint": [regions[r]],
+                                                                "opt-in-status": ["opt-in-not-required"]}, {}, chosen)]}
+
+    def describe_availability_zones(self, p: dict) -> dict:
+        site = self.cloud.site
+        zone = {"zoneName": site, "zoneId": f"{site}-az1", "zoneState": "available", "regionName": site,
+                "optInStatus": "opt-in-not-required", "groupName": site, "networkBorderGroup": site,
+                "zoneType": "availability-zone", "messageSet": []}
+        names, ids = ec2.members(p, "ZoneName"), ec2.members(p, "ZoneId")
+        if unknown := [z for z in names if z != site] + [z for z in ids if z != zone["zoneId"]]:
+            raise EC2Error("InvalidParameterValue", f"Invalid availability zone: [{unknown[0]}] (this cloud's: {site})")
+        fields = {"zone-name": [site], "zone-id": [zone["zoneId"]], "region-name": [site], "state": ["available"],
+                  "zone-type": ["availability-zone"], "group-name": [site]}
+        chosen = ec2.filters(p, set(fields))
+        return {"availabilityZoneInfo": [zone] if ec2.selected(fields, {}, chosen) else []}
 
     ACTIONS = {"DescribeImages": describe_images, "RunInstances": run_instances,
-               "DescribeInstances": describe_instances, "TerminateInstances": terminate_instances}
+               "DescribeInstances": describe_instances, "TerminateInstances": terminate_instances,
+               "DescribeInstanceStatus": describe_instance_status, "StopInstances": stop_instances,
+               "StartInstances": start_instances, "RebootInstances": reboot_instances,
+               "CreateKeyPair": create_key_pair, "ImportKeyPair": import_key_pair,
+               "DescribeKeyPairs": describe_key_pairs, "DeleteKeyPair": delete_key_pair,
+               "CreateTags": create_tags, "DeleteTags": delete_tags, "DescribeTags": describe_tags,
+               "DescribeRegions": describe_regions, "DescribeAvailabilityZones": describe_availability_zones}
 
     def handle(self, method: str, path: str, query: str, headers: dict, body: bytes) -> tuple[int, bytes]:
         try:
             try:
-                sigv4.verify(method, path, query, headers, body, self.cloud.credentials, self.cloud.site)
-            except sigv4.SignatureError as e:
+                signature.verify(method, path, query, headers, body, self.cloud.credentials, self.cloud.site)
+            except signature.SignatureError as e:
                 raise EC2Error("AuthFailure", str(e), 401) from None
             params = ec2.parse_params(body, query)
             action = params.get("Action", "")
@@ -272,6 +508,17 @@ class Service:
         except Exception as e:  # reported to the client as EC2 does
             log.exception("internal error")
             return 500, ec2.error(EC2Error("InternalError", f"{type(e).__name__}: {e}", 500))
+
+
+def instance_fields(i: dict) -> dict[str, list[str]]:
+    """An instance's value of each filter name (INSTANCE_FILTERS and STATUS_FILTERS)."""
+    status = {"running": "ok", "pending": "initializing"}.get(i["state"], "not-applicable")
+    return {"instance-state-name": [i["state"]], "instance-state-code": [str(ec2.STATE_CODES[i["state"]])],
+            "instance-id": [i["id"]], "image-id": [i["image"]], "instance-type": [i["type"]],
+            "private-ip-address": [i["ip"]], "ip-address": [i["ip"]], "availability-zone": [i["zone"]],
+            "reservation-id": [i["reservation"]], "key-name": [i["key_name"]] if i.get("key_name") else [],
+            "launch-index": [str(i.get("launch_index", 0))], "private-dns-name": [i.get("name", "")],
+            "dns-name": [i.get("name", "")], "instance-status.status": [status], "system-status.status": [status]}
 
 
 def serve(service: Service, port: int) -> ThreadingHTTPServer:

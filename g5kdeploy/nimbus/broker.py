@@ -1,7 +1,7 @@
 """The context broker (thesis §3.3, Nimbus' context broker), on the service node:
 `python3 -m g5kdeploy.nimbus.broker [/etc/nimbus/cloud.json]`. The guests of one request form
 a context; each guest agent joins, waits until all have joined, learns every peer's name,
-address and role, fetches its user data and reports ready, which makes it `running`."""
+address and role, fetches its user data and its key pair's public key, and reports ready, which makes it `running`."""
 from __future__ import annotations
 
 import logging
@@ -31,6 +31,8 @@ def answer(store: Store, ctx: str, verb: str, q: dict[str, str]) -> tuple[int, s
         return 200, "complete\n" + "".join(f"peer {m['id']} {m['ip']} {m['name']} {m['role']}\n" for m in members)
     if verb == "userdata":
         return 200, context["user_data"]
+    if verb == "key":                      # the key pair's public key: root's authorized_keys
+        return 200, context.get("public_key", "")
     if verb == "ready":
         i = store.get(instance["id"])
         if i["state"] == "pending":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CONFIG = Path("/etc/nimbus/cloud.json")
@@ -48,6 +48,7 @@ class Cloud:
     chain_port: int = CHAIN_PORT
     chain_token: str = ""
     shares: tuple[str, ...] = ()          # VMM directories guests may mount read-only (tag share)
+    regions: dict[str, str] = field(default_factory=dict)   # the federation's clouds: region -> endpoint
 
     @classmethod
     def load(cls, path: Path = CONFIG) -> "Cloud":

@@ -81,6 +81,7 @@ def assignments(plans: list[CloudPlan], vmm_memory_mb: int, propagation: str, ke
     """Each node's role and attributes; `keys`: each cloud's ssh key (its VMMs authorize it);
     `shares`: the VMM directories its guests may mount (tag share)."""
     out: dict[Node, tuple[str, dict]] = {}
+    regions = {p.site: p.endpoint for p in plans}
     for p in plans:
         authorized = keys[p.site].with_suffix(".pub").read_text().strip()
         out[p.service] = ("nimbus-service", {
@@ -89,6 +90,7 @@ def assignments(plans: list[CloudPlan], vmm_memory_mb: int, propagation: str, ke
                        "api_port": API_PORT, "broker_port": BROKER_PORT, "chain_port": CHAIN_PORT,
                        "prefix": p.prefix, "gateway": p.gateway, "propagation": propagation,
                        "chain_token": p.chain_token, "authorized_key": authorized, "shares": list(shares),
+                       "regions": regions,
                        "vmms": [{"host": v.hostname, "memory_mb": vmm_memory_mb, "cpus": 1} for v in p.vmms]}})
         for v in p.vmms:
             out[v] = ("nimbus-vmm", {"g5kdeploy": {"address": v.address},

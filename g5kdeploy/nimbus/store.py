@@ -63,9 +63,29 @@ class Store:
             return []
         return [json.loads(v) for v in self.r.mget([P + "i:" + i for i in ids]) if v]
 
+    # records: key pairs ("keys") and images ("images"), by name -------------------------
+    def records(self, kind: str) -> dict[str, dict]:
+        return {k: json.loads(v) for k, v in self.r.hgetall(P + kind).items()}
+
+    def record(self, kind: str, name: str) -> dict | None:
+        raw = self.r.hget(P + kind, name)
+        return json.loads(raw) if raw else None
+
+    def put_record(self, kind: str, name: str, value: dict, new: bool = False) -> bool:
+        """Store a record; with `new`, only if there is none of that name (False then)."""
+        if new:
+            return bool(self.r.hsetnx(P + kind, name, json.dumps(value)))
+        self.r.hset(P + kind, name, json.dumps(value))
+        return True
+
+    def delete_record(self, kind: str, name: str) -> bool:
+        return bool(self.r.hdel(P + kind, name))
+
     # contexts ---------------------------------------------------------------------------
-    def new_context(self, ctx: str, instances: list[str], user_data: str) -> None:
-        self.r.set(P + "ctx:" + ctx, json.dumps({"instances": instances, "user_data": user_data}))
+    def new_context(self, ctx: str, instances: list[str], user_data: str, public_key: str = "") -> None:
+        """A request's context: its instances, user data and the public key of its key pair."""
+        self.r.set(P + "ctx:" + ctx, json.dumps({"instances": instances, "user_data": user_data,
+                                                 "public_key": public_key}))
 
     def context(self, ctx: str) -> dict | None:
         raw = self.r.get(P + "ctx:" + ctx)

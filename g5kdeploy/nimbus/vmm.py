@@ -1,5 +1,5 @@
 """VMM agent, run on a VMM node by the service over ssh (as Nimbus' workspace-control):
-`python3 -m g5kdeploy.nimbus.vmm start|stop|list ...`. Each guest gets a disk (its own copy,
+`python3 -m g5kdeploy.nimbus.vmm start|stop|control|list ...`. Each guest gets a disk (its own copy,
 or a qcow2 copy-on-write volume over the node's image cache), a tap on the node's bridge,
 file-backed RAM and a QMP socket; its files live in /var/lib/g5kdeploy/vms/<id>/."""
 from __future__ import annotations
@@ -63,6 +63,17 @@ def stop_guest(instance: str) -> dict:
     return {"id": instance, "stopped": stopped}
 
 
+CONTROLS = {"pause": "stop", "resume": "cont", "reset": "system_reset"}    # -> QMP command
+
+
+def control(instance: str, action: str) -> dict:
+    """Pause (StopInstances: RAM and disk kept), resume (StartInstances) or reset
+    (RebootInstances) a guest, through its QMP socket."""
+    with qemu.QMP(Guest.load(instance).qmp_path) as q:
+        q.execute(CONTROLS[action])
+        return {"id": instance, "status": q.execute("query-status")["status"]}
+
+
 def running() -> list[dict]:
     out = []
     for spec in sorted(qemu.VMS.glob("*/spec.json")):
@@ -103,12 +114,17 @@ def main(argv: list[str] | None = None) -> None:
     disk.add_argument("--backing", help="copy-on-write qcow2 volume over this cached raw image")
     t = sub.add_parser("stop")
     t.add_argument("ids", nargs="+", type=instance_id)
+    c = sub.add_parser("control")
+    c.add_argument("id", type=instance_id)
+    c.add_argument("action", choices=sorted(CONTROLS))
     sub.add_parser("list")
     a = p.parse_args(argv)
     if a.command == "start":
         result = start(a)
     elif a.command == "stop":
         result = [stop_guest(i) for i in a.ids]
+    elif a.command == "control":
+        result = control(a.id, a.action)
     else:
         result = running()
     json.dump(result, sys.stdout)

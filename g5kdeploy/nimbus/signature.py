@@ -1,10 +1,15 @@
-"""AWS Signature Version 4 checks for requests to our EC2 endpoint (standard library only).
+"""Who signed a request to our EC2 endpoint: AWS Signature Version 4, or Version 2 (what
+EC2 clients of Nimbus's era sent), checked with the standard library only.
 
-The signature covers the body as received (its SHA-256 is computed here, never taken from the
-client), the credential scope must name this cloud's region and service, and a request is
-canonicalized as botocore's SigV4Auth does (tests/test_nimbus_api.py compares the two)."""
+Version 4: the signature covers the body as received (its SHA-256 is computed here, never
+taken from the client), the credential scope must name this cloud's region and service, and
+a request is canonicalized as botocore's SigV4Auth does (tests/test_nimbus_api.py compares
+the two). Version 2: HMAC-SHA256 (or SHA1) over the method, Host, path and every parameter
+but the signature, sorted and RFC 3986-encoded, as botocore's SigV2Auth signs; a Timestamp
+within 15 minutes or an Expires not passed is required."""
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
@@ -48,12 +53,14 @@ def canonical_request(method: str, path: str, query: str, headers: dict[str, str
 
 def verify(method: str, path: str, query: str, headers: dict[str, str], body: bytes,
            secrets: dict[str, str], region: str, service: str = "ec2", now: datetime | None = None) -> str:
-    """The access key that signed this request for `service` in `region`; SignatureError
-    when it is not validly signed."""
+    """The access key that signed this request for `service` in `region` (Version 4, or
+    Version 2 when its parameters say so); SignatureError when it is not validly signed."""
     lower = {k.lower(): v for k, v in headers.items()}
+    if "authorization" not in lower and b"SignatureVersion=2" in body + query.encode():
+        return verify_v2(method, path, query, lower.get("host", ""), body, secrets, now)
     m = AUTH.fullmatch(lower.get("authorization", "").strip())
     if not m:
-        raise SignatureError("the request is not signed with AWS Signature Version 4")
+        raise SignatureError("the request is not signed with AWS Signature Version 4 or 2")
     access, date, scope_region, scope_service, signed, signature = m.groups()
     if access not in secrets:
         raise SignatureError(f"unknown access key {access}")
@@ -78,6 +85,53 @@ def verify(method: str, path: str, query: str, headers: dict[str, str], body: by
         canonical_request(method, path, query, headers, signed_list, body).encode()).hexdigest()])
     expected = hmac.new(signing_key(secrets[access], date, region, service), string_to_sign.encode(),
                         hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        raise SignatureError("the request signature does not match")
+    return access
+
+
+V2_METHODS = {"HmacSHA256": hashlib.sha256, "HmacSHA1": hashlib.sha1}
+
+
+def _v2_time(params: dict[str, str], now: datetime) -> None:
+    """A Version 2 request's Timestamp (within MAX_SKEW) or Expires (not passed)."""
+    stamp, expires = params.get("Timestamp"), params.get("Expires")
+    if bool(stamp) == bool(expires):
+        raise SignatureError("a Version 2 request needs exactly one of Timestamp and Expires")
+    try:
+        when = datetime.fromisoformat((stamp or expires).replace("Z", "+00:00"))
+    except ValueError:
+        raise SignatureError("malformed Timestamp or Expires") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    if (stamp and abs(now - when) > MAX_SKEW) or (expires and now > when):
+        raise SignatureError("the request time is too far from the server time (or the request expired)")
+
+
+def verify_v2(method: str, path: str, query: str, host: str, body: bytes, secrets: dict[str, str],
+              now: datetime | None = None) -> str:
+    """The access key that signed this Version 2 request; SignatureError otherwise."""
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    try:
+        pairs += urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise SignatureError("the request body is not form data") from None
+    params = dict(pairs)
+    if len(params) != len(pairs):
+        raise SignatureError("a parameter is given twice")
+    access, signature = params.get("AWSAccessKeyId", ""), params.pop("Signature", "")
+    if params.get("SignatureVersion") != "2" or not signature:
+        raise SignatureError("SignatureVersion 2 requests need AWSAccessKeyId, SignatureMethod and Signature")
+    digest = V2_METHODS.get(params.get("SignatureMethod", ""))
+    if digest is None:
+        raise SignatureError("SignatureMethod must be HmacSHA256 or HmacSHA1")
+    if access not in secrets:
+        raise SignatureError(f"unknown access key {access}")
+    _v2_time(params, now or datetime.now(timezone.utc))
+    q = functools.partial(urllib.parse.quote, safe="-_.~")
+    canonical = "&".join(f"{q(k)}={q(v)}" for k, v in sorted(params.items()))
+    string_to_sign = f"{method}\n{host.lower()}\n{path or '/'}\n{canonical}"
+    expected = base64.b64encode(hmac.new(secrets[access].encode(), string_to_sign.encode(), digest).digest()).decode()
     if not hmac.compare_digest(expected, signature):
         raise SignatureError("the request signature does not match")
     return access
