@@ -252,15 +252,17 @@ def _enclosing_name(tb) -> str:
 @task(help={"sites": "comma-separated sites, one cloud each", "vmms_per_site": "VMM nodes per cloud",
             "testbed": "local (embedded, brought up if needed) or g5k",
             "propagation": "default image propagation: scp, chain, qcow or chain+qcow",
-            "image_size_mb": "size of the guest disk image registered in every cloud"})
+            "image_size_mb": "size of the busybox guest disk (image tiny) registered in every cloud",
+            "guests": "Debian guest images registered too (comma-separated: debian, debian-blast; '' for none)"})
 @user_errors
-def deploy_nimbus(c, sites="rennes,nancy", vmms_per_site=1, testbed="local", propagation="qcow", image_size_mb=32):
+def deploy_nimbus(c, sites="rennes,nancy", vmms_per_site=1, testbed="local", propagation="qcow", image_size_mb=32,
+                  guests="debian"):
     """Reserve nodes, deploy them, configure one Nimbus-style cloud per site in parallel."""
     from g5kdeploy import engine
     from g5kdeploy.nimbus.deploy import CLOUDS, teardown
     exp = engine.load_experiment("deploy-nimbus")
     params = {"sites": sites, "vmms_per_site": vmms_per_site, "propagation": propagation,
-              "image_size_mb": image_size_mb}
+              "image_size_mb": image_size_mb, "guests": guests}
     engine.check(exp, _described(testbed), params)     # bad input: an error before anything is done
     tb = _testbed(testbed)
     problems = teardown(CLOUDS, tb)     # a new deployment replaces the previous one

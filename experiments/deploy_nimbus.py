@@ -2,7 +2,7 @@
 
 Rows, one per node and stage: reserve, deploy, ship (the cookbook bundle, by parallel scp
 to every node), configure (the node's converge), upload (the image into each repository),
-verify (boto3 DescribeImages); plus the frontend's `image` (guest image build, cached):
+verify (boto3 DescribeImages); plus the frontend's `image` (guest images built, cached):
   site, node, role (service|vmm|frontend), stage, start, end (epoch s), duration_s,
   outcome (ok|failed), error, changed (resources a converge changed), images (verify)
 The clouds outlive the run (their OAR jobs are kept; `invoke nimbus-destroy` ends them);
@@ -20,7 +20,7 @@ from g5kdeploy.nimbus import deploy
 from g5kdeploy.nimbus.config import PROPAGATION_MODES
 from g5kdeploy.results import Run, pyplot, save_figure
 from g5kdeploy.testbed import Testbed
-from g5kdeploy.vm import image as vm_image
+from g5kdeploy.vm import debian, image as vm_image
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Params:
     vmms_per_site: int | dict[str, int] = param(1, "VMM nodes per cloud (a number, or {site: number})")
     vmm_memory_mb: int = param(512, "guest memory each VMM offers")
     propagation: str = param("qcow", "default image propagation: " + ", ".join(PROPAGATION_MODES))
-    image: str = param(vm_image.NAME, "the image id registered in every cloud")
+    image: str = param(vm_image.NAME, "the id the busybox guest image is registered under in every cloud")
+    guests: list[str] = param(["debian"], "Debian guest images registered beside it: " + ", ".join(debian.ROLES))
     image_size_mb: int = param(32, "size of the guest disk image")
     payload: str | None = param(None, "a file to put in the guest image")
     walltime: str = param("2:00", "OAR walltime, H:MM")
@@ -56,13 +57,17 @@ class DeployNimbus(Experiment):
         if not p.sites or min(vmms(p, s) for s in p.sites) < 1:
             raise UserError("vmms_per_site must be at least 1 (a number, or {site: number}) and sites not empty")
         vm_image.check(p.image_size_mb, p.payload and Path(p.payload))
+        for g in p.guests:
+            debian.packages(g)
+        if p.image in p.guests:
+            raise UserError(f"image {p.image!r} is also a Debian guest's name: give the busybox image another")
 
     def main(self, run: Run, testbed: Testbed, p: Params) -> None:
         t0 = time.time()
         with reserved(run, testbed, self.request(p, testbed), p.walltime, self.job_name,
                       keep=True) as res:                                             # kept: the clouds stay
             clouds = deploy.build(run, testbed, res, t0, stage, p.vmm_memory_mb, p.propagation, p.image,
-                                  p.image_size_mb, p.payload and Path(p.payload), p.runner)
+                                  p.image_size_mb, p.payload and Path(p.payload), p.runner, guests=tuple(p.guests))
         deploy.write_clouds(deploy.CLOUDS, clouds)
 
     def summary(self, rows) -> list[str]:

@@ -2,6 +2,7 @@
 driving real QEMU guests through each propagation mode, contextualization checked from
 inside the guests, bad requests, and the deploy-nimbus task."""
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -81,7 +82,7 @@ def test_deployment_timeline(clouds, tmp_path):
     assert (rows.loc[rows.stage == "configure", "changed"] > 0).all()
     assert set(info) == {"rennes", "nancy"} and len(info["rennes"]["vmms"]) == 2
     for cloud in info.values():
-        assert deploy.verify(cloud) == ["debian"]
+        assert deploy.verify(cloud) == ["debian", "tiny"]
 
 
 def test_the_clouds_state_survives_a_redis_restart(clouds):
@@ -94,7 +95,7 @@ def test_the_clouds_state_survives_a_redis_restart(clouds):
                        f"{cli} get nimbus:restart-probe; {cli} del nimbus:restart-probe > /dev/null",
                        [cloud["service"]])[0]
         assert r.ok and r.stdout.split() == ["kept"], (r.stdout, r.stderr)     # appendonly: the write was kept
-        assert deploy.verify(cloud) == ["debian"]
+        assert deploy.verify(cloud) == ["debian", "tiny"]
 
 
 def test_the_clouds_redis_takes_only_local_clients_with_its_password(clouds):
@@ -142,7 +143,7 @@ def test_second_converge_changes_nothing(clouds):
 def test_two_guests_boot_and_are_contextualized(clouds, mode):
     tb, run, info = clouds
     ec2 = deploy.client(info["rennes"])
-    r = ec2.run_instances(ImageId="debian", MinCount=2, MaxCount=2, InstanceType="m1.small",
+    r = ec2.run_instances(ImageId="tiny", MinCount=2, MaxCount=2, InstanceType="m1.small",
                           UserData=USER_DATA,              # boto3 base64-encodes it
                           TagSpecifications=[{"ResourceType": "instance",
                                               "Tags": [{"Key": "propagation", "Value": mode}]}])
@@ -179,7 +180,7 @@ def test_bad_requests_leave_no_instance(clouds):
         return e.value.response["Error"]["Code"]
 
     assert code(ImageId="nope", MinCount=1, MaxCount=1) == "InvalidAMIID.NotFound"
-    assert code(ImageId="debian", MinCount=5, MaxCount=5) == "InsufficientInstanceCapacity"   # 512 MiB VMM
+    assert code(ImageId="tiny", MinCount=5, MaxCount=5) == "InsufficientInstanceCapacity"   # 512 MiB VMM
     bad = deploy.client({**info["nancy"], "secret_key": "wrong"})
     with pytest.raises(botocore.exceptions.ClientError) as e:
         bad.describe_images()
@@ -211,7 +212,7 @@ def test_readme_boto3_snippet_works_verbatim(clouds):
     snippet = re.search(r"this works verbatim:\n\n```python\n(.*?)```", readme, re.S)[1]
     r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "['debian']" in r.stdout and r.stdout.count(" reachable") == 4
+    assert "['debian', 'tiny']" in r.stdout and r.stdout.count(" reachable") == 4
 
 
 def test_interrupted_deploy_gives_its_nodes_back(clouds):
@@ -234,3 +235,55 @@ def test_interrupted_deploy_gives_its_nodes_back(clouds):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "interrupted" in err
     assert not set(tb.scheduler.jobs()) & new
+
+
+def ssh_into(address: str, key, command: str, timeout: float = 0) -> subprocess.CompletedProcess:
+    """`ssh -i key root@address command` from the frontend, as a user types it; retried for
+    up to `timeout` s while the guest's sshd is not up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                            "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{address}",
+                            command], capture_output=True, text=True, timeout=60)
+        if r.returncode != 255 or time.monotonic() > deadline:
+            return r
+        time.sleep(1)
+
+
+def test_a_debian_instance_takes_its_key_pair_and_keeps_its_ram_and_disk(clouds, tmp_path):
+    tb, run, info = clouds
+    ec2 = deploy.client(info["nancy"])
+    key = tmp_path / "mine.pem"
+    key.write_text(ec2.create_key_pair(KeyName="mine")["KeyMaterial"])
+    key.chmod(0o600)
+    [i] = [x["InstanceId"] for x in ec2.run_instances(ImageId="debian", MinCount=1, MaxCount=1, KeyName="mine",
+                                                       InstanceType="m1.small")["Instances"]]
+    try:
+        [guest] = wait_state(ec2, [i], timeout=240)
+        assert guest["State"]["Name"] == "running", guest.get("StateReason")
+        address = guest["PrivateIpAddress"]
+        r = ssh_into(address, key, "cat /etc/debian_version", timeout=60)
+        assert r.returncode == 0 and r.stdout.startswith("12."), r.stderr
+        other = tmp_path / "other"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        assert ssh_into(address, other, "true").returncode == 255         # only the key pair gets in
+        # stop/start: the guest's RAM is kept (a process lives on)
+        pid = ssh_into(address, key, "sleep 100000 > /dev/null 2>&1 & echo $!").stdout.strip()
+        assert ec2.stop_instances(InstanceIds=[i])["StoppingInstances"][0]["CurrentState"]["Name"] == "stopped"
+        assert ssh_into(address, key, "true").returncode == 255           # paused: nobody answers
+        ec2.start_instances(InstanceIds=[i])
+        assert wait_state(ec2, [i])[0]["State"]["Name"] == "running"
+        assert ssh_into(address, key, f"kill -0 {pid} && echo alive", timeout=30).stdout.strip() == "alive"
+        # reboot: a new boot on the same disk
+        boot = ssh_into(address, key, "echo kept > /root/marker && sync && cat /proc/sys/kernel/random/boot_id").stdout
+        ec2.reboot_instances(InstanceIds=[i])
+        deadline = time.monotonic() + 120
+        while (now := ssh_into(address, key, "cat /proc/sys/kernel/random/boot_id", timeout=5).stdout) in ("", boot) \
+                and time.monotonic() < deadline:
+            time.sleep(1)
+        assert now and now != boot
+        assert ssh_into(address, key, "cat /root/marker").stdout.strip() == "kept"
+    finally:
+        ec2.terminate_instances(InstanceIds=[i])
+        ec2.delete_key_pair(KeyName="mine")
+    assert wait_state(ec2, [i])[0]["State"]["Name"] == "terminated"

@@ -19,7 +19,7 @@ from g5kdeploy.files import write_atomic
 from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus.config import API_PORT, BROKER_PORT, CHAIN_PORT, LIB
 from g5kdeploy.testbed.model import Node, NodeSet, heads
-from g5kdeploy.vm import image as vm_image
+from g5kdeploy.vm import debian, image as vm_image
 from g5kdeploy.vm.image import GuestImage
 
 REPOSITORY = str(LIB / "repository")
@@ -119,12 +119,14 @@ def configure(plans: list[CloudPlan], image: GuestImage, home: Path, vmm_memory_
                           runner, logdir, secrets={p.service: {"nimbus_id": keys[p.site]} for p in plans})
 
 
-def upload_image(plans: list[CloudPlan], image: GuestImage, name: str) -> remote.Results:
-    """Register the guest disk as image `name` in every cloud's repository."""
+def upload_images(plans: list[CloudPlan], disks: dict[str, Path]) -> remote.Results:
+    """Register each guest disk (image id -> raw disk) in every cloud's repository."""
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-image-") as tmp:
-        link = Path(tmp) / f"{name}.img"
-        link.symlink_to(image.disk)
-        return remote.put([link], [p.service for p in plans], REPOSITORY)
+        links = []
+        for name, disk in disks.items():
+            links.append(Path(tmp) / f"{name}.img")
+            links[-1].symlink_to(disk)
+        return remote.put(links, [p.service for p in plans], REPOSITORY)
 
 
 def client(cloud: dict):
@@ -190,10 +192,12 @@ def teardown(path: Path, testbed) -> list[str]:
 
 def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512, propagation: str = "qcow",
           image: str = vm_image.NAME, image_size_mb: int = 32, payload: Path | None = None, runner: str = "itamae",
-          shares: tuple[str, ...] = (), **columns) -> dict:
+          shares: tuple[str, ...] = (), guests: tuple[str, ...] = (), **columns) -> dict:
     """Deploy, converge and check one cloud per site of the reservation, into the run's rows
     (with `columns` added), each step in `stage` (the engine's: this layer is below it);
-    the clouds' client information. Also writes the run's clouds.json (without secrets)."""
+    the clouds' client information. Every cloud gets the busybox guest as `image` and the
+    Debian `guests` (vm.debian roles) under their own names. Also writes the run's
+    clouds.json (without secrets)."""
     plans = plan(res.nodes, testbed.description)
     rows = Rows(run, plans, columns)
     rows.add_all(res.nodes, "reserve", reserved_at, time.time())
@@ -206,6 +210,7 @@ def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512
     with stage(run, "configure"):
         t = time.time()
         guest = vm_image.build(size_mb=int(image_size_mb), payload=payload and Path(payload))
+        disks = {image: guest.disk, **{g: debian.build(g) for g in guests}}
         rows.add("frontend", "image", t, time.time(), True)
         converged = configure(plans, guest, CLOUDS.parent, int(vmm_memory_mb), propagation, runner, run.dir / "logs",
                               shares)
@@ -214,7 +219,7 @@ def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512
             if c.shipped:
                 rows.add(c.host, "configure", c.start, c.end, c.ok, c.error, changed=c.changed)
         t = time.time()
-        for r in upload_image(plans, guest, image):
+        for r in upload_images(plans, disks):
             rows.add(r.host, "upload", t, t + r.duration_s, r.ok, r.error)
     rows.fail_if("configuration")
     clouds = {p.site: p.client_info(res.jobs) for p in plans}
@@ -222,7 +227,7 @@ def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512
         for p in plans:
             t = time.time()
             images = verify(clouds[p.site])
-            rows.add(p.service.hostname, "verify", t, time.time(), image in images, images=",".join(images))
+            rows.add(p.service.hostname, "verify", t, time.time(), set(disks) <= set(images), images=",".join(images))
     rows.fail_if("verification")
     write_atomic(run.dir / "clouds.json", json.dumps(
         {s: {k: v for k, v in c.items() if k != "secret_key"} for s, c in clouds.items()}, indent=2))

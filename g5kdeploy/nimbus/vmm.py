@@ -68,8 +68,11 @@ CONTROLS = {"pause": "stop", "resume": "cont", "reset": "system_reset"}    # -> 
 
 def control(instance: str, action: str) -> dict:
     """Pause (StopInstances: RAM and disk kept), resume (StartInstances) or reset
-    (RebootInstances) a guest, through its QMP socket."""
+    (RebootInstances) a guest, through its QMP socket. A reset guest reboots from then on
+    when it asks to (QEMU runs with -no-reboot, which would make a reset an exit)."""
     with qemu.QMP(Guest.load(instance).qmp_path) as q:
+        if action == "reset":
+            q.execute("set-action", reboot="reset")
         q.execute(CONTROLS[action])
         return {"id": instance, "status": q.execute("query-status")["status"]}
 

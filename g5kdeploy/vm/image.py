@@ -1,6 +1,7 @@
-"""Build the guest image from Debian packages, nothing downloaded at run time but them:
-an uncompressed kernel (PVH entry: faster boot), an initramfs that mounts the guest disk,
-and an ext4 disk image of a chosen size with busybox, the guest agent and a payload."""
+"""Build the `tiny` guest image from Debian packages, nothing downloaded at run time but
+them: an uncompressed kernel (PVH entry: faster boot), an initramfs that mounts the guest
+disk (the Debian images of vm.debian boot on the same two), and an ext4 disk image of a
+chosen size with busybox, the guest agent as init and a payload."""
 from __future__ import annotations
 
 import glob
@@ -26,7 +27,7 @@ BUSYBOX_PACKAGE = "busybox-static"
 MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "9p", "9pnet_virtio")
 GUEST = resources.files(__package__).joinpath("guest")
 CACHE = HOME / "cache"                                          # debs/ and images/
-NAME = "debian"                                                 # the id clouds register it under
+NAME = "tiny"                                                   # the id clouds register it under
 FORMAT = 3                                                      # bump when the layout changes
 
 
@@ -46,7 +47,7 @@ class GuestImage:
         return {k: str(v) for k, v in asdict(self).items()}
 
 
-def _sh(*cmd, cwd=None) -> str:
+def sh(*cmd, cwd=None) -> str:
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if p.returncode != 0:
         raise ImageError(f"{' '.join(map(str, cmd))}: {p.stderr.strip()[-300:]}")
@@ -54,7 +55,7 @@ def _sh(*cmd, cwd=None) -> str:
 
 
 def _latest_kernel_package() -> str:
-    names = _sh("apt-cache", "search", "--names-only", "^" + KERNEL_PACKAGE.replace("*", "[0-9]+") + "$").split()
+    names = sh("apt-cache", "search", "--names-only", "^" + KERNEL_PACKAGE.replace("*", "[0-9]+") + "$").split()
     names = sorted({n for n in names if n.startswith("linux-image-")}, key=lambda n: int(n.split("-")[3]))
     if not names:
         raise ImageError(f"no {KERNEL_PACKAGE} package known to apt: run apt-get update")
@@ -65,7 +66,7 @@ def boot_files(image: GuestImage, workdir: Path) -> dict[str, Path]:
     """What VMM nodes need to boot guests (the g5kdeploy::qemu recipe installs it):
     bundle file name -> path; SHA256SUMS is written into workdir."""
     sums = Path(workdir) / "SHA256SUMS"
-    sums.write_text(_sh("sha256sum", str(image.kernel_gz), str(image.initrd)))
+    sums.write_text(sh("sha256sum", str(image.kernel_gz), str(image.initrd)))
     return {"boot/vmlinux.gz": image.kernel_gz, "boot/initrd.cpio.gz": image.initrd, "boot/SHA256SUMS": sums}
 
 
@@ -75,7 +76,7 @@ def fetch_packages(cache: Path) -> dict[str, Path]:
     debs.mkdir(parents=True, exist_ok=True)
     found = {"kernel": sorted(debs.glob("linux-image-*.deb")), "busybox": sorted(debs.glob("busybox-static_*.deb"))}
     if not found["kernel"] or not found["busybox"]:
-        _sh("apt-get", "download", _latest_kernel_package(), BUSYBOX_PACKAGE, cwd=debs)
+        sh("apt-get", "download", _latest_kernel_package(), BUSYBOX_PACKAGE, cwd=debs)
         return fetch_packages(cache)
     return {k: v[-1] for k, v in found.items()}
 
@@ -111,7 +112,7 @@ def module_order(moddir: Path, wanted=MODULES) -> list[Path]:
 def _busybox_tree(root: Path, busybox: Path) -> None:
     (root / "bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, root / "bin/busybox")
-    applets = _sh(str(busybox), "--list").split()
+    applets = sh(str(busybox), "--list").split()
     for a in applets:
         if a != "busybox" and not (root / "bin" / a).exists():
             (root / "bin" / a).symlink_to("busybox")
@@ -124,7 +125,7 @@ def _busybox_tree(root: Path, busybox: Path) -> None:
 
 
 def _cpio(root: Path, out: Path, busybox: Path) -> None:
-    files = _sh("find", ".", cwd=root)
+    files = sh("find", ".", cwd=root)
     p = subprocess.run([str(busybox), "cpio", "-o", "-H", "newc"], cwd=root, input=files.encode(),
                        capture_output=True)
     if p.returncode != 0:
@@ -184,7 +185,7 @@ def build(cache: Path = CACHE, size_mb: int = 32, payload: Path | None = None) -
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-image-") as tmp:
         tmp = Path(tmp)
         for name, deb in debs.items():
-            _sh("dpkg-deb", "-x", str(deb), str(tmp / name))
+            sh("dpkg-deb", "-x", str(deb), str(tmp / name))
         busybox = tmp / "busybox/bin/busybox"
         work = tmp / "out"
         work.mkdir()
@@ -202,7 +203,7 @@ def build(cache: Path = CACHE, size_mb: int = 32, payload: Path | None = None) -
         for name, target in (("initramfs-init", "init"), ("workload", "workload")):
             (initramfs / target).write_bytes(GUEST.joinpath(name).read_bytes())
             (initramfs / target).chmod(0o755)
-        _sh("mknod", str(initramfs / "dev/console"), "c", "5", "1")
+        sh("mknod", str(initramfs / "dev/console"), "c", "5", "1")
         _cpio(initramfs, work / "initrd.cpio.gz", busybox)
         # disk: busybox userland, the agent as /sbin/init (sbin -> bin), the payload in /data
         root = tmp / "root"
@@ -215,7 +216,7 @@ def build(cache: Path = CACHE, size_mb: int = 32, payload: Path | None = None) -
             src = Path(payload)
             dst = root / "data"
             shutil.copytree(src, dst) if src.is_dir() else (dst.mkdir(), shutil.copy2(src, dst / src.name))
-        _sh("mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "g5kguest", "-d", str(root),
+        sh("mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-L", "g5kguest", "-d", str(root),
             str(work / "disk.img"), f"{size_mb}M")
         (work / "manifest.json").write_text(json.dumps({**image.manifest(), "debs": {k: v.name for k, v in debs.items()}}))
         out.parent.mkdir(parents=True, exist_ok=True)
