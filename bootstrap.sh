@@ -9,7 +9,8 @@ PACKAGES=(openssh-server openssh-client taktuk netcat-traditional iproute2 iputi
           util-linux postgresql oar-server oar-server-pgsql oar-user oar-user-pgsql oar-node
           libjson-perl libyaml-perl
           itamae qemu-system-x86 qemu-utils redis-server python3-redis e2fsprogs xz-utils
-          ncbi-blast+ python3-distributed sudo)
+          ncbi-blast+ python3-distributed sudo mmdebstrap python3-cryptography
+          swift swift-proxy swift-object swift-container swift-account)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -259,7 +259,7 @@ def deploy_nimbus(c, sites="rennes,nancy", vmms_per_site=1, testbed="local", pro
                   guests="debian"):
     """Reserve nodes, deploy them, configure one Nimbus-style cloud per site in parallel."""
     from g5kdeploy import engine
-    from g5kdeploy.nimbus.deploy import CLOUDS, teardown
+    from g5kdeploy.nimbus.deploy import AWS_CONFIG, CLOUDS, teardown
     exp = engine.load_experiment("deploy-nimbus")
     params = {"sites": sites, "vmms_per_site": vmms_per_site, "propagation": propagation,
               "image_size_mb": image_size_mb, "guests": guests}
@@ -272,8 +272,11 @@ def deploy_nimbus(c, sites="rennes,nancy", vmms_per_site=1, testbed="local", pro
     from g5kdeploy.results import load
     print("\n".join(exp.summary(load(run.dir))))
     for site, cloud in json.loads(CLOUDS.read_text()).items():
-        print(f"{site:8} {cloud['endpoint']}  service {cloud['service']}  VMMs {', '.join(cloud['vmms'])}")
+        print(f"{site:8} EC2 {cloud['endpoint']}  S3 {cloud['s3_endpoint']}  service {cloud['service']}  "
+              f"VMMs {', '.join(cloud['vmms'])}")
     print(f"credentials: {CLOUDS}")
+    print(f"AWS CLI: export AWS_CONFIG_FILE={AWS_CONFIG}; aws --profile {site} ec2 describe-images  "
+          f"(one profile per cloud: {', '.join(json.loads(CLOUDS.read_text()))})")
     print(f"results: {run.dir}")
 
 

@@ -287,3 +287,73 @@ def test_a_debian_instance_takes_its_key_pair_and_keeps_its_ram_and_disk(clouds,
         ec2.terminate_instances(InstanceIds=[i])
         ec2.delete_key_pair(KeyName="mine")
     assert wait_state(ec2, [i])[0]["State"]["Name"] == "terminated"
+
+
+def aws(*args: str) -> subprocess.CompletedProcess:
+    """The AWS CLI with the profiles deploy-nimbus wrote (AWS_CONFIG_FILE), as a user runs it."""
+    import os
+    import sys
+    from pathlib import Path
+    return subprocess.run([str(Path(sys.executable).parent / "aws"), *args], capture_output=True, text=True,
+                          env={**os.environ, "AWS_CONFIG_FILE": str(deploy.AWS_CONFIG)}, timeout=120)
+
+
+def test_cumulus_serves_s3_to_the_aws_cli_and_boto3(clouds, tmp_path):
+    import random
+    tb, run, info = clouds
+    s3 = deploy.s3_client(info["nancy"])
+    blob = tmp_path / "blob"
+    blob.write_bytes(data := random.Random(1).randbytes(20 << 20))           # multipart: 8 MiB parts
+    assert aws("--profile", "nancy", "s3", "mb", "s3://store").returncode == 0
+    r = aws("--profile", "nancy", "s3", "cp", str(blob), "s3://store/blob")
+    assert r.returncode == 0, r.stderr
+    head = s3.head_object(Bucket="store", Key="blob")
+    assert head["ContentLength"] == len(data) and head["ETag"].endswith('-3"')     # 3 parts
+    assert s3.get_object(Bucket="store", Key="blob", Range="bytes=1000-1999")["Body"].read() == data[1000:2000]
+    assert s3.get_object(Bucket="store", Key="blob", Range="bytes=-10")["Body"].read() == data[-10:]
+    for n in range(5):
+        s3.put_object(Bucket="store", Key=f"small/{n}", Body=str(n).encode())
+    pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket="store", Prefix="small/",
+                                                               PaginationConfig={"PageSize": 2}))
+    assert len(pages) == 3 and [o["Key"] for p in pages for o in p["Contents"]] == [f"small/{n}" for n in range(5)]
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "store", "Key": "small/3"}, ExpiresIn=60)
+    assert urllib.request.urlopen(url).read() == b"3"
+    with pytest.raises(urllib.error.HTTPError):                                    # unsigned: refused
+        urllib.request.urlopen(f"{info['nancy']['s3_endpoint']}/store/small/3")
+    wrong = deploy.s3_client({**info["nancy"], "secret_key": "wrong"})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        wrong.get_object(Bucket="store", Key="small/3")
+    assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    rennes = deploy.s3_client({**info["nancy"], "access_key": info["rennes"]["access_key"],
+                               "secret_key": info["rennes"]["secret_key"]})
+    with pytest.raises(botocore.exceptions.ClientError):                           # another cloud's key
+        rennes.get_object(Bucket="store", Key="small/3")
+    assert aws("--profile", "nancy", "s3", "rm", "--recursive", "s3://store").returncode == 0
+    assert aws("--profile", "nancy", "s3", "rb", "s3://store").returncode == 0
+
+
+def test_an_image_uploaded_to_cumulus_is_registered_and_boots(clouds):
+    tb, run, info = clouds
+    ec2 = deploy.client(info["nancy"])
+    disk = vm_image.build(size_mb=deploy_nimbus.Params().image_size_mb).disk
+    assert aws("--profile", "nancy", "s3", "mb", "s3://images").returncode == 0
+    assert aws("--profile", "nancy", "s3", "cp", str(disk), "s3://images/mine.img").returncode == 0
+    r = aws("--profile", "nancy", "ec2", "register-image", "--name", "mine", "--image-location", "images/mine.img")
+    assert r.returncode == 0, r.stderr
+    image = json.loads(r.stdout)["ImageId"]
+    ec2.get_waiter("image_available").wait(ImageIds=[image], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.register_image(Name="other", ImageLocation="images/nothing.img")
+    assert e.value.response["Error"]["Code"] == "InvalidParameterValue"
+    [i] = [x["InstanceId"] for x in ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"]]
+    try:
+        [guest] = wait_state(ec2, [i])
+        assert guest["State"]["Name"] == "running" and guest["ImageId"] == image, guest.get("StateReason")
+        assert fetch(guest["PrivateIpAddress"], "ctx").startswith(f"self {i} ")
+    finally:
+        ec2.terminate_instances(InstanceIds=[i])
+    ec2.deregister_image(ImageId=image)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.describe_images(ImageIds=[image])
+    assert e.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
+    aws("--profile", "nancy", "s3", "rm", "--recursive", "s3://images")

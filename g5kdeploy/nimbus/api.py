@@ -2,7 +2,7 @@
 `python3 -m g5kdeploy.nimbus.api [/etc/nimbus/cloud.json]`. boto3's ec2 client and the AWS
 CLI work against it unchanged (Signature Version 4 or 2): instances (Run, Describe with
 filters and pages, Terminate, Reboot, Stop/Start keeping RAM and disk, DescribeInstanceStatus),
-images (Describe), key pairs (Create, Import, Describe, Delete), tags (Create, Delete,
+images (Describe, Register from Cumulus, Deregister), key pairs (Create, Import, Describe, Delete), tags (Create, Delete,
 Describe, TagSpecifications), regions (one per cloud of the federation) and zones."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from g5kdeploy import on_node
-from g5kdeploy.nimbus import ec2, keypairs, propagation, signature, ssh, web
+from g5kdeploy.nimbus import cumulus_client, ec2, keypairs, propagation, signature, ssh, web
 from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
 from g5kdeploy.nimbus.ec2 import EC2Error
 from g5kdeploy.nimbus.store import Store
@@ -68,25 +68,87 @@ class Service:
             self._digests[key] = propagation.sha256_file(path)
         return self._digests[key]
 
+    def _image_ids(self) -> list[str]:
+        """Images launchable (in the repository) or on their way there (registered)."""
+        registered = {i for i, r in self.store.records("images").items() if r.get("state")}   # not tags only
+        return sorted(set(self.images()) | registered)
+
     def describe_images(self, p: dict) -> dict:
-        images = self.images()
-        wanted = ec2.members(p, "ImageId") or list(images)
-        if unknown := [i for i in wanted if i not in images]:
+        files, records = self.images(), self.store.records("images")
+        known = self._image_ids()
+        wanted = ec2.members(p, "ImageId") or known
+        if unknown := [i for i in wanted if i not in known]:
             raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{', '.join(unknown)}]' does not exist")
         chosen = ec2.filters(p, IMAGE_FILTERS)
         out = []
         for i in wanted:
-            x = {"imageId": i, "imageLocation": f"{self.cloud.site}/{i}", "imageState": "available",
+            r = records.get(i, {})
+            state = "available" if i in files else r.get("state", "failed")
+            x = {"imageId": i, "imageLocation": r.get("location", f"{self.cloud.site}/{i}"), "imageState": state,
                  "imageOwnerId": "g5kdeploy", "isPublic": True, "architecture": "x86_64", "imageType": "machine",
-                 "name": i, "rootDeviceType": "instance-store", "virtualizationType": "hvm",
-                 "description": f"{images[i].stat().st_size} bytes"}
-            fields = {"image-id": [i], "name": [i], "state": ["available"], "architecture": ["x86_64"],
+                 "name": r.get("name", i), "rootDeviceType": "instance-store", "virtualizationType": "hvm",
+                 "description": r.get("description") or (f"{files[i].stat().st_size} bytes" if i in files else ""),
+                 "stateReason": {"code": "Client.InvalidImage", "message": r["error"]} if r.get("error") else None}
+            fields = {"image-id": [i], "name": [x["name"]], "state": [state], "architecture": ["x86_64"],
                       "image-type": ["machine"], "is-public": ["true"], "owner-id": ["g5kdeploy"],
                       "root-device-type": ["instance-store"], "virtualization-type": ["hvm"]}
-            tags = self._tags_of(i)
+            tags = r.get("tags", {})
             if ec2.selected(fields, tags, chosen):
                 out.append({**x, "tagSet": ec2.tag_set(tags)})
         return {"imagesSet": out}
+
+    def register_image(self, p: dict) -> dict:
+        """An image whose raw disk is an object of this cloud's Cumulus (ImageLocation
+        bucket/key): pending while the repository fetches it, then available."""
+        name, location = p.get("Name", ""), p.get("ImageLocation", "")
+        if not name:
+            raise EC2Error("MissingParameter", "The request must contain the parameter Name")
+        bucket, _, key = location.partition("/")
+        if not bucket or not key:
+            raise EC2Error("InvalidParameterValue", f"ImageLocation {location!r}: give bucket/key of an object "
+                                                    "uploaded to this cloud's Cumulus (S3)")
+        records = self.store.records("images")
+        if name in self.images() or any(r.get("name") == name for r in records.values()):
+            raise EC2Error("InvalidAMIName.Duplicate", f"AMI name {name} is already in use")
+        try:
+            size = cumulus_client.head(self.cloud, bucket, key)
+        except cumulus_client.NotFound:
+            raise EC2Error("InvalidParameterValue", f"ImageLocation {location!r}: no such object in Cumulus "
+                                                    f"(upload it first, e.g. aws s3 cp disk.img s3://{bucket}/{key})"
+                           ) from None
+        self._dry_run(p)
+        image = new_id("ami")
+        self.store.put_record("images", image, {"name": name, "location": location, "state": "pending",
+                                                "description": p.get("Description", ""), "size": size,
+                                                "tags": ec2.tags(p, "image")})
+        self.launcher.submit(self._fetch_image, image, bucket, key)
+        return {"imageId": image}
+
+    def _fetch_image(self, image: str, bucket: str, key: str) -> None:
+        """Cumulus -> repository/<image>.img (whole, then renamed: never half an image)."""
+        final = Path(self.cloud.repository) / f"{image}.img"
+        part = final.with_suffix(".img.part")
+        try:
+            cumulus_client.download(self.cloud, bucket, key, part)
+            part.replace(final)
+            changes = {"state": "available"}
+        except Exception as e:
+            log.exception("fetching %s/%s", bucket, key)
+            part.unlink(missing_ok=True)
+            changes = {"state": "failed", "error": f"fetching {bucket}/{key} from Cumulus: {e}"}
+        if record := self.store.record("images", image):
+            self.store.put_record("images", image, {**record, **changes})
+        else:                                   # deregistered meanwhile
+            final.unlink(missing_ok=True)
+
+    def deregister_image(self, p: dict) -> dict:
+        image = p.get("ImageId", "")
+        if image not in self._image_ids():
+            raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{image}]' does not exist")
+        self._dry_run(p)
+        self.store.delete_record("images", image)
+        (Path(self.cloud.repository) / f"{image}.img").unlink(missing_ok=True)
+        return {"return": True}
 
     # scheduling ---------------------------------------------------------------------------
     def _place(self, count: int, memory: int) -> list[tuple[str, str]]:
@@ -412,7 +474,7 @@ class Service:
         resources = ec2.members(p, "ResourceId")
         if not resources:
             raise EC2Error("MissingParameter", "The request must contain the parameter ResourceId")
-        images, keys = self.images(), self.store.records("keys")
+        images, keys = set(self._image_ids()), self.store.records("keys")
         instances = [r for r in resources if r.startswith("i-")]
         if instances:
             self._selected({f"InstanceId.{n}": r for n, r in enumerate(instances, 1)})   # each must exist
@@ -447,7 +509,7 @@ class Service:
     def describe_tags(self, p: dict) -> dict:
         chosen = ec2.filters(p, TAG_FILTERS)
         every = [(i["id"], "instance", i.get("tags", {})) for i in self._selected({})]
-        every += [(image, "image", self._tags_of(image)) for image in self.images()]
+        every += [(image, "image", self._tags_of(image)) for image in self._image_ids()]
         every += [(k["id"], "key-pair", k["tags"]) for k in self.store.records("keys").values()]
         out = [{"resourceId": r, "resourceType": kind, "key": k, "value": v}
                for r, kind, tags in every for k, v in sorted(tags.items())
@@ -486,7 +548,8 @@ class Service:
                "CreateKeyPair": create_key_pair, "ImportKeyPair": import_key_pair,
                "DescribeKeyPairs": describe_key_pairs, "DeleteKeyPair": delete_key_pair,
                "CreateTags": create_tags, "DeleteTags": delete_tags, "DescribeTags": describe_tags,
-               "DescribeRegions": describe_regions, "DescribeAvailabilityZones": describe_availability_zones}
+               "DescribeRegions": describe_regions, "DescribeAvailabilityZones": describe_availability_zones,
+               "RegisterImage": register_image, "DeregisterImage": deregister_image}
 
     def handle(self, method: str, path: str, query: str, headers: dict, body: bytes) -> tuple[int, bytes]:
         try:

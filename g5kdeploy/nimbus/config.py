@@ -13,6 +13,7 @@ INSTANCE_TYPES = {"m1.tiny": 96, "m1.small": 128, "m1.medium": 256, "m1.large": 
 API_PORT = 8773                 # every cloud's EC2 API, on its service node
 BROKER_PORT = 8774              # its context broker
 CHAIN_PORT = 8790               # the VMMs' chain daemons (nimbus.chain)
+CUMULUS_PORT = 8888             # Cumulus's S3 endpoint, on the service node (Nimbus's own default)
 LIB = Path("/var/lib/nimbus")   # on service and VMM nodes: repository/, boot/, cache/, incoming/, vms/
 
 
@@ -49,6 +50,13 @@ class Cloud:
     chain_token: str = ""
     shares: tuple[str, ...] = ()          # VMM directories guests may mount read-only (tag share)
     regions: dict[str, str] = field(default_factory=dict)   # the federation's clouds: region -> endpoint
+    cumulus_port: int = CUMULUS_PORT
+    cumulus_hash: str = ""                # Swift's hash path prefix + suffix (64 hex), the cloud's own
+
+    @property
+    def cumulus(self) -> str:
+        """Cumulus's S3 endpoint, as the API on the same node reaches it."""
+        return f"http://127.0.0.1:{self.cumulus_port}"
 
     @classmethod
     def load(cls, path: Path = CONFIG) -> "Cloud":

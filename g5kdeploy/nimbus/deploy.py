@@ -17,13 +17,14 @@ from pathlib import Path
 from g5kdeploy import HOME, chef, remote, work_dir
 from g5kdeploy.files import write_atomic
 from g5kdeploy.errors import UserError
-from g5kdeploy.nimbus.config import API_PORT, BROKER_PORT, CHAIN_PORT, LIB
+from g5kdeploy.nimbus.config import API_PORT, BROKER_PORT, CHAIN_PORT, CUMULUS_PORT, LIB
 from g5kdeploy.testbed.model import Node, NodeSet, heads
 from g5kdeploy.vm import debian, image as vm_image
 from g5kdeploy.vm.image import GuestImage
 
 REPOSITORY = str(LIB / "repository")
 CLOUDS = HOME / "nimbus" / "clouds.json"      # endpoints and credentials of the clouds up
+AWS_CONFIG = HOME / "nimbus" / "aws-config"   # the same, as AWS CLI profiles (one per cloud)
 
 
 @dataclass
@@ -55,8 +56,13 @@ class CloudPlan:
     def endpoint(self) -> str:
         return f"http://{self.service.address}:{API_PORT}"
 
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.service.address}:{CUMULUS_PORT}"
+
     def client_info(self, jobs: dict[str, int]) -> dict:
-        return {"endpoint": self.endpoint, "region": self.site, "access_key": self.access_key,
+        return {"endpoint": self.endpoint, "s3_endpoint": self.s3_endpoint, "region": self.site,
+                "access_key": self.access_key,
                 "secret_key": self.secret_key, "service": self.service.hostname,
                 "vmms": [v.hostname for v in self.vmms], "oar_job": jobs.get(self.site)}
 
@@ -90,7 +96,8 @@ def assignments(plans: list[CloudPlan], vmm_memory_mb: int, propagation: str, ke
                        "api_port": API_PORT, "broker_port": BROKER_PORT, "chain_port": CHAIN_PORT,
                        "prefix": p.prefix, "gateway": p.gateway, "propagation": propagation,
                        "chain_token": p.chain_token, "authorized_key": authorized, "shares": list(shares),
-                       "regions": regions,
+                       "regions": regions, "cumulus_port": CUMULUS_PORT,
+                       "cumulus_hash": p.derived("cumulus"),
                        "vmms": [{"host": v.hostname, "memory_mb": vmm_memory_mb, "cpus": 1} for v in p.vmms]}})
         for v in p.vmms:
             out[v] = ("nimbus-vmm", {"g5kdeploy": {"address": v.address},
@@ -136,6 +143,15 @@ def client(cloud: dict):
                         aws_access_key_id=cloud["access_key"], aws_secret_access_key=cloud["secret_key"])
 
 
+def s3_client(cloud: dict):
+    """A boto3 S3 client for one cloud's Cumulus (path-style addressing)."""
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=cloud["s3_endpoint"], region_name=cloud["region"],
+                        aws_access_key_id=cloud["access_key"], aws_secret_access_key=cloud["secret_key"],
+                        config=Config(s3={"addressing_style": "path"}))
+
+
 def verify(cloud: dict, timeout: float = 30) -> list[str]:
     """The cloud's image ids, once its API answers a signed DescribeImages."""
     import botocore.exceptions
@@ -149,10 +165,21 @@ def verify(cloud: dict, timeout: float = 30) -> list[str]:
             time.sleep(0.3)
 
 
+def aws_profile(site: str, cloud: dict) -> str:
+    """An AWS CLI / SDK profile for one cloud: its EC2 API and its Cumulus (S3, path-style)."""
+    return (f"[profile {site}]\nregion = {cloud['region']}\naws_access_key_id = {cloud['access_key']}\n"
+            f"aws_secret_access_key = {cloud['secret_key']}\nservices = {site}-endpoints\n"
+            "s3 =\n    addressing_style = path\n"
+            f"[services {site}-endpoints]\nec2 =\n    endpoint_url = {cloud['endpoint']}\n"
+            f"s3 =\n    endpoint_url = {cloud['s3_endpoint']}\n")
+
+
 def write_clouds(path: Path, clouds: dict[str, dict]) -> Path:
-    """The clouds file (with their credentials): root's alone, replaced whole."""
+    """The clouds file (with their credentials), and AWS_CONFIG beside it: root's alone,
+    each replaced whole."""
     work_dir(path.parent)
     write_atomic(path, json.dumps(clouds, indent=2), 0o600)
+    write_atomic(path.with_name(AWS_CONFIG.name), "\n".join(aws_profile(s, c) for s, c in clouds.items()), 0o600)
     return path
 
 
@@ -179,6 +206,7 @@ def teardown(path: Path, testbed) -> list[str]:
     if not path.exists():
         return []
     clouds = json.loads(path.read_text())
+    path.with_name(AWS_CONFIG.name).unlink(missing_ok=True)
     problems = [f"{site}: {e}" for site, cloud in clouds.items() if (e := terminate_all(cloud))]
     jobs = {s: c["oar_job"] for s, c in clouds.items() if c.get("oar_job")}
     if jobs:

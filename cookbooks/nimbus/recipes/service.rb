@@ -1,8 +1,9 @@
-# The cloud service node: EC2 API + scheduler, image repository, context broker.
+# The cloud service node: EC2 API + scheduler, image repository, context broker, and
+# Cumulus (Swift with s3api: the S3 store; g5kdeploy.nimbus.cumulus writes its configuration).
 include_recipe "nimbus::ssh"
 
-package "taktuk"
-package "openssh-client"
+%w(taktuk openssh-client python3-cryptography swift swift-proxy swift-object swift-container
+   swift-account).each { |p| package p }
 
 directory "/etc/nimbus" do
   mode "755"
@@ -17,9 +18,10 @@ template "/etc/nimbus/cloud.json" do
   mode "600"
   notifies :run, "execute[restart nimbus-api]"
   notifies :run, "execute[restart nimbus-broker]"
+  notifies :run, "execute[restart nimbus-cumulus]"
 end
 
-%w(api broker).each do |role|
+%w(api broker cumulus).each do |role|
   template "/etc/init.d/nimbus-#{role}" do
     source "nimbus-daemon.erb"
     mode "755"
