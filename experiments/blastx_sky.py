@@ -294,7 +294,8 @@ def platform_nodes(run: Run, testbed: Testbed, res, first: str, workers_on: str,
     _deploy(run, testbed, [master])
     cloud_nodes = NodeSet([n for ns in rest.values() for n in ns])
     clouds = clouds_api.build(run, testbed, dataclasses.replace(res, nodes=cloud_nodes), time.time(), stage,
-                              vmm_memory_mb=INSTANCE_TYPES[instance_type], shares=sky.SHARES, level="cloud")
+                              vmm_memory_mb=INSTANCE_TYPES[instance_type], shares=sky.SHARES, guests=(sky.IMAGE,),
+                              level="cloud")
     vmms = {h for c in clouds.values() for h in c["vmms"]}
     return master, [n for n in cloud_nodes if n.hostname in vmms], Workers(clouds=clouds, instance_type=instance_type)
 

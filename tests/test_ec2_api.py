@@ -308,3 +308,13 @@ def test_signature_version_2_wants_a_fresh_timestamp():
         signature.verify("POST", "/", "", {"Host": "198.19.1.1:8773"}, body, {KEY: SECRET}, "rennes", now=later)
     with pytest.raises(signature.SignatureError, match="does not match"):
         signature.verify("POST", "/", "", {"Host": "198.19.9.9:8773"}, body, {KEY: SECRET}, "rennes")
+
+
+def test_register_image_is_refused_in_one_line_when_it_cannot_be_met(cloud):
+    ec2 = client(cloud, retries={"max_attempts": 1})
+    assert error_code(lambda: ec2.register_image(Name="mine", ImageLocation="nobucket")) == "InvalidParameterValue"
+    assert error_code(lambda: ec2.register_image(Name="debian", ImageLocation="b/k")) == "InvalidAMIName.Duplicate"
+    assert error_code(lambda: ec2.register_image(Name="mine", ImageLocation="b/k")) == "Unavailable"   # no Cumulus here
+    assert error_code(lambda: ec2.deregister_image(ImageId="ami-0123456789abcdef0")) == "InvalidAMIID.NotFound"
+    assert [i["ImageId"] for i in ec2.describe_images()["Images"]] == ["debian", "tiny"]
+    check_shapes(cloud)

@@ -357,3 +357,25 @@ def test_an_image_uploaded_to_cumulus_is_registered_and_boots(clouds):
         ec2.describe_images(ImageIds=[image])
     assert e.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
     aws("--profile", "nancy", "s3", "rm", "--recursive", "s3://images")
+
+
+def test_readme_aws_cli_block_works_verbatim(clouds, tmp_path):
+    import re
+    from conftest import ROOT
+    block = re.search(r"also runs verbatim in the tests\):\n\n```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[1]
+    script = tmp_path / "readme.sh"
+    script.write_text(f"cd {ROOT}\n{block}")
+    tb, run, info = clouds
+    try:
+        r = subprocess.run(["timeout", "400", "bash", "-euo", "pipefail", str(script)], capture_output=True, text=True,
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert re.search(r"^12\.\d+$", r.stdout, re.M), r.stdout
+    finally:
+        ec2 = deploy.client(info["rennes"])
+        ec2.delete_key_pair(KeyName="mine")
+        (ROOT / "mine.pem").unlink(missing_ok=True)
+        for i in ec2.describe_images(Filters=[{"Name": "name", "Values": ["my-disk"]}])["Images"]:
+            ec2.deregister_image(ImageId=i["ImageId"])
+        aws("--profile", "rennes", "s3", "rm", "--recursive", "s3://images")
+        aws("--profile", "rennes", "s3", "rb", "s3://images")

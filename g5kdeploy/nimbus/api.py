@@ -10,7 +10,6 @@ import base64
 import binascii
 import json
 import logging
-import secrets
 import shlex
 import threading
 import time
@@ -21,9 +20,12 @@ from pathlib import Path
 import redis
 
 from g5kdeploy import on_node
-from g5kdeploy.nimbus import cumulus_client, ec2, keypairs, propagation, signature, ssh, web
+from g5kdeploy.nimbus import ec2, propagation, signature, ssh, web
 from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
 from g5kdeploy.nimbus.ec2 import EC2Error
+from g5kdeploy.nimbus.images import ImageActions
+from g5kdeploy.nimbus.keypairs import KeyPairActions
+from g5kdeploy.nimbus.tags import TagActions
 from g5kdeploy.nimbus.store import Store
 from g5kdeploy.vm.qemu import VMS
 
@@ -34,121 +36,20 @@ HOLDING = ALIVE + ("shutting-down", "stopping", "stopped")      # states whose g
 INSTANCE_FILTERS = {"instance-state-name", "instance-state-code", "instance-id", "image-id", "instance-type",
                     "private-ip-address", "ip-address", "availability-zone", "reservation-id", "key-name",
                     "launch-index", "private-dns-name", "dns-name"}
-IMAGE_FILTERS = {"image-id", "name", "state", "architecture", "image-type", "is-public", "owner-id",
-                 "root-device-type", "virtualization-type"}
-KEY_FILTERS = {"key-name", "fingerprint", "key-pair-id", "key-type"}
-TAG_FILTERS = {"key", "value", "resource-id", "resource-type"}
 STATUS_FILTERS = {"availability-zone", "instance-state-name", "instance-state-code", "instance-status.status",
                   "system-status.status"}
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(9)[:17]}"
 
 
 def guest_name(address: str, site: str) -> str:
     return "vm-" + "-".join(address.split(".")[2:]) + "." + site
 
 
-class Service:
+class Service(ImageActions, KeyPairActions, TagActions):
     def __init__(self, cloud: Cloud, store: Store | None = None):
         self.cloud, self.store = cloud, store or Store.of(cloud)
         self.lock = threading.Lock()              # one placement decision at a time
         self.launcher = ThreadPoolExecutor(8)
         self._digests: dict[tuple, str] = {}
-
-    # images -------------------------------------------------------------------------------
-    def images(self) -> dict[str, Path]:
-        return {p.stem: p for p in sorted(Path(self.cloud.repository).glob("*.img"))}
-
-    def digest(self, path: Path) -> str:
-        st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        if key not in self._digests:
-            self._digests[key] = propagation.sha256_file(path)
-        return self._digests[key]
-
-    def _image_ids(self) -> list[str]:
-        """Images launchable (in the repository) or on their way there (registered)."""
-        registered = {i for i, r in self.store.records("images").items() if r.get("state")}   # not tags only
-        return sorted(set(self.images()) | registered)
-
-    def describe_images(self, p: dict) -> dict:
-        files, records = self.images(), self.store.records("images")
-        known = self._image_ids()
-        wanted = ec2.members(p, "ImageId") or known
-        if unknown := [i for i in wanted if i not in known]:
-            raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{', '.join(unknown)}]' does not exist")
-        chosen = ec2.filters(p, IMAGE_FILTERS)
-        out = []
-        for i in wanted:
-            r = records.get(i, {})
-            state = "available" if i in files else r.get("state", "failed")
-            x = {"imageId": i, "imageLocation": r.get("location", f"{self.cloud.site}/{i}"), "imageState": state,
-                 "imageOwnerId": "g5kdeploy", "isPublic": True, "architecture": "x86_64", "imageType": "machine",
-                 "name": r.get("name", i), "rootDeviceType": "instance-store", "virtualizationType": "hvm",
-                 "description": r.get("description") or (f"{files[i].stat().st_size} bytes" if i in files else ""),
-                 "stateReason": {"code": "Client.InvalidImage", "message": r["error"]} if r.get("error") else None}
-            fields = {"image-id": [i], "name": [x["name"]], "state": [state], "architecture": ["x86_64"],
-                      "image-type": ["machine"], "is-public": ["true"], "owner-id": ["g5kdeploy"],
-                      "root-device-type": ["instance-store"], "virtualization-type": ["hvm"]}
-            tags = r.get("tags", {})
-            if ec2.selected(fields, tags, chosen):
-                out.append({**x, "tagSet": ec2.tag_set(tags)})
-        return {"imagesSet": out}
-
-    def register_image(self, p: dict) -> dict:
-        """An image whose raw disk is an object of this cloud's Cumulus (ImageLocation
-        bucket/key): pending while the repository fetches it, then available."""
-        name, location = p.get("Name", ""), p.get("ImageLocation", "")
-        if not name:
-            raise EC2Error("MissingParameter", "The request must contain the parameter Name")
-        bucket, _, key = location.partition("/")
-        if not bucket or not key:
-            raise EC2Error("InvalidParameterValue", f"ImageLocation {location!r}: give bucket/key of an object "
-                                                    "uploaded to this cloud's Cumulus (S3)")
-        records = self.store.records("images")
-        if name in self.images() or any(r.get("name") == name for r in records.values()):
-            raise EC2Error("InvalidAMIName.Duplicate", f"AMI name {name} is already in use")
-        try:
-            size = cumulus_client.head(self.cloud, bucket, key)
-        except cumulus_client.NotFound:
-            raise EC2Error("InvalidParameterValue", f"ImageLocation {location!r}: no such object in Cumulus "
-                                                    f"(upload it first, e.g. aws s3 cp disk.img s3://{bucket}/{key})"
-                           ) from None
-        self._dry_run(p)
-        image = new_id("ami")
-        self.store.put_record("images", image, {"name": name, "location": location, "state": "pending",
-                                                "description": p.get("Description", ""), "size": size,
-                                                "tags": ec2.tags(p, "image")})
-        self.launcher.submit(self._fetch_image, image, bucket, key)
-        return {"imageId": image}
-
-    def _fetch_image(self, image: str, bucket: str, key: str) -> None:
-        """Cumulus -> repository/<image>.img (whole, then renamed: never half an image)."""
-        final = Path(self.cloud.repository) / f"{image}.img"
-        part = final.with_suffix(".img.part")
-        try:
-            cumulus_client.download(self.cloud, bucket, key, part)
-            part.replace(final)
-            changes = {"state": "available"}
-        except Exception as e:
-            log.exception("fetching %s/%s", bucket, key)
-            part.unlink(missing_ok=True)
-            changes = {"state": "failed", "error": f"fetching {bucket}/{key} from Cumulus: {e}"}
-        if record := self.store.record("images", image):
-            self.store.put_record("images", image, {**record, **changes})
-        else:                                   # deregistered meanwhile
-            final.unlink(missing_ok=True)
-
-    def deregister_image(self, p: dict) -> dict:
-        image = p.get("ImageId", "")
-        if image not in self._image_ids():
-            raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{image}]' does not exist")
-        self._dry_run(p)
-        self.store.delete_record("images", image)
-        (Path(self.cloud.repository) / f"{image}.img").unlink(missing_ok=True)
-        return {"return": True}
 
     # scheduling ---------------------------------------------------------------------------
     def _place(self, count: int, memory: int) -> list[tuple[str, str]]:
@@ -202,7 +103,7 @@ class Service:
         key = self.store.record("keys", key_name) if key_name is not None else None
         if key_name is not None and key is None:
             raise EC2Error("InvalidKeyPair.NotFound", f"The key pair '{key_name}' does not exist")
-        self._dry_run(p)
+        ec2.dry_run(p)
         memory, requested = INSTANCE_TYPES[itype], time.time()
         with self.lock:
             slots = self._place(high, memory)
@@ -210,9 +111,9 @@ class Service:
                 raise EC2Error("InsufficientInstanceCapacity",
                                f"There is not enough capacity for {low} {itype} instance(s): {len(slots)} fit now, "
                                f"{self.cloud.capacity(memory)} on the empty cloud")
-            reservation = new_id("r")
+            reservation = ec2.new_id("r")
             now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-            instances = [{"id": new_id("i"), "image": image, "type": itype, "memory_mb": memory, "state": "pending",
+            instances = [{"id": ec2.new_id("i"), "image": image, "type": itype, "memory_mb": memory, "state": "pending",
                           "requested_at": requested,
                           "vmm": host, "ip": ip, "name": guest_name(ip, self.cloud.site), "reservation": reservation,
                           "ctx": reservation, "launch_index": n, "launch_time": now, "zone": self.cloud.site,
@@ -361,7 +262,7 @@ class Service:
         if wrong := [i for i in chosen if i["state"] not in allowed]:
             raise EC2Error("IncorrectInstanceState", f"The instance '{wrong[0]['id']}' is in state "
                            f"'{wrong[0]['state']}', not {' or '.join(allowed)}")
-        self._dry_run(p)
+        ec2.dry_run(p)
 
         def one(i: dict) -> dict:
             before = i["state"]
@@ -371,21 +272,26 @@ class Service:
                     "currentState": {"code": ec2.STATE_CODES[now], "name": now}}
         return {"instancesSet": ssh.each(one, chosen)}
 
+    # StopInstances and StartInstances: (from, through, the VMM's control, to, reason); an
+    # instance already where it is asked to go is left as it is
+    MOVES = {"stop": ("running", "stopping", "pause", "stopped", "User initiated"),
+             "start": ("stopped", "pending", "resume", "running", "")}
+
+    def _move(self, p: dict, move: str) -> dict:
+        start, through, control, end, reason = self.MOVES[move]
+
+        def one(i: dict) -> None:
+            if i["state"] == start:
+                self.store.update(i["id"], state=through)
+                self._vmm(i, "control", i["id"], control)
+                self.store.update(i["id"], state=end, reason=reason)
+        return self._changed(p, one, ("running", "stopped"))
+
     def stop_instances(self, p: dict) -> dict:
-        def stop(i: dict) -> None:
-            if i["state"] == "running":
-                self.store.update(i["id"], state="stopping")
-                self._vmm(i, "control", i["id"], "pause")
-                self.store.update(i["id"], state="stopped", reason="User initiated")
-        return self._changed(p, stop, ("running", "stopped"))
+        return self._move(p, "stop")
 
     def start_instances(self, p: dict) -> dict:
-        def start(i: dict) -> None:
-            if i["state"] == "stopped":
-                self.store.update(i["id"], state="pending")
-                self._vmm(i, "control", i["id"], "resume")
-                self.store.update(i["id"], state="running", reason="")
-        return self._changed(p, start, ("running", "stopped"))
+        return self._move(p, "start")
 
     def reboot_instances(self, p: dict) -> dict:
         self._changed(p, lambda i: self._vmm(i, "control", i["id"], "reset"), ("running",))
@@ -393,129 +299,6 @@ class Service:
 
     def terminate_instances(self, p: dict) -> dict:
         return self._changed(p, lambda i: i["state"] != "terminated" and self._terminate(i), tuple(ec2.STATE_CODES))
-
-    def _dry_run(self, p: dict) -> None:
-        """A DryRun request stops here, once it has been checked, as EC2's does."""
-        if p.get("DryRun") == "true":
-            raise EC2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
-
-    # key pairs ----------------------------------------------------------------------------
-    def _new_key(self, p: dict, public: keypairs.PublicKey, **extra) -> dict:
-        name = p.get("KeyName", "")
-        if not keypairs.NAME.fullmatch(name):
-            raise EC2Error("InvalidParameterValue" if name else "MissingParameter",
-                           "KeyName must be 1-255 ASCII characters")
-        if self.store.record("keys", name):
-            raise EC2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
-        self._dry_run(p)
-        key = {"name": name, "id": new_id("key"), "type": public.type, "fingerprint": public.fingerprint,
-               "public_key": public.openssh, "created": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-               "tags": ec2.tags(p, "key-pair")}
-        if not self.store.put_record("keys", name, key, new=True):
-            raise EC2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
-        return {"keyName": name, "keyFingerprint": public.fingerprint, "keyPairId": key["id"], **extra,
-                "tagSet": ec2.tag_set(key["tags"])}
-
-    def create_key_pair(self, p: dict) -> dict:
-        try:
-            private, public = keypairs.create(p.get("KeyType", "rsa"), p.get("KeyFormat", "pem"))
-        except keypairs.BadKey as e:
-            raise EC2Error("InvalidParameterValue", str(e)) from None
-        return self._new_key(p, public, keyMaterial=private)
-
-    def import_key_pair(self, p: dict) -> dict:
-        try:
-            public = keypairs.imported(base64.b64decode(p.get("PublicKeyMaterial", ""), validate=True))
-        except (binascii.Error, keypairs.BadKey) as e:
-            raise EC2Error("InvalidKey.Format", str(e) if isinstance(e, keypairs.BadKey)
-                           else "PublicKeyMaterial must be base64") from None
-        return self._new_key(p, public)
-
-    def describe_key_pairs(self, p: dict) -> dict:
-        keys = self.store.records("keys")
-        names, ids = ec2.members(p, "KeyName"), ec2.members(p, "KeyPairId")
-        if unknown := [n for n in names if n not in keys]:
-            raise EC2Error("InvalidKeyPair.NotFound", f"The key pair '{unknown[0]}' does not exist")
-        if unknown := [i for i in ids if i not in {k["id"] for k in keys.values()}]:
-            raise EC2Error("InvalidKeyPair.NotFound", f"The key pair '{unknown[0]}' does not exist")
-        chosen = ec2.filters(p, KEY_FILTERS)
-        out = []
-        for k in sorted(keys.values(), key=lambda k: k["name"]):
-            fields = {"key-name": [k["name"]], "fingerprint": [k["fingerprint"]], "key-pair-id": [k["id"]],
-                      "key-type": [k["type"]]}
-            if (not names or k["name"] in names) and (not ids or k["id"] in ids) and \
-                    ec2.selected(fields, k["tags"], chosen):
-                out.append({"keyPairId": k["id"], "keyName": k["name"], "keyFingerprint": k["fingerprint"],
-                            "keyType": k["type"], "createTime": k["created"], "tagSet": ec2.tag_set(k["tags"]),
-                            "publicKey": k["public_key"] if p.get("IncludePublicKey") == "true" else None})
-        return {"keySet": out}
-
-    def delete_key_pair(self, p: dict) -> dict:
-        keys = self.store.records("keys")
-        name = p.get("KeyName") or next((n for n, k in keys.items() if k["id"] == p.get("KeyPairId")), None)
-        if not p.get("KeyName") and not p.get("KeyPairId"):
-            raise EC2Error("MissingParameter", "The request must contain the parameter KeyName or KeyPairId")
-        self._dry_run(p)
-        gone = keys.get(name or "")
-        if gone:
-            self.store.delete_record("keys", name)
-        return {"return": True, "keyPairId": gone and gone["id"]}     # EC2: true even if there was none
-
-    # tags ---------------------------------------------------------------------------------
-    def _tags_of(self, resource: str) -> dict[str, str]:
-        if resource.startswith("i-"):
-            return (self.store.get(resource) or {}).get("tags", {})
-        if resource.startswith("key-"):
-            return next((k["tags"] for k in self.store.records("keys").values() if k["id"] == resource), {})
-        return (self.store.record("images", resource) or {}).get("tags", {})
-
-    def _retag(self, p: dict, change) -> dict:
-        """`change(tags) -> tags` on every resource of ResourceId.N (instances, images, key pairs)."""
-        resources = ec2.members(p, "ResourceId")
-        if not resources:
-            raise EC2Error("MissingParameter", "The request must contain the parameter ResourceId")
-        images, keys = set(self._image_ids()), self.store.records("keys")
-        instances = [r for r in resources if r.startswith("i-")]
-        if instances:
-            self._selected({f"InstanceId.{n}": r for n, r in enumerate(instances, 1)})   # each must exist
-        by_id = {k["id"]: n for n, k in keys.items()}
-        if unknown := [r for r in resources if not r.startswith("i-") and r not in images and r not in by_id]:
-            raise EC2Error("InvalidID", f"The ID '{unknown[0]}' is not valid")
-        self._dry_run(p)
-        with self.lock:
-            for r in resources:
-                if r.startswith("i-"):
-                    self.store.update(r, tags=change(self._tags_of(r)))
-                elif r in by_id:
-                    key = keys[by_id[r]]
-                    self.store.put_record("keys", key["name"], {**key, "tags": change(key["tags"])})
-                else:
-                    image = self.store.record("images", r) or {}
-                    self.store.put_record("images", r, {**image, "tags": change(image.get("tags", {}))})
-        return {"return": True}
-
-    def create_tags(self, p: dict) -> dict:
-        new = ec2.tag_list(p)
-        if not new:
-            raise EC2Error("MissingParameter", "The request must contain the parameter Tag")
-        return self._retag(p, lambda tags: {**tags, **new})
-
-    def delete_tags(self, p: dict) -> dict:
-        gone = ec2.tag_list(p)                 # a key without a value: whatever its value
-        valued = {k for n in range(1, len(gone) + 1) if f"Tag.{n}.Value" in p for k in [p[f"Tag.{n}.Key"]]}
-        return self._retag(p, lambda tags: {k: v for k, v in tags.items()
-                                            if not (k in gone and (k not in valued or gone[k] == v))})
-
-    def describe_tags(self, p: dict) -> dict:
-        chosen = ec2.filters(p, TAG_FILTERS)
-        every = [(i["id"], "instance", i.get("tags", {})) for i in self._selected({})]
-        every += [(image, "image", self._tags_of(image)) for image in self._image_ids()]
-        every += [(k["id"], "key-pair", k["tags"]) for k in self.store.records("keys").values()]
-        out = [{"resourceId": r, "resourceType": kind, "key": k, "value": v}
-               for r, kind, tags in every for k, v in sorted(tags.items())
-               if ec2.selected({"key": [k], "value": [v], "resource-id": [r], "resource-type": [kind]}, {}, chosen)]
-        page, more = ec2.page(out, p)
-        return {"tagSet": page, "nextToken": more}
 
     # regions and zones --------------------------------------------------------------------
     def describe_regions(self, p: dict) -> dict:
@@ -541,15 +324,12 @@ class Service:
         chosen = ec2.filters(p, set(fields))
         return {"availabilityZoneInfo": [zone] if ec2.selected(fields, {}, chosen) else []}
 
-    ACTIONS = {"DescribeImages": describe_images, "RunInstances": run_instances,
-               "DescribeInstances": describe_instances, "TerminateInstances": terminate_instances,
-               "DescribeInstanceStatus": describe_instance_status, "StopInstances": stop_instances,
-               "StartInstances": start_instances, "RebootInstances": reboot_instances,
-               "CreateKeyPair": create_key_pair, "ImportKeyPair": import_key_pair,
-               "DescribeKeyPairs": describe_key_pairs, "DeleteKeyPair": delete_key_pair,
-               "CreateTags": create_tags, "DeleteTags": delete_tags, "DescribeTags": describe_tags,
-               "DescribeRegions": describe_regions, "DescribeAvailabilityZones": describe_availability_zones,
-               "RegisterImage": register_image, "DeregisterImage": deregister_image}
+    ACTIONS = {"RunInstances": run_instances, "DescribeInstances": describe_instances,
+               "TerminateInstances": terminate_instances, "DescribeInstanceStatus": describe_instance_status,
+               "StopInstances": stop_instances, "StartInstances": start_instances,
+               "RebootInstances": reboot_instances, "DescribeRegions": describe_regions,
+               "DescribeAvailabilityZones": describe_availability_zones,
+               **ImageActions.ACTIONS, **KeyPairActions.ACTIONS, **TagActions.ACTIONS}
 
     def handle(self, method: str, path: str, query: str, headers: dict, body: bytes) -> tuple[int, bytes]:
         try:

@@ -16,6 +16,10 @@ class NotFound(Exception):
     """No such bucket or object."""
 
 
+class Unavailable(Exception):
+    """Cumulus does not answer (or answers an error)."""
+
+
 def _open(cloud, method: str, bucket: str, key: str, timeout: float = 30):
     url = f"{cloud.cumulus}/{urllib.parse.quote(bucket)}/{urllib.parse.quote(key)}"
     access, secret = next(iter(cloud.credentials.items()))
@@ -25,7 +29,9 @@ def _open(cloud, method: str, bucket: str, key: str, timeout: float = 30):
     except urllib.error.HTTPError as e:
         if e.code == 404:
             raise NotFound(f"{bucket}/{key}") from None
-        raise RuntimeError(f"Cumulus answered {e.code} for {bucket}/{key}: {e.read()[:200]!r}") from None
+        raise Unavailable(f"Cumulus answered {e.code} for {bucket}/{key}: {e.read()[:200]!r}") from None
+    except OSError as e:                # refused, reset, timed out
+        raise Unavailable(f"Cumulus at {cloud.cumulus} does not answer: {e}") from None
 
 
 def head(cloud, bucket: str, key: str) -> int:

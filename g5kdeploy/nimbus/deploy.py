@@ -153,14 +153,18 @@ def s3_client(cloud: dict):
 
 
 def verify(cloud: dict, timeout: float = 30) -> list[str]:
-    """The cloud's image ids, once its API answers a signed DescribeImages."""
+    """The cloud's image ids, once its API answers a signed DescribeImages and its Cumulus
+    a signed ListBuckets (Swift answers 503 while its servers start)."""
     import botocore.exceptions
     deadline = time.monotonic() + timeout
     while True:
         try:
+            s3_client(cloud).list_buckets()
             return [i["ImageId"] for i in client(cloud).describe_images()["Images"]]
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError):
-            if time.monotonic() > deadline:
+        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
+                botocore.exceptions.ClientError) as e:
+            unavailable = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") == 503
+            if time.monotonic() > deadline or (isinstance(e, botocore.exceptions.ClientError) and not unavailable):
                 raise
             time.sleep(0.3)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 import urllib.parse
 import uuid
 from xml.sax.saxutils import escape
@@ -29,6 +30,17 @@ def parse_params(body: bytes, query: str = "") -> dict[str, str]:
     except UnicodeDecodeError:
         raise EC2Error("InvalidParameterValue", "the request body is not UTF-8 form data") from None
     return params
+
+
+def new_id(prefix: str) -> str:
+    """A new EC2 id: i-, r-, ami-, key- and 17 hex digits."""
+    return f"{prefix}-{secrets.token_hex(9)[:17]}"
+
+
+def dry_run(params: dict[str, str]) -> None:
+    """A DryRun request stops here, once it has been checked, as EC2's does."""
+    if params.get("DryRun") == "true":
+        raise EC2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
 
 
 INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")     # EC2's two lengths

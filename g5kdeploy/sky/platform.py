@@ -21,7 +21,6 @@ from g5kdeploy import NODE_SOURCE, chef, on_node, remote
 from g5kdeploy.progress import parallel
 from g5kdeploy.sky.data import DB_NAME
 from g5kdeploy.testbed.model import Node
-from g5kdeploy.vm import image as vm_image
 
 ROOT = "/var/lib/g5kdeploy-sky"           # on every node of the platform (the sky-node role makes it)
 DB = f"{ROOT}/db/{DB_NAME}"
@@ -86,26 +85,22 @@ def worker_name(node: Node) -> str:
     return f"{node.site}/{node.short}"
 
 
-# An instance's user data: the guest mounts, read-only, the VMM directories of SHARES (9p tags
-# host0, host1, ...: the instance tag share lists them; the cloud allows exactly these) and runs
-# the worker in a root made of them (Debian is usr-merged: /bin, /lib... are links into /usr),
-# so the VMM's Dask, BLAST+ and database copy serve the guest, and nothing else of the VMM
-# (keys, other guests) is in reach; the scheduler address is in the context (the thesis put the
-# Hadoop master's IP in the context profile).
-SHARES = ("/usr", NODE_SOURCE, ROOT)
+# Instances boot IMAGE, which carries Dask and BLAST+ itself; their user data mounts, read-only,
+# the VMM directories of SHARES at the same paths (9p tags host0, host1, ...: the instance tag
+# share lists them; the cloud allows exactly these) — the g5kdeploy sources the tasks import and
+# the platform's directory (database copy, TLS credentials) — and runs the worker; the scheduler
+# address is in the context (the thesis put the Hadoop master's IP in the context profile).
+IMAGE = "debian-blast"
+SHARES = (NODE_SOURCE, ROOT)
 INSTANCE_WORKER = """#!/bin/sh
 set -e
 k=0
 for dir in {shares}; do
-  mkdir -p /host$dir
-  mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 host$k /host$dir
+  mkdir -p $dir
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 host$k $dir
   k=$((k + 1))
 done
-for link in bin lib lib64 sbin; do ln -s usr/$link /host/$link; done
-mkdir -p /host/proc /host/dev /host/tmp /host/etc
-mount -t proc proc /host/proc && mount -t devtmpfs dev /host/dev && mount -t tmpfs tmpfs /host/tmp
-mount -o bind /etc /host/etc
-exec chroot /host {command}
+exec {command}
 """
 
 
@@ -189,7 +184,7 @@ class Platform:
     def add_instances(self, ec2, site: str, count: int, instance_type: str) -> list[str]:
         """Ask a site's cloud for `count` instances that boot into workers of this platform
         (they join when booted); their names."""
-        r = ec2.run_instances(ImageId=vm_image.NAME, MinCount=count, MaxCount=count, InstanceType=instance_type,
+        r = ec2.run_instances(ImageId=IMAGE, MinCount=count, MaxCount=count, InstanceType=instance_type,
                               UserData=INSTANCE_WORKER.format(shares=" ".join(SHARES),
                                                               command=self._worker(f"{site}/$g5k_id", "/tmp/dask")),
                               TagSpecifications=[{"ResourceType": "instance", "Tags": [
