@@ -115,7 +115,6 @@ def test_the_clouds_redis_takes_only_local_clients_with_its_password(clouds):
 def test_each_node_holds_only_its_own_secrets(clouds):
     tb, run, info = clouds
     for site, cloud in info.items():
-        others = " ".join(f"-e {c['secret_key']}" for s, c in info.items() if s != site)
         for host in [cloud["service"], *cloud["vmms"]]:
             def on(command):
                 return remote.run(command, [host])[0].stdout.split()
@@ -123,7 +122,13 @@ def test_each_node_holds_only_its_own_secrets(clouds):
             assert on("ls /root/.ssh/nimbus_id 2>/dev/null") == (["/root/.ssh/nimbus_id"] if host == cloud["service"]
                                                                   else [])    # the cloud's key: its service only
             assert on("ls /root /tmp | grep '[.]tar$'; true") == []           # the archives did not stay
-            assert on(f"grep -rlF {others} /var/cache/g5kdeploy /etc /root; true") == []   # no other cloud's secret
+    for node in tb.nodes(",".join(h for c in info.values() for h in [c["service"], *c["vmms"]])):
+        site = node.site
+        others = [c["secret_key"] for s, c in info.items() if s != site]
+        written = tb.files.node_dir(node) / "upper"                          # all the node ever wrote
+        found = subprocess.run(["grep", "-rlF", "-D", "skip", *(x for o in others for x in ("-e", o)), str(written)],
+                               capture_output=True, text=True)
+        assert found.returncode == 1 and found.stdout == "", found.stdout   # no other cloud's secret
 
 
 def test_second_converge_changes_nothing(clouds):
@@ -213,28 +218,6 @@ def test_readme_boto3_snippet_works_verbatim(clouds):
     r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "['debian', 'tiny']" in r.stdout and r.stdout.count(" reachable") == 4
-
-
-def test_interrupted_deploy_gives_its_nodes_back(clouds):
-    """SIGTERM (as oardel or kill would send) once its OAR job runs: the job is ended.
-    Runs last: a new deploy-nimbus replaces the module's clouds."""
-    import signal
-    import subprocess
-    import sys
-    from conftest import ROOT
-    tb, run, info = clouds
-    before = set(tb.scheduler.jobs())
-    p = subprocess.Popen([sys.executable, "-m", "invoke", "deploy-nimbus", "--sites", "nancy"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (set(tb.scheduler.jobs()) - before) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    new = set(tb.scheduler.jobs()) - before
-    assert new, "deploy-nimbus submitted no job"
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and "interrupted" in err
-    assert not set(tb.scheduler.jobs()) & new
 
 
 def ssh_into(address: str, key, command: str, timeout: float = 0) -> subprocess.CompletedProcess:
@@ -379,3 +362,25 @@ def test_readme_aws_cli_block_works_verbatim(clouds, tmp_path):
             ec2.deregister_image(ImageId=i["ImageId"])
         aws("--profile", "rennes", "s3", "rm", "--recursive", "s3://images")
         aws("--profile", "rennes", "s3", "rb", "s3://images")
+
+
+def test_interrupted_deploy_gives_its_nodes_back(clouds):
+    """SIGTERM (as oardel or kill would send) once its OAR job runs: the job is ended.
+    Runs last: a new deploy-nimbus replaces the module's clouds."""
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    tb, run, info = clouds
+    before = set(tb.scheduler.jobs())
+    p = subprocess.Popen([sys.executable, "-m", "invoke", "deploy-nimbus", "--sites", "nancy"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (set(tb.scheduler.jobs()) - before) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    new = set(tb.scheduler.jobs()) - before
+    assert new, "deploy-nimbus submitted no job"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err
+    assert not set(tb.scheduler.jobs()) & new
