@@ -70,7 +70,8 @@ def test_cached_copies_equal_the_repository_image(measured):
     clouds = pd.read_json(run.dir / "clouds.json")
     cloud = clouds[propagation.Params().site]
     repository = remote.run(f"sha256sum /var/lib/nimbus/repository/{propagation.IMAGE}.img", [cloud["service"]])
-    cached = remote.run("sha256sum /var/lib/nimbus/cache/debian.img; cat /var/lib/nimbus/cache/debian.sha256",
+    cached = remote.run(f"sha256sum /var/lib/nimbus/cache/{propagation.IMAGE}.img; "
+                        f"cat /var/lib/nimbus/cache/{propagation.IMAGE}.sha256",
                         cloud["vmms"])
     digest = repository[0].stdout.split()[0]
     assert [r.stdout.split()[0:3:2] for r in cached] == [[digest, digest]] * len(cloud["vmms"])   # file, record

@@ -2,8 +2,8 @@
 `python3 -m g5kdeploy.nimbus.api [/etc/nimbus/cloud.json]`. boto3's ec2 client and the AWS
 CLI work against it unchanged (Signature Version 4 or 2): instances (Run, Describe with
 filters and pages, Terminate, Reboot, Stop/Start keeping RAM and disk, DescribeInstanceStatus),
-images (Describe, Register from Cumulus, Deregister), key pairs (Create, Import, Describe, Delete), tags (Create, Delete,
-Describe, TagSpecifications), regions (one per cloud of the federation) and zones."""
+regions (one per cloud of the federation) and zones, here; images, key pairs and tags in
+their own modules (mixins of Service)."""
 from __future__ import annotations
 
 import base64
@@ -221,8 +221,8 @@ class Service(ImageActions, KeyPairActions, TagActions):
         return [known[i] for i in wanted] if wanted else sorted(known.values(), key=lambda i: i["launch_time"])
 
     def _filtered(self, p: dict, known: set[str] = INSTANCE_FILTERS) -> list[dict]:
-        """The instances a request names (all if none), passed through its filters, in pages
-        when it asks for them (MaxResults cannot go with instance ids, as in EC2)."""
+        """The instances a request names (all if none) that pass its filters (MaxResults, for
+        the caller's pages, cannot go with instance ids, as in EC2)."""
         if "MaxResults" in p and ec2.members(p, "InstanceId"):
             raise EC2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with "
                                                           "the parameter maxResults")
@@ -239,7 +239,7 @@ class Service(ImageActions, KeyPairActions, TagActions):
                                    for r, v in reservations.items()], "nextToken": more}
 
     def describe_instance_status(self, p: dict) -> dict:
-        every = p.get("IncludeAllInstances") == "true" or bool(ec2.members(p, "InstanceId"))
+        every = p.get("IncludeAllInstances") == "true"         # else running instances only, as EC2
         out = []
         for i in self._filtered(p, STATUS_FILTERS | {"instance-id"}):
             if not every and i["state"] != "running":

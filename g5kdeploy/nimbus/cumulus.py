@@ -121,9 +121,9 @@ class CumulusAuth:
         s3 = env.get("s3api.auth_details")
         secret = self.credentials.get(s3["access_key"]) if s3 else None
         if secret and s3["check_signature"](secret):
-            prefix = f"/v1/{s3['access_key']}"
-            if env["PATH_INFO"].startswith(prefix):
-                env["PATH_INFO"] = f"/v1/{ACCOUNT}" + env["PATH_INFO"][len(prefix):]
+            prefix, path = f"/v1/{s3['access_key']}", env["PATH_INFO"]     # s3api's: /v1/<access key>/...
+            if path == prefix or path.startswith(prefix + "/"):
+                env["PATH_INFO"] = f"/v1/{ACCOUNT}" + path[len(prefix):]
             env["REMOTE_USER"] = s3["access_key"]
             env["swift.authorize"] = self.authorize
         else:
