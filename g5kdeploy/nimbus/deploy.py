@@ -62,8 +62,7 @@ class CloudPlan:
 
     def client_info(self, jobs: dict[str, int]) -> dict:
         return {"endpoint": self.endpoint, "s3_endpoint": self.s3_endpoint, "region": self.site,
-                "access_key": self.access_key,
-                "secret_key": self.secret_key, "service": self.service.hostname,
+                "access_key": self.access_key, "secret_key": self.secret_key, "service": self.service.hostname,
                 "vmms": [v.hostname for v in self.vmms], "oar_job": jobs.get(self.site)}
 
 
@@ -129,10 +128,9 @@ def configure(plans: list[CloudPlan], image: GuestImage, home: Path, vmm_memory_
 def upload_images(plans: list[CloudPlan], disks: dict[str, Path]) -> remote.Results:
     """Register each guest disk (image id -> raw disk) in every cloud's repository."""
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-image-") as tmp:
-        links = []
-        for name, disk in disks.items():
-            links.append(Path(tmp) / f"{name}.img")
-            links[-1].symlink_to(disk)
+        links = [Path(tmp) / f"{name}.img" for name in disks]
+        for link, disk in zip(links, disks.values()):
+            link.symlink_to(disk)
         return remote.put(links, [p.service for p in plans], REPOSITORY)
 
 
@@ -161,12 +159,13 @@ def verify(cloud: dict, timeout: float = 30) -> list[str]:
         try:
             s3_client(cloud).list_buckets()
             return [i["ImageId"] for i in client(cloud).describe_images()["Images"]]
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
-                botocore.exceptions.ClientError) as e:
-            unavailable = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") == 503
-            if time.monotonic() > deadline or (isinstance(e, botocore.exceptions.ClientError) and not unavailable):
+        except botocore.exceptions.ClientError as e:
+            if e.response["ResponseMetadata"].get("HTTPStatusCode") != 503 or time.monotonic() > deadline:
                 raise
-            time.sleep(0.3)
+        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.3)
 
 
 def aws_profile(site: str, cloud: dict) -> str:

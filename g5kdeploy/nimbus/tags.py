@@ -49,8 +49,8 @@ class TagActions:
         return self._retag(p, lambda tags: {**tags, **new})
 
     def delete_tags(self, p: dict) -> dict:
-        gone = ec2.tag_list(p)                 # a key without a value: whatever its value
-        valued = {k for n in range(1, len(gone) + 1) if f"Tag.{n}.Value" in p for k in [p[f"Tag.{n}.Key"]]}
+        gone = ec2.tag_list(p)                 # a key given without a value: whatever its value
+        valued = {p[f"Tag.{n}.Key"] for n in range(1, len(gone) + 1) if f"Tag.{n}.Value" in p}
         return self._retag(p, lambda tags: {k: v for k, v in tags.items()
                                             if not (k in gone and (k not in valued or gone[k] == v))})
 
