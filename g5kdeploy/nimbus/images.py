@@ -12,8 +12,9 @@ from g5kdeploy.nimbus.ec2 import EC2Error
 
 log = logging.getLogger("nimbus.api")
 AMI_NAME = re.compile(r"[A-Za-z0-9()\[\] ./'@_-]{3,128}")      # EC2's rule
-IMAGE_FILTERS = {"image-id", "name", "state", "architecture", "image-type", "is-public", "owner-id",
-                 "root-device-type", "virtualization-type"}
+FILTERED = {"image-id": "imageId", "name": "name", "state": "imageState", "architecture": "architecture",
+            "image-type": "imageType", "is-public": "isPublic", "owner-id": "imageOwnerId",
+            "root-device-type": "rootDeviceType", "virtualization-type": "virtualizationType"}   # filter -> field
 
 
 class ImageActions:
@@ -38,7 +39,7 @@ class ImageActions:
         wanted = ec2.members(p, "ImageId") or known
         if unknown := [i for i in wanted if i not in known]:
             raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{', '.join(unknown)}]' does not exist")
-        chosen = ec2.filters(p, IMAGE_FILTERS)
+        chosen = ec2.filters(p, set(FILTERED))
         out = []
         for i in wanted:
             r = records.get(i, {})
@@ -48,9 +49,7 @@ class ImageActions:
                  "name": r.get("name", i), "rootDeviceType": "instance-store", "virtualizationType": "hvm",
                  "description": r.get("description") or (f"{files[i].stat().st_size} bytes" if i in files else ""),
                  "stateReason": {"code": "Client.InvalidImage", "message": r["error"]} if r.get("error") else None}
-            fields = {"image-id": [i], "name": [x["name"]], "state": [state], "architecture": ["x86_64"],
-                      "image-type": ["machine"], "is-public": ["true"], "owner-id": ["g5kdeploy"],
-                      "root-device-type": ["instance-store"], "virtualization-type": ["hvm"]}
+            fields = {f: [str(x[k]).lower() if isinstance(x[k], bool) else str(x[k])] for f, k in FILTERED.items()}
             tags = r.get("tags", {})
             if ec2.selected(fields, tags, chosen):
                 out.append({**x, "tagSet": ec2.tag_set(tags)})
