@@ -20,9 +20,7 @@ REPEATS, COUNTS, IMAGES = 3, (1, 8), ("tiny", "debian")
 def ssh_ready(address: str, key: Path, deadline: float) -> float:
     """When `ssh -i key root@address true` first succeeds (monotonic s)."""
     while time.monotonic() < deadline:
-        r = subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                            "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "LogLevel=ERROR", f"root@{address}",
-                            "true"], capture_output=True)
+        r = subprocess.run(deploy.login(key, address, "true"), capture_output=True)
         if r.returncode == 0:
             return time.monotonic()
         time.sleep(0.2)

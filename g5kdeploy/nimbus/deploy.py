@@ -150,6 +150,13 @@ def s3_client(cloud: dict):
                         config=Config(s3={"addressing_style": "path"}))
 
 
+def login(key: Path | str, address: str, *command: str) -> list[str]:
+    """`ssh -i key root@address command` into an instance, as a user types it (no known-hosts
+    entry: guest addresses are reused by new guests with new host keys)."""
+    return ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{address}", *command]
+
+
 def verify(cloud: dict, timeout: float = 30) -> list[str]:
     """The cloud's image ids, once its API answers a signed DescribeImages and its Cumulus
     a signed ListBuckets (Swift answers 503 while its servers start)."""
