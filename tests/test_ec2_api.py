@@ -294,7 +294,7 @@ def test_signature_version_2_is_accepted_and_a_tampered_one_refused(cloud):
 def test_signature_version_2_wants_a_fresh_timestamp():
     from datetime import datetime, timedelta, timezone
 
-    from g5kdeploy.nimbus import signature
+    from g5kdeploy import signature
     from botocore.auth import SigV2Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials

@@ -156,7 +156,7 @@ def test_requests_are_canonicalized_as_botocore_does(path, query, body):
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
-    from g5kdeploy.nimbus import signature
+    from g5kdeploy import signature
     request = AWSRequest(method="POST", url=f"http://198.19.1.1:8773{path}" + (f"?{query}" if query else ""),
                          data=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
     auth = SigV4Auth(Credentials(KEY, SECRET), "ec2", "rennes")
@@ -196,7 +196,7 @@ def test_bad_or_huge_lengths_are_answered_before_any_body_is_read(cloud):
 def test_an_idle_connection_is_closed():
     import logging
     import socket
-    from g5kdeploy.nimbus import web
+    from g5kdeploy import web
     server = web.serve(lambda *request: (200, "text/plain", b"ok"), 0, logging.getLogger("test"), idle_timeout=0.5)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -20,7 +20,8 @@ from pathlib import Path
 import redis
 
 from g5kdeploy import on_node
-from g5kdeploy.nimbus import ec2, propagation, signature, ssh, web
+from g5kdeploy import signature
+from g5kdeploy.nimbus import ec2, propagation, ssh, web
 from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
 from g5kdeploy.nimbus.ec2 import EC2Error
 from g5kdeploy.nimbus.images import ImageActions

@@ -7,7 +7,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from g5kdeploy.nimbus import signature
+from g5kdeploy import signature
 
 CHUNK = 1 << 20
 
