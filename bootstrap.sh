@@ -10,7 +10,8 @@ PACKAGES=(openssh-server openssh-client taktuk netcat-traditional iproute2 iputi
           libjson-perl libyaml-perl
           itamae qemu-system-x86 qemu-utils redis-server python3-redis e2fsprogs xz-utils
           ncbi-blast+ python3-distributed sudo mmdebstrap python3-cryptography
-          swift swift-proxy swift-object swift-container swift-account)
+          swift swift-proxy swift-object swift-container swift-account
+          openjdk-17-jre-headless python3-boto3 python3-pip)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -39,5 +40,13 @@ if ! .venv/bin/python -c "import g5kdeploy, execo, hostlist, invoke, pandas, pya
   echo "bootstrap: pip install -e .[test]"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
   touch .venv/.installed
+fi
+# Spark for Resilin's engine where the nodes see it (their root is an overlay of this one's);
+# the version is the nimbus-vmm role's, which installs it the same way on Grid'5000 nodes
+read -r PYSPARK PY4J < <(.venv/bin/python -c 'import json; a = json.load(open("cookbooks/roles/nimbus-vmm.json"))["default_attributes"]["g5kdeploy"]; print(a["pyspark"], a["py4j"])')
+if [ ! -f "/opt/g5kdeploy/spark/pyspark-$PYSPARK.dist-info/METADATA" ]; then
+  echo "bootstrap: pyspark $PYSPARK into /opt/g5kdeploy/spark"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --target /opt/g5kdeploy/spark \
+    "pyspark==$PYSPARK" "py4j==$PY4J"
 fi
 echo "bootstrap: ready (.venv/bin/invoke --list)"

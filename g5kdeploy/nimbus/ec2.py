@@ -186,7 +186,7 @@ def instance_xml(i: dict) -> dict:
             "privateDnsName": i.get("name", ""), "dnsName": i.get("name", ""),
             "reason": i.get("reason", ""), "amiLaunchIndex": i.get("launch_index", 0),
             "instanceType": i["type"], "launchTime": i["launch_time"],
-            "placement": {"availabilityZone": i["zone"]},
+            "placement": {"availabilityZone": i["zone"], "hostId": i.get("vmm")},
             "privateIpAddress": i.get("ip"), "ipAddress": i.get("ip"),
             "keyName": i.get("key_name"), "architecture": "x86_64", "rootDeviceType": "instance-store",
             "virtualizationType": "hvm",

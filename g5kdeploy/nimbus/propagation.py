@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -27,6 +28,8 @@ from g5kdeploy.nimbus.config import CONFIG, LIB, Cloud
 
 CACHE = LIB / "cache"
 INCOMING = LIB / "incoming"
+_FILLS: dict[tuple[str, str], threading.Lock] = {}     # (VMM, image) -> held while its cache is checked or filled
+_FILLS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -75,6 +78,19 @@ def ensure_cached(cloud: Cloud, hosts: list[str], source: str, image: str, diges
                   ready: Ready | None = None) -> dict[str, Delivery]:
     """Every host's cache holds the image: hits are asked of the chain daemons, misses filled.
     `ready` hears of each host as soon as it is known or filled."""
+    with _FILLS_LOCK:
+        locks = [_FILLS.setdefault((h, image), threading.Lock()) for h in sorted(set(hosts))]
+    for lock in locks:           # requests that share a VMM fill its cache once: the later one hits
+        lock.acquire()
+    try:
+        return _ensure_cached(cloud, hosts, source, image, digest, by_chain, ready)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _ensure_cached(cloud: Cloud, hosts: list[str], source: str, image: str, digest: str, by_chain: bool,
+                   ready: Ready | None) -> dict[str, Delivery]:
     delivered: dict[str, Delivery] = {}
 
     def done(d: Delivery, cache: str) -> None:

@@ -1,0 +1,111 @@
+"""Resilin's endpoint: the EMR API for the whole federation, on the frontend (the thesis's
+Resilin was a web service beside the clouds, Fig 4.1: it holds every cloud's credentials
+and reaches them through their public APIs, so job flows can span clouds).
+
+A request must be signed (SigV4, service `elasticmapreduce`) with the credentials of one of
+the clouds; that cloud is the job flow's default (its instances, its Cumulus). It listens on
+loopback unless told otherwise. `python3 -m g5kdeploy.resilin.service --clouds FILE
+[--port P] [--testbed local|g5k]`; SIGTERM terminates every job flow still alive, then
+exits."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+from g5kdeploy import signature, web
+from g5kdeploy.resilin.emr import EMR, EMRError
+from g5kdeploy.resilin.flow import Clouds, Runner
+
+log = logging.getLogger("resilin.api")
+PORT = 8777
+TARGET = "ElasticMapReduce."
+CONTENT = "application/x-amz-json-1.1"
+
+
+class Service:
+    def __init__(self, clouds: dict[str, dict]):
+        self.runner = Runner(Clouds(clouds))
+        self.emr = EMR(self.runner)
+        self.keys = {c["access_key"]: site for site, c in clouds.items()}
+
+    def signer(self, method: str, path: str, query: str, headers: dict, body: bytes) -> str:
+        """The cloud whose credentials signed the request."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        m = signature.AUTH.match(lower.get("authorization", ""))
+        site = self.keys.get(m.group(1)) if m else None
+        if site is None:
+            raise EMRError("UnrecognizedClientException", "The security token included in the request is invalid.")
+        c = self.runner.clouds.entries[site]
+        try:
+            signature.verify(method, path, query, headers, body, {c["access_key"]: c["secret_key"]}, c["region"],
+                             service="elasticmapreduce")
+        except signature.SignatureError as e:
+            raise EMRError("InvalidSignatureException", str(e)) from None
+        return site
+
+    def answer(self, method: str, path: str, query: str, headers: dict, body: bytes) -> tuple[int, str, bytes]:
+        try:
+            if method != "POST":
+                raise EMRError("UnknownOperationException", "EMR takes POST requests (JSON 1.1)")
+            site = self.signer(method, path, query, headers, body)
+            target = {k.lower(): v for k, v in headers.items()}.get("x-amz-target", "")
+            action = target[len(TARGET):] if target.startswith(TARGET) else ""
+            handler = getattr(self.emr, action, None) if action[:1].isupper() else None
+            if handler is None:
+                raise EMRError("UnknownOperationException", f"unknown operation {target!r}")
+            try:
+                params = json.loads(body or b"{}")
+            except ValueError:
+                raise EMRError("SerializationException", "the body is not JSON") from None
+            if not isinstance(params, dict):
+                raise EMRError("SerializationException", "the body is not a JSON object")
+            out = handler(params, site)
+            return 200, CONTENT, json.dumps(out).encode()
+        except EMRError as e:
+            return e.status, CONTENT, json.dumps({"__type": e.kind, "message": e.message}).encode()
+        except (ValueError, TypeError, KeyError, AttributeError) as e:     # a member of the wrong type
+            return 400, CONTENT, json.dumps({"__type": "ValidationException", "message": f"invalid request: {e}"}).encode()
+        except Exception as e:
+            log.exception("request failed")
+            return 500, CONTENT, json.dumps({"__type": "InternalServerError", "message": str(e)}).encode()
+
+
+def serve(service: Service, port: int = PORT, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    return web.serve(service.answer, port, log, host=host)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m g5kdeploy.resilin.service")
+    parser.add_argument("--clouds", required=True, type=Path)
+    parser.add_argument("--port", type=int, default=PORT)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--testbed", default="local")
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from g5kdeploy import remote
+    from g5kdeploy.testbed import open as open_testbed
+    remote.reach(open_testbed(a.testbed))
+    service = Service(json.loads(a.clouds.read_text()))
+    server = serve(service, a.port, a.host)
+    stopping = threading.Event()
+
+    def stop(*_):
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("EMR endpoint http://%s:%d/", a.host, a.port)
+    server.serve_forever()
+    service.runner.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,79 @@
+"""The engine: Apache Spark standalone (a master, one worker per core or task instance),
+started on a cluster's nodes by one shell script per node (the thesis found one ssh
+connection per configuration action too slow). Every daemon and application of a cluster
+shares one secret (Spark's `spark.authenticate`, RPC encrypted): nobody else who reaches
+the master can run code on the workers. The web UIs are read-only status pages.
+
+On a node, a cluster lives in ROOT/<job flow>/<instance>/: spark.conf and s3.json (mode
+600), the daemon's pid and log, its bootstrap actions and their logs."""
+from __future__ import annotations
+
+import shlex
+
+from g5kdeploy import NODE_SOURCE
+
+SPARK = "/opt/g5kdeploy/spark"                # pyspark and py4j (the g5kdeploy::spark recipe)
+SPARK_HOME = f"{SPARK}/pyspark"
+ROOT = "/var/lib/g5kdeploy-resilin"
+PYTHON = "/usr/bin/python3"
+ENV = (f"SPARK_HOME={SPARK_HOME} PYSPARK_PYTHON={PYTHON} PYSPARK_DRIVER_PYTHON={PYTHON} "
+       f"PYTHONPATH={SPARK}:{NODE_SOURCE} SPARK_DAEMON_MEMORY=256m")
+EXECUTOR_MEMORY = "512m"                      # Spark's least (it reserves 300 MiB, and 1.5x that is its floor)
+WORKER_MEMORY = "1g"
+READY = {"master": "I have been elected leader", "worker": "Successfully registered with master"}
+CLASSES = {"master": "org.apache.spark.deploy.master.Master", "worker": "org.apache.spark.deploy.worker.Worker"}
+
+
+def directory(flow: str, node: str) -> str:
+    return f"{ROOT}/{flow}/{node}"
+
+
+def properties(secret: str) -> str:
+    """spark.conf of every daemon and application of one cluster."""
+    return "\n".join([
+        "spark.authenticate true", f"spark.authenticate.secret {secret}", "spark.network.crypto.enabled true",
+        "spark.ui.killEnabled false", "spark.master.rest.enabled false", "spark.ui.enabled false",
+        f"spark.executor.memory {EXECUTOR_MEMORY}", "spark.driver.memory 512m",
+        f"spark.executorEnv.PYTHONPATH {SPARK}:{NODE_SOURCE}", f"spark.executorEnv.PYSPARK_PYTHON {PYTHON}",
+        "spark.task.maxFailures 8", "spark.deploy.spreadOut true", ""])
+
+
+def node_script(where: str, role: str, address: str, master: str, port: int, cores: int,
+                bootstrap: list[tuple[str, str, list[str]]], timeout_s: int = 300) -> str:
+    """The one script that makes a node part of its cluster: the bootstrap actions (name,
+    object URL, args), fetched from the cloud's storage and run in order, then the Spark
+    daemon (`master`, or a `worker` of spark://master:port), waited for until it is up.
+    Everything from the request is quoted; a failure says which part failed."""
+    q = shlex.quote
+    lines = ["set -u", f"cd {q(where)}"]
+    for k, (name, url, args) in enumerate(bootstrap, 1):
+        lines += [f"env {ENV} {PYTHON} -m g5kdeploy.resilin.objects get {q(url)} bootstrap-{k} || exit 3",
+                  f"chmod 700 bootstrap-{k}",
+                  f"./bootstrap-{k} {' '.join(map(q, args))} > bootstrap-{k}.log 2>&1 < /dev/null || "
+                  f"{{ echo \"bootstrap action \"{q(name)}\" failed (exit $?): $(tail -c 300 bootstrap-{k}.log)\" >&2; "
+                  "exit 4; }"]
+    if role == "master":
+        args = f"--host {q(address)} --port {port} --webui-port 0"
+    else:
+        args = (f"--host {q(address)} --port 0 --webui-port 0 --cores {cores} --memory {WORKER_MEMORY} "
+                f"--work-dir {q(where)}/work --properties-file spark.conf spark://{q(master)}:{port}")
+    if role == "master":
+        args += " --properties-file spark.conf"
+    lines += [f"(setsid env {ENV} {SPARK_HOME}/bin/spark-class {CLASSES[role]} {args} "
+              f"> daemon.log 2>&1 < /dev/null & echo $! > pid)",
+              f"for i in $(seq {timeout_s * 5}); do",
+              f"  grep -q {q(READY[role])} daemon.log && exit 0",
+              "  kill -0 \"$(cat pid)\" 2>/dev/null || break",
+              "  sleep 0.2",
+              "done",
+              f"echo \"spark {role} did not start: $(grep -E 'ERROR|Exception' daemon.log | tail -c 300)\" >&2",
+              "exit 5"]
+    return "\n".join(lines) + "\n"
+
+
+def stop_script(where: str) -> str:
+    """Stop a node's daemon and everything it started (its session: executors, mappers)."""
+    q = shlex.quote(where)
+    return (f"if [ -f {q}/pid ]; then p=$(cat {q}/pid); kill -TERM -- -$p 2>/dev/null; "
+            f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; kill -KILL -- -$p 2>/dev/null; fi; "
+            f"rm -rf {q}; rmdir {shlex.quote(where.rsplit('/', 1)[0])} 2>/dev/null; true")

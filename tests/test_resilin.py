@@ -1,0 +1,231 @@
+"""Resilin on the small testbed (one cloud per site), driven by boto3's own `emr` client and
+waiters as a user of Amazon EMR drives it: a streaming Word Count in Cumulus equal to the
+sequential count, a second step as the thesis's EMR took it, an application step, a TASK
+group of the other cloud that executes tasks and is shrunk away, EMR's errors for bad
+requests, and nothing left once the job flows are terminated."""
+import json
+import threading
+
+import boto3
+import botocore.exceptions
+import botocore.session
+import pytest
+from botocore.config import Config
+
+from conftest import own_testbed
+from experiments import deploy_nimbus
+from g5kdeploy import engine, remote
+from g5kdeploy.nimbus import deploy
+from g5kdeploy.resilin import samples, service
+from test_resilin_api import check_shapes, recording
+
+pytestmark = pytest.mark.testbed
+BUCKET = "resilin-test"
+FAST = {"Delay": 1, "MaxAttempts": 600}
+
+
+@pytest.fixture(scope="module")
+def federation(small_description):
+    """Two clouds (rennes, nancy), Resilin's endpoint for them, Word Count's data and programs
+    in rennes's Cumulus; afterwards every job flow is terminated and the clouds destroyed."""
+    with own_testbed(small_description) as tb:
+        engine.execute(deploy_nimbus.EXPERIMENT, tb, {"guests": [], "vmm_memory_mb": 1024})
+        clouds = json.loads(deploy.CLOUDS.read_text())
+        svc = service.Service(clouds)
+        server = service.serve(svc, 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        s3 = deploy.s3_client(clouds["rennes"])
+        s3.create_bucket(Bucket=BUCKET)
+        for name in ("mapper.py", "reducer.py", "wordsplitter.py", "readmap.py"):
+            s3.upload_file(str(samples.program(name)), BUCKET, f"bin/{name}")
+        texts = samples.corpus(300_000, files=6, seed=4)
+        for k, text in enumerate(texts):
+            s3.put_object(Bucket=BUCKET, Key=f"input/file-{k:02d}.txt", Body=text.encode())
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        yield tb, clouds, svc, endpoint, samples.word_counts(texts)
+        svc.runner.shutdown()
+        server.shutdown()
+        assert deploy.teardown(deploy.CLOUDS, tb) == []
+
+
+def emr_client(clouds, endpoint, site="rennes", **config):
+    c = clouds[site]
+    return recording(boto3.client("emr", endpoint_url=endpoint, region_name=c["region"],
+                                  aws_access_key_id=c["access_key"], aws_secret_access_key=c["secret_key"],
+                                  config=Config(**config)))
+
+
+def output_lines(s3, prefix: str) -> list[str]:
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+    assert f"{prefix}/_SUCCESS" in keys, keys
+    return [line for k in sorted(keys) if "/part-" in k
+            for line in s3.get_object(Bucket=BUCKET, Key=k)["Body"].read().decode().splitlines()]
+
+
+def streaming(output: str, reducers: int = 2) -> dict:
+    return {"Name": f"wordcount {output}", "ActionOnFailure": "CONTINUE", "HadoopJarStep": {
+        "Jar": "command-runner.jar",
+        "Args": ["hadoop-streaming", "-D", "mapreduce.input.fileinputformat.split.maxsize=40000",
+                 "-files", f"s3://{BUCKET}/bin/mapper.py,s3://{BUCKET}/bin/reducer.py", "-mapper", "mapper.py",
+                 "-reducer", "reducer.py", "-input", f"s3://{BUCKET}/input/", "-output", f"s3://{BUCKET}/{output}",
+                 "-numReduceTasks", str(reducers)]}}
+
+
+@pytest.fixture(scope="module")
+def cluster(federation):
+    """A kept-alive job flow of a master and one core instance with Word Count as its step."""
+    tb, clouds, svc, endpoint, _ = federation
+    emr = emr_client(clouds, endpoint)
+    jid = emr.run_job_flow(
+        Name="wordcount", ReleaseLabel="emr-7.5.0", Applications=[{"Name": "Spark"}, {"Name": "Hadoop"}],
+        LogUri=f"s3://{BUCKET}/logs/", VisibleToAllUsers=True,
+        Instances={"InstanceGroups": [
+            {"Name": "Master", "InstanceRole": "MASTER", "InstanceType": "m1.small", "InstanceCount": 1},
+            {"Name": "Core", "InstanceRole": "CORE", "InstanceType": "m1.small", "InstanceCount": 1}],
+            "KeepJobFlowAliveWhenNoSteps": True},
+        Steps=[streaming("out-1")])["JobFlowId"]
+    emr.get_waiter("cluster_running").wait(ClusterId=jid, WaiterConfig=FAST)
+    return emr, jid
+
+
+def test_a_streaming_step_counts_the_words_of_the_sequential_run(federation, cluster):
+    _, clouds, _, _, reference = federation
+    emr, jid = cluster
+    step = emr.list_steps(ClusterId=jid)["Steps"][0]
+    emr.get_waiter("step_complete").wait(ClusterId=jid, StepId=step["Id"], WaiterConfig=FAST)
+    assert samples.counts_of(output_lines(deploy.s3_client(clouds["rennes"]), "out-1")) == reference
+    c = emr.describe_cluster(ClusterId=jid)["Cluster"]
+    assert c["Status"]["State"] == "WAITING" and not c["AutoTerminate"]
+    assert {a["Name"] for a in c["Applications"]} == {"Spark", "Hadoop"}
+    flow = emr.describe_job_flows(JobFlowIds=[jid])["JobFlows"][0]
+    t, s = flow["ExecutionStatusDetail"], flow["Steps"][0]["ExecutionStatusDetail"]
+    assert t["CreationDateTime"] <= t["StartDateTime"] <= t["ReadyDateTime"] <= s["StartDateTime"] <= s["EndDateTime"]
+    logs = [o["Key"] for o in deploy.s3_client(clouds["rennes"]).list_objects_v2(
+        Bucket=BUCKET, Prefix=f"logs/{jid}/steps/{step['Id']}/")["Contents"]]
+    assert {k.rsplit("/", 1)[1] for k in logs} >= {"stdout", "stderr", "events"}
+    check_shapes(emr)
+
+
+def test_a_second_step_as_the_thesis_gave_it_and_an_application_step(federation, cluster):
+    """The streaming JAR with the programs as object URLs and Hadoop's aggregate reducer; then
+    a Spark application from Cumulus whose hits equal the sequential mapping."""
+    _, clouds, _, _, reference = federation
+    emr, jid = cluster
+    s3 = deploy.s3_client(clouds["rennes"])
+    genome = samples.genome(30_000, seed=2)
+    reads = samples.reads(genome, 300, seed=3)
+    s3.put_object(Bucket=BUCKET, Key="genome.txt", Body=genome.encode())
+    s3.put_object(Bucket=BUCKET, Key="reads.tsv", Body="".join(f"{r}\t{q}\n" for r, q, _ in reads).encode())
+    ids = emr.add_job_flow_steps(JobFlowId=jid, Steps=[
+        {"Name": "thesis wordcount", "ActionOnFailure": "CONTINUE", "HadoopJarStep": {
+            "Jar": "/home/hadoop/contrib/streaming/hadoop-streaming.jar",
+            "Args": ["-input", f"s3n://{BUCKET}/input/", "-output", f"s3n://{BUCKET}/out-2",
+                     "-mapper", f"s3n://{BUCKET}/bin/wordsplitter.py", "-reducer", "aggregate"]}},
+        {"Name": "readmap", "ActionOnFailure": "CONTINUE", "HadoopJarStep": {
+            "Jar": "command-runner.jar",
+            "Args": ["spark-submit", "--deploy-mode", "cluster", f"s3://{BUCKET}/bin/readmap.py",
+                     f"s3://{BUCKET}/genome.txt", f"s3://{BUCKET}/reads.tsv", f"s3://{BUCKET}/hits", "2", "4"]}}])["StepIds"]
+    for sid in ids:
+        emr.get_waiter("step_complete").wait(ClusterId=jid, StepId=sid, WaiterConfig=FAST)
+    assert samples.counts_of(output_lines(s3, "out-2")) == reference
+    hits = {(r, int(a), int(m)) for r, a, m in (line.split("\t") for line in output_lines(s3, "hits"))}
+    assert hits == samples.read_hits(genome, reads, 2)
+    assert [s["Id"] for s in emr.list_steps(ClusterId=jid)["Steps"]][:2] == ids[::-1]      # newest first, as EMR
+    check_shapes(emr)
+
+
+def test_a_task_group_of_the_other_cloud_executes_tasks_then_is_shrunk_away(federation, cluster):
+    _, clouds, _, _, reference = federation
+    emr, jid = cluster
+    gid = emr.add_instance_groups(JobFlowId=jid, InstanceGroups=[
+        {"Name": "nancy tasks", "InstanceRole": "TASK", "InstanceType": "m1.small@nancy", "InstanceCount": 1}])[
+        "InstanceGroupIds"][0]
+    wait_group(emr, jid, gid, running=1)
+    task = emr.list_instances(ClusterId=jid, InstanceGroupTypes=["TASK"])["Instances"][0]
+    nancy = deploy.client(clouds["nancy"]).describe_instances(InstanceIds=[task["Ec2InstanceId"]])
+    vmm = nancy["Reservations"][0]["Instances"][0]["Placement"]["HostId"]
+    sid = emr.add_job_flow_steps(JobFlowId=jid, Steps=[streaming("out-3", reducers=3)])["StepIds"][0]
+    emr.get_waiter("step_complete").wait(ClusterId=jid, StepId=sid, WaiterConfig=FAST)
+    s3 = deploy.s3_client(clouds["rennes"])
+    assert samples.counts_of(output_lines(s3, "out-3")) == reference
+    events = [json.loads(line) for line in s3.get_object(
+        Bucket=BUCKET, Key=f"logs/{jid}/steps/{sid}/events")["Body"].read().decode().splitlines()]
+    hosts = {e["Task Info"]["Host"] for e in events if e["Event"] == "SparkListenerTaskEnd"}
+    assert remote_address(vmm) in hosts and len(hosts) == 2, hosts      # the core's VMM and nancy's
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        core = emr.list_instance_groups(ClusterId=jid)["InstanceGroups"]
+        emr.modify_instance_groups(ClusterId=jid, InstanceGroups=[
+            {"InstanceGroupId": next(g["Id"] for g in core if g["InstanceGroupType"] == "CORE"), "InstanceCount": 0}])
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    emr.modify_instance_groups(ClusterId=jid, InstanceGroups=[
+        {"InstanceGroupId": gid, "EC2InstanceIdsToTerminate": [task["Ec2InstanceId"]]}])
+    wait_group(emr, jid, gid, running=0)
+    state = deploy.client(clouds["nancy"]).describe_instances(InstanceIds=[task["Ec2InstanceId"]])
+    assert state["Reservations"][0]["Instances"][0]["State"]["Name"] in ("shutting-down", "terminated")
+    check_shapes(emr)
+
+
+def remote_address(hostname: str) -> str:
+    import socket
+    return socket.gethostbyname(hostname)
+
+
+def wait_group(emr, jid, gid, running: int, timeout: float = 300) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        g = next(g for g in emr.list_instance_groups(ClusterId=jid)["InstanceGroups"] if g["Id"] == gid)
+        if g["RunningInstanceCount"] == running and g["Status"]["State"] == "RUNNING":
+            return
+        time.sleep(1)
+    raise AssertionError(f"group {gid} not at {running} running instances: {g}")
+
+
+def test_bad_requests_get_emr_errors_and_leave_nothing(federation, cluster):
+    tb, clouds, svc, endpoint, _ = federation
+    emr, jid = cluster
+    before = {s: alive(clouds[s]) for s in clouds}
+
+    def code(call, **kwargs):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call(**kwargs)
+        return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"]
+
+    kind, message = code(emr.run_job_flow, Name="x", Instances={
+        "MasterInstanceType": "m5.24xlarge", "InstanceCount": 1})
+    assert kind == "ValidationException" and "m5.24xlarge" in message
+    assert code(emr.run_job_flow, Name="x", Instances={"MasterInstanceType": "m1.small@mars", "InstanceCount": 1})[0] \
+        == "ValidationException"
+    unchecked = emr_client(clouds, endpoint, parameter_validation=False)      # past boto3's own checks
+    kind, message = code(unchecked.run_job_flow, Instances={"MasterInstanceType": "m1.small", "InstanceCount": 1})
+    assert kind == "ValidationException" and "'name'" in message
+    assert code(emr.describe_cluster, ClusterId="j-NOSUCHCLUSTER")[0] == "InvalidRequestException"
+    assert code(emr_client({"rennes": {**clouds["rennes"], "secret_key": "wrong"}}, endpoint).list_clusters)[0] \
+        == "InvalidSignatureException"
+    assert {s: alive(clouds[s]) for s in clouds} == before
+
+
+def alive(cloud) -> list[str]:
+    return sorted(i["InstanceId"] for r in deploy.client(cloud).describe_instances()["Reservations"]
+                  for i in r["Instances"] if i["State"]["Name"] in ("pending", "running"))
+
+
+def test_terminated_job_flows_leave_no_instance_and_no_daemon(federation, cluster):
+    tb, clouds, _, _, _ = federation
+    emr, jid = cluster
+    emr.set_termination_protection(JobFlowIds=[jid], TerminationProtected=True)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        emr.terminate_job_flows(JobFlowIds=[jid])
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    emr.set_termination_protection(JobFlowIds=[jid], TerminationProtected=False)
+    emr.terminate_job_flows(JobFlowIds=[jid])
+    emr.get_waiter("cluster_terminated").wait(ClusterId=jid, WaiterConfig=FAST)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        emr.add_job_flow_steps(JobFlowId=jid, Steps=[streaming("never")])
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert [c["Id"] for c in emr.list_clusters(ClusterStates=["TERMINATED"])["Clusters"]] == [jid]
+    assert all(alive(clouds[s]) == [] for s in clouds)
+    left = remote.run("pgrep -af '[o]rg.apache.spark' || true; ls /var/lib/g5kdeploy-resilin 2>/dev/null || true",
+                      tb.nodes())
+    assert all(r.ok and not r.stdout.strip() for r in left), [(r.host, r.stdout) for r in left]
+    check_shapes(emr)
