@@ -291,6 +291,45 @@ def nimbus_destroy(c, testbed="local"):
     print("clouds destroyed")
 
 
+@task(help={"port": "the EMR endpoint's port", "host": "the address it listens on (loopback by default)",
+            "testbed": "local or g5k (where the clouds' nodes are)"})
+@user_errors
+def resilin_up(c, port=8777, host="127.0.0.1", testbed="local"):
+    """Start Resilin's EMR endpoint for the clouds up (deploy-nimbus first); print it and the AWS CLI profiles."""
+    from g5kdeploy.nimbus.deploy import AWS_CONFIG, CLOUDS, write_aws_config
+    from g5kdeploy.resilin import service
+    info = service.start(CLOUDS, int(port), host, testbed)
+    clouds = json.loads(CLOUDS.read_text())
+    write_aws_config(AWS_CONFIG, clouds, {"emr": info["endpoint"]})
+    site = next(iter(clouds))
+    print(f"Resilin: EMR {info['endpoint']} (pid {info['pid']}, log {info['log']}), for the clouds "
+          f"{', '.join(clouds)}; sign with a cloud's credentials: its profile")
+    print(f"AWS CLI: export AWS_CONFIG_FILE={AWS_CONFIG}; aws --profile {site} emr list-clusters")
+
+
+@task
+@user_errors
+def resilin_endpoint(c):
+    """Print Resilin's EMR endpoint, if it is up."""
+    from g5kdeploy.resilin import service
+    info = service.running()
+    if info is None:
+        raise Exit("Resilin is not running: invoke resilin-up", code=1)
+    print(info["endpoint"])
+
+
+@task
+@user_errors
+def resilin_down(c):
+    """Stop Resilin's endpoint; every job flow still alive is terminated first."""
+    from g5kdeploy.nimbus.deploy import AWS_CONFIG, CLOUDS, write_aws_config
+    from g5kdeploy.resilin import service
+    stopped = service.stop()
+    if CLOUDS.exists():
+        write_aws_config(AWS_CONFIG, json.loads(CLOUDS.read_text()))
+    print("Resilin stopped" if stopped else "Resilin was not running")
+
+
 def _described(kind: str):
     """The testbed a command will use, to check a request against (the local one need not be up)."""
     if kind != "local":

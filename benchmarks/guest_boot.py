@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmarks import common
 from experiments import deploy_nimbus
-from g5kdeploy import engine
+from g5kdeploy import engine, remote
 from g5kdeploy.nimbus import deploy
 
 REPEATS, COUNTS, IMAGES = 3, (1, 8), ("tiny", "debian")
@@ -20,7 +20,7 @@ REPEATS, COUNTS, IMAGES = 3, (1, 8), ("tiny", "debian")
 def ssh_ready(address: str, key: Path, deadline: float) -> float:
     """When `ssh -i key root@address true` first succeeds (monotonic s)."""
     while time.monotonic() < deadline:
-        r = subprocess.run(deploy.login(key, address, "true"), capture_output=True)
+        r = subprocess.run(remote.login(key, address, "true"), capture_output=True)
         if r.returncode == 0:
             return time.monotonic()
         time.sleep(0.2)

@@ -55,7 +55,7 @@ def test_bundle_has_itamae_links_and_reproducible_sources(tmp_path):
         assert not any(n.startswith(("nodes/", "secrets/")) for n in names)      # nothing of any node
         src = tar.extractfile("src.tar.gz").read()
         assert tar.extractfile("src.sha256").read().decode().strip() == hashlib.sha256(src).hexdigest()
-    assert src == chef._sources()          # same sources, same bytes: a second converge changes nothing
+    assert src == chef.sources()          # same sources, same bytes: a second converge changes nothing
     with tarfile.open(fileobj=io.BytesIO(src)) as inner:
         assert "g5kdeploy/nimbus/api.py" in inner.getnames()
         assert not any("__pycache__" in n for n in inner.getnames())

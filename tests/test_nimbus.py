@@ -225,7 +225,7 @@ def ssh_into(address: str, key, command: str, timeout: float = 0) -> subprocess.
     up to `timeout` s while the guest's sshd is not up."""
     deadline = time.monotonic() + timeout
     while True:
-        r = subprocess.run(deploy.login(key, address, command), capture_output=True, text=True, timeout=60)
+        r = subprocess.run(remote.login(key, address, command), capture_output=True, text=True, timeout=60)
         if r.returncode != 255 or time.monotonic() > deadline:
             return r
         time.sleep(1)

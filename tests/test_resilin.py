@@ -1,10 +1,15 @@
 """Resilin on the small testbed (one cloud per site), driven by boto3's own `emr` client and
-waiters as a user of Amazon EMR drives it: a streaming Word Count in Cumulus equal to the
-sequential count, a second step as the thesis's EMR took it, an application step, a TASK
-group of the other cloud that executes tasks and is shrunk away, EMR's errors for bad
-requests, and nothing left once the job flows are terminated."""
+waiters, and by the AWS CLI, as a user of Amazon EMR drives it: `invoke experiment resilin`
+at its smallest, a streaming Word Count in Cumulus equal to the sequential count, a second
+step as the thesis's EMR took it, an application step, a TASK group of the other cloud that
+executes tasks and is shrunk away mid-step, EMR's errors for bad requests and another
+account's job flows, and nothing left once the job flows are terminated. Engines run on the
+VMM hosts (TCG's placement); inside the instances they are measured by
+`invoke benchmark resilin` (one job flow there takes ~9 min under TCG)."""
 import json
 import threading
+import time
+from pathlib import Path
 
 import boto3
 import botocore.exceptions
@@ -12,9 +17,10 @@ import botocore.session
 import pytest
 from botocore.config import Config
 
-from conftest import own_testbed
-from experiments import deploy_nimbus
+from conftest import drawn, own_testbed
+from experiments import deploy_nimbus, resilin
 from g5kdeploy import engine, remote
+from g5kdeploy.results import load
 from g5kdeploy.nimbus import deploy
 from g5kdeploy.resilin import samples, service
 from test_resilin_api import check_shapes, recording
@@ -25,27 +31,62 @@ FAST = {"Delay": 1, "MaxAttempts": 600}
 
 
 @pytest.fixture(scope="module")
-def federation(small_description):
+def testbed(small_description):
+    with own_testbed(small_description) as tb:
+        yield tb
+
+
+@pytest.fixture(scope="module")
+def measured(testbed, tmp_path_factory):
+    """`invoke experiment resilin` at its smallest: every kind of run, once."""
+    run = engine.execute(resilin.EXPERIMENT, testbed, {
+        "sizes": [2], "corpus_mb": 1.0, "corpus_files": 6, "split_mb": 0.25, "genome_kb": 30, "reads": 600,
+        "storage_mb": 8, "readers": [1, 2], "storage_repeats": 1, "resize_start": 2, "resize_add": 1,
+        "resize_after_s": 2.0, "multicloud_size": 3})
+    return load(run.dir), drawn(resilin.EXPERIMENT, run.dir, tmp_path_factory.mktemp("figures"))
+
+
+def test_the_experiment_redraws_the_thesis_figures_from_checked_runs(measured):
+    df, figures = measured
+    assert set(df.level) >= {"cloud", "deploy", "step", "storage", "resize", "multicloud"}
+    steps = df[df.level == "step"]
+    assert sorted(steps.workload) == ["readmap", "wordcount"] and steps.equal.all() and (steps.tasks > 0).all()
+    d = df[df.level == "deploy"].iloc[0]
+    assert 0 < d.running_s <= d.deploy_s
+    st = df[df.level == "storage"]
+    assert sorted(st.readers.tolist()) == [1, 2, 2] and (st.bytes == 8 << 20).all()
+    r = df[df.level == "resize"].set_index("kind")
+    assert r.equal.all() and r.loc["resize", "new_executors"] >= 1 and r.loc["resize", "first_new_task_s"] > 0
+    m = df[df.level == "multicloud"].set_index("layout")
+    assert m.equal.all() and m.loc["two-clouds", "task_hosts"] == 2 and m.loc["one-cloud", "task_hosts"] == 1
+    assert set(figures) == {"fig-4.2-deployment.png", "fig-4.3-wordcount.png", "fig-4.4-readmap.png",
+                            "fig-4.5-storage.png", "resize.png", "multicloud.png"}
+
+
+@pytest.fixture(scope="module")
+def federation(testbed):
     """Two clouds (rennes, nancy), Resilin's endpoint for them, Word Count's data and programs
     in rennes's Cumulus; afterwards every job flow is terminated and the clouds destroyed."""
-    with own_testbed(small_description) as tb:
-        engine.execute(deploy_nimbus.EXPERIMENT, tb, {"guests": [], "vmm_memory_mb": 1024})
-        clouds = json.loads(deploy.CLOUDS.read_text())
-        svc = service.Service(clouds)
-        server = service.serve(svc, 0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        s3 = deploy.s3_client(clouds["rennes"])
-        s3.create_bucket(Bucket=BUCKET)
-        for name in ("mapper.py", "reducer.py", "wordsplitter.py", "readmap.py"):
-            s3.upload_file(str(samples.program(name)), BUCKET, f"bin/{name}")
-        texts = samples.corpus(300_000, files=6, seed=4)
-        for k, text in enumerate(texts):
-            s3.put_object(Bucket=BUCKET, Key=f"input/file-{k:02d}.txt", Body=text.encode())
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        yield tb, clouds, svc, endpoint, samples.word_counts(texts)
-        svc.runner.shutdown()
-        server.shutdown()
-        assert deploy.teardown(deploy.CLOUDS, tb) == []
+    tb = testbed
+    engine.execute(deploy_nimbus.EXPERIMENT, tb, {"guests": [], "vmm_memory_mb": 1024})
+    clouds = json.loads(deploy.CLOUDS.read_text())
+    svc = service.Service(clouds)
+    server = service.serve(svc, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    s3 = deploy.s3_client(clouds["rennes"])
+    s3.create_bucket(Bucket=BUCKET)
+    for name in ("mapper.py", "reducer.py", "wordsplitter.py", "readmap.py"):
+        s3.upload_file(str(samples.program(name)), BUCKET, f"bin/{name}")
+    texts = samples.corpus(300_000, files=6, seed=4)
+    for k, text in enumerate(texts):
+        s3.put_object(Bucket=BUCKET, Key=f"input/file-{k:02d}.txt", Body=text.encode())
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    yield tb, clouds, svc, endpoint, samples.word_counts(texts)
+    svc.runner.shutdown()
+    server.shutdown()
+    assert [k["KeyName"] for k in deploy.client(clouds["rennes"]).describe_key_pairs()["KeyPairs"]
+            if k["KeyName"].startswith("resilin-")] == []           # Resilin's own went with it
+    assert deploy.teardown(deploy.CLOUDS, tb) == []
 
 
 def emr_client(clouds, endpoint, site="rennes", **config):
@@ -134,7 +175,7 @@ def test_a_second_step_as_the_thesis_gave_it_and_an_application_step(federation,
     check_shapes(emr)
 
 
-def test_a_task_group_of_the_other_cloud_executes_tasks_then_is_shrunk_away(federation, cluster):
+def test_a_task_group_of_the_other_cloud_executes_tasks_and_is_shrunk_away_mid_step(federation, cluster):
     _, clouds, _, _, reference = federation
     emr, jid = cluster
     gid = emr.add_instance_groups(JobFlowId=jid, InstanceGroups=[
@@ -157,8 +198,13 @@ def test_a_task_group_of_the_other_cloud_executes_tasks_then_is_shrunk_away(fede
         emr.modify_instance_groups(ClusterId=jid, InstanceGroups=[
             {"InstanceGroupId": next(g["Id"] for g in core if g["InstanceGroupType"] == "CORE"), "InstanceCount": 0}])
     assert e.value.response["Error"]["Code"] == "ValidationException"
-    emr.modify_instance_groups(ClusterId=jid, InstanceGroups=[
+    sid = emr.add_job_flow_steps(JobFlowId=jid, Steps=[streaming("out-4", reducers=3)])["StepIds"][0]
+    while emr.describe_step(ClusterId=jid, StepId=sid)["Step"]["Status"]["State"] == "PENDING":
+        time.sleep(0.2)
+    emr.modify_instance_groups(ClusterId=jid, InstanceGroups=[             # while the step runs
         {"InstanceGroupId": gid, "EC2InstanceIdsToTerminate": [task["Ec2InstanceId"]]}])
+    emr.get_waiter("step_complete").wait(ClusterId=jid, StepId=sid, WaiterConfig=FAST)
+    assert samples.counts_of(output_lines(s3, "out-4")) == reference
     wait_group(emr, jid, gid, running=0)
     state = deploy.client(clouds["nancy"]).describe_instances(InstanceIds=[task["Ec2InstanceId"]])
     assert state["Reservations"][0]["Instances"][0]["State"]["Name"] in ("shutting-down", "terminated")
@@ -171,7 +217,6 @@ def remote_address(hostname: str) -> str:
 
 
 def wait_group(emr, jid, gid, running: int, timeout: float = 300) -> None:
-    import time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         g = next(g for g in emr.list_instance_groups(ClusterId=jid)["InstanceGroups"] if g["Id"] == gid)
@@ -202,6 +247,10 @@ def test_bad_requests_get_emr_errors_and_leave_nothing(federation, cluster):
     assert code(emr.describe_cluster, ClusterId="j-NOSUCHCLUSTER")[0] == "InvalidRequestException"
     assert code(emr_client({"rennes": {**clouds["rennes"], "secret_key": "wrong"}}, endpoint).list_clusters)[0] \
         == "InvalidSignatureException"
+    stranger = emr_client(clouds, endpoint, site="nancy")          # another cloud's account: not its job flow
+    assert code(stranger.describe_cluster, ClusterId=jid)[0] == "InvalidRequestException"
+    assert code(stranger.terminate_job_flows, JobFlowIds=[jid])[0] == "ValidationException"
+    assert jid not in [c["Id"] for c in stranger.list_clusters()["Clusters"]]
     assert {s: alive(clouds[s]) for s in clouds} == before
 
 
@@ -223,9 +272,40 @@ def test_terminated_job_flows_leave_no_instance_and_no_daemon(federation, cluste
     with pytest.raises(botocore.exceptions.ClientError) as e:
         emr.add_job_flow_steps(JobFlowId=jid, Steps=[streaming("never")])
     assert e.value.response["Error"]["Code"] == "ValidationException"
-    assert [c["Id"] for c in emr.list_clusters(ClusterStates=["TERMINATED"])["Clusters"]] == [jid]
+    assert jid in [c["Id"] for c in emr.list_clusters(ClusterStates=["TERMINATED"])["Clusters"]]
     assert all(alive(clouds[s]) == [] for s in clouds)
     left = remote.run("pgrep -af '[o]rg.apache.spark' || true; ls /var/lib/g5kdeploy-resilin 2>/dev/null || true",
                       tb.nodes())
     assert all(r.ok and not r.stdout.strip() for r in left), [(r.host, r.stdout) for r in left]
     check_shapes(emr)
+
+
+def test_readme_aws_cli_block_works_verbatim(federation, tmp_path):
+    """The README's block: invoke resilin-up, the AWS CLI's `aws emr` from create-cluster to
+    terminate-clusters, invoke resilin-down (which leaves the profiles without Resilin)."""
+    import re
+    import subprocess
+    from conftest import ROOT
+    tb, clouds, _, _, _ = federation
+    block = re.search(r"runs verbatim in the\ntests \(`test_resilin.py`\):\n\n```bash\n(.*?)```",
+                      (ROOT / "README.md").read_text(), re.S)[1]
+    script = tmp_path / "readme.sh"
+    script.write_text(f"cd {ROOT}\n{block}")
+    s3 = deploy.s3_client(clouds["rennes"])
+    try:
+        r = subprocess.run(["timeout", "600", "bash", "-euo", "pipefail", str(script)], capture_output=True, text=True,
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        top = [line.split("\t") for line in r.stdout.splitlines() if "\t" in line]
+        counts = samples.word_counts([(Path("/tmp/books") / f"part-{k}.txt").read_text() for k in range(4)])
+        assert len(top) == 3 and all(counts[w] == int(n) for w, n in top)
+        assert sorted(int(n) for _, n in top) == sorted(n for _, n in counts.most_common(3))
+        assert "emr" not in deploy.AWS_CONFIG.read_text() and service.running() is None
+    finally:
+        import shutil
+        shutil.rmtree("/tmp/books", ignore_errors=True)
+        service.stop()
+        if "books" in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+            for o in s3.list_objects_v2(Bucket="books").get("Contents", []):
+                s3.delete_object(Bucket="books", Key=o["Key"])
+            s3.delete_bucket(Bucket="books")

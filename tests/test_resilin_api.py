@@ -102,7 +102,10 @@ def test_a_job_flow_is_described_listed_and_terminated_in_emrs_shapes(resilin):
     jid = emr.run_job_flow(Name="flow", ReleaseLabel="emr-7.5.0", Applications=[{"Name": "Spark"}],
                            Instances={"MasterInstanceType": "m1.small", "SlaveInstanceType": "m1.tiny",
                                       "InstanceCount": 3, "KeepJobFlowAliveWhenNoSteps": True},
-                           Steps=[STEP], Tags=[{"Key": "team", "Value": "myriads"}])["JobFlowId"]
+                           Steps=[STEP], Tags=[{"Key": "team", "Value": "myriads"}],
+                           BootstrapActions=[{"Name": "setup", "ScriptBootstrapAction": {"Path": "s3://b/setup.sh",
+                                                                                         "Args": ["--fast"]}}],
+                           Configurations=[{"Classification": "resilin", "Properties": {"placement": "vmm"}}])["JobFlowId"]
     assert len(asked(ec2, 3)) == 3                     # asked of the cloud: pending there (launches held)
     c = emr.describe_cluster(ClusterId=jid)["Cluster"]
     assert c["Status"]["State"] == "STARTING" and c["Applications"] == [{"Name": "Spark", "Version": "4.3.0"}]
@@ -110,6 +113,8 @@ def test_a_job_flow_is_described_listed_and_terminated_in_emrs_shapes(resilin):
     assert sorted((g["InstanceGroupType"], g["InstanceType"], g["RequestedInstanceCount"]) for g in groups) == \
         [("CORE", "m1.tiny", 2), ("MASTER", "m1.small", 1)]
     assert len(emr.list_instances(ClusterId=jid, InstanceGroupTypes=["CORE"])["Instances"]) == 2
+    assert emr.list_bootstrap_actions(ClusterId=jid)["BootstrapActions"] == [
+        {"Name": "setup", "ScriptPath": "s3://b/setup.sh", "Args": ["--fast"]}]
     extra = emr.add_job_flow_steps(JobFlowId=jid, Steps=[STEP])["StepIds"]
     cancelled = emr.cancel_steps(ClusterId=jid, StepIds=extra)["CancelStepsInfoList"]
     assert cancelled == [{"StepId": extra[0], "Status": "SUBMITTED"}]
@@ -138,6 +143,10 @@ def test_bad_requests_get_emrs_errors_and_ask_nothing_of_the_cloud(resilin):
     one = {"MasterInstanceType": "m1.small", "InstanceCount": 1}
     assert code(emr.run_job_flow, Name="x", Instances={**one, "MasterInstanceType": "c9.huge"}) == "ValidationException"
     assert code(emr.run_job_flow, Name="x", Instances=one, Applications=[{"Name": "Hive"}]) == "ValidationException"
+    assert code(emr.run_job_flow, Name="x", Instances=one, Configurations=[
+        {"Classification": "resilin", "Properties": {"placement": "moon"}}]) == "ValidationException"
+    assert code(emr.run_job_flow, Name="x", Instances=one, Configurations=[
+        {"Classification": "hive-site", "Properties": {}}]) == "ValidationException"
     assert code(emr.run_job_flow, Name="x", Instances={"InstanceGroups": [
         {"InstanceRole": "CORE", "InstanceType": "m1.small", "InstanceCount": 2}]}) == "ValidationException"
     assert code(emr.run_job_flow, Name="x", Instances=one, BootstrapActions=[

@@ -109,7 +109,7 @@ def _itamae_links(tar: tarfile.TarFile) -> None:
             _link(tar, f"cookbooks/{cookbook.name}/recipes/{t.name}", f"../templates/default/{t.name}")
 
 
-def _sources() -> bytes:
+def sources() -> bytes:
     """The g5kdeploy package as a reproducible tar.gz (same sources, same bytes)."""
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
@@ -125,7 +125,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
 
 def bundle(files: dict[str, Path], out: Path) -> Path:
     """The tarball every node receives (nothing secret). files: name -> path."""
-    src = _sources()
+    src = sources()
     with tarfile.open(out, "w") as tar:     # not compressed: most of it (kernel, initrd) is already
         _add_tree(tar, COOKBOOKS, "cookbooks")
         _itamae_links(tar)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 CONFIG = Path("/etc/nimbus/cloud.json")
 PROPAGATION_MODES = ("scp", "chain", "qcow", "chain+qcow")
-INSTANCE_TYPES = {"m1.tiny": 96, "m1.small": 128, "m1.medium": 256, "m1.large": 512}   # MiB of guest RAM
+INSTANCE_TYPES = {"m1.tiny": 96, "m1.small": 128, "m1.medium": 256, "m1.large": 512,   # MiB of guest RAM
+                  "c1.medium": 1792}           # the thesis's EMR instances: room for a JVM
 API_PORT = 8773                 # every cloud's EC2 API, on its service node
 BROKER_PORT = 8774              # its context broker
 CHAIN_PORT = 8790               # the VMMs' chain daemons (nimbus.chain)

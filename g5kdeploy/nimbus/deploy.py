@@ -150,13 +150,6 @@ def s3_client(cloud: dict):
                         config=Config(s3={"addressing_style": "path"}))
 
 
-def login(key: Path | str, address: str, *command: str) -> list[str]:
-    """`ssh -i key root@address command` into an instance, as a user types it (no known-hosts
-    entry: guest addresses are reused by new guests with new host keys)."""
-    return ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{address}", *command]
-
-
 def verify(cloud: dict, timeout: float = 30) -> list[str]:
     """The cloud's image ids, once its API answers a signed DescribeImages and its Cumulus
     a signed ListBuckets (Swift answers 503 while its servers start)."""
@@ -175,13 +168,20 @@ def verify(cloud: dict, timeout: float = 30) -> list[str]:
         time.sleep(0.3)
 
 
-def aws_profile(site: str, cloud: dict) -> str:
-    """An AWS CLI / SDK profile for one cloud: its EC2 API and its Cumulus (S3, path-style)."""
+def aws_profile(site: str, cloud: dict, more: dict[str, str] | None = None) -> str:
+    """An AWS CLI / SDK profile for one cloud: its EC2 API and its Cumulus (S3, path-style),
+    and `more` endpoints by service (Resilin's `emr`)."""
+    endpoints = {"ec2": cloud["endpoint"], "s3": cloud["s3_endpoint"], **(more or {})}
     return (f"[profile {site}]\nregion = {cloud['region']}\naws_access_key_id = {cloud['access_key']}\n"
             f"aws_secret_access_key = {cloud['secret_key']}\nservices = {site}-endpoints\n"
             "s3 =\n    addressing_style = path\n"
-            f"[services {site}-endpoints]\nec2 =\n    endpoint_url = {cloud['endpoint']}\n"
-            f"s3 =\n    endpoint_url = {cloud['s3_endpoint']}\n")
+            f"[services {site}-endpoints]\n" + "".join(f"{k} =\n    endpoint_url = {v}\n" for k, v in endpoints.items()))
+
+
+def write_aws_config(path: Path, clouds: dict[str, dict], more: dict[str, str] | None = None) -> Path:
+    """AWS_CONFIG: one profile per cloud (root's alone, replaced whole)."""
+    write_atomic(path, "\n".join(aws_profile(s, c, more) for s, c in clouds.items()), 0o600)
+    return path
 
 
 def write_clouds(path: Path, clouds: dict[str, dict]) -> Path:
@@ -189,7 +189,7 @@ def write_clouds(path: Path, clouds: dict[str, dict]) -> Path:
     each replaced whole."""
     work_dir(path.parent)
     write_atomic(path, json.dumps(clouds, indent=2), 0o600)
-    write_atomic(path.with_name(AWS_CONFIG.name), "\n".join(aws_profile(s, c) for s, c in clouds.items()), 0o600)
+    write_aws_config(path.with_name(AWS_CONFIG.name), clouds)
     return path
 
 

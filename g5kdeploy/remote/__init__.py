@@ -63,6 +63,13 @@ def as_root(command: str) -> str:
     return f"{CONNECTION['sudo']} sh -c {shlex.quote(command)}" if CONNECTION.get("sudo") else command
 
 
+def login(key: Path | str, address: str, *command: str) -> list[str]:
+    """`ssh -i key root@address command` into a cloud instance, as a user types it (no
+    known-hosts entry: guest addresses are reused by new guests with new host keys)."""
+    return ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{address}", *command]
+
+
 def gateway() -> str | None:
     """The gateway nodes are reached through (use_gateway), if any."""
     return CONNECTION.get("gateway")

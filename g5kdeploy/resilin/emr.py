@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 from g5kdeploy.resilin import objects
-from g5kdeploy.resilin.flow import ALIVE, ENGINE, IMAGE, Flow, Group, Runner, Step, new_id
+from g5kdeploy.resilin import placement as placements
+from g5kdeploy.resilin.flow import ALIVE, ENGINE, Flow, Group, Runner, Step, new_id
 
 ROLES = ("MASTER", "CORE", "TASK")
 ACTIONS_ON_FAILURE = ("TERMINATE_JOB_FLOW", "TERMINATE_CLUSTER", "CANCEL_AND_WAIT", "CONTINUE")
@@ -34,18 +35,34 @@ def required(p: dict, name: str, where: str = ""):
 
 
 class EMR:
-    def __init__(self, runner: Runner):
-        self.runner = runner
+    def __init__(self, runner: Runner, placement: str | None = None):
+        self.runner, self.placement = runner, placement or placements.default()
 
     # helpers ------------------------------------------------------------------------------
-    def flow(self, cluster_id: str, kind: str = "InvalidRequestException") -> Flow:
+    def flow(self, cluster_id: str, cloud: str, kind: str = "InvalidRequestException") -> Flow:
+        """A job flow of the account (cloud) that signed the request: another's is unknown."""
         f = self.runner.flows.get(cluster_id or "")
-        if f is None:
+        if f is None or f.cloud != cloud:
             raise EMRError(kind, f"Cluster id '{cluster_id}' is not valid." if kind != "ValidationException"
                            else f"Specified job flow ID not valid: {cluster_id}")
         return f
 
-    def _instance_type(self, text: str, default_cloud: str) -> tuple[str, str]:
+    def _placement(self, p: dict):
+        """Where the job flow's engines run: the service's choice, or a `resilin`
+        configuration's `placement` property (EMR's Configurations: how a user tunes a
+        cluster)."""
+        name = self.placement
+        for c in p.get("Configurations") or []:
+            if c.get("Classification") == "resilin":
+                name = (c.get("Properties") or {}).get("placement", name)
+            elif c.get("Classification"):
+                raise invalid(f"Configurations of classification {c['Classification']!r} are not supported: "
+                              "use 'resilin' (property placement: vmm or instance)")
+        if name not in placements.PLACEMENTS:
+            raise invalid(f"Unknown placement {name!r}: use one of {', '.join(placements.PLACEMENTS)}")
+        return placements.of(name, self.runner.clouds)
+
+    def _instance_type(self, text: str, default_cloud: str, image: str) -> tuple[str, str]:
         """`m1.small` or `m1.small@cloud` -> (type, cloud), the type checked by the cloud
         itself (RunInstances with DryRun, so nothing is started)."""
         itype, _, cloud = text.partition("@")
@@ -55,7 +72,7 @@ class EMR:
                           + ", ".join(self.runner.clouds.entries))
         import botocore.exceptions
         try:
-            self.runner.clouds.ec2(cloud).run_instances(ImageId=IMAGE, InstanceType=itype, MinCount=1, MaxCount=1,
+            self.runner.clouds.ec2(cloud).run_instances(ImageId=image, InstanceType=itype, MinCount=1, MaxCount=1,
                                                         DryRun=True)
         except botocore.exceptions.ClientError as e:
             if e.response["Error"]["Code"] != "DryRunOperation":
@@ -65,7 +82,7 @@ class EMR:
             raise EMRError("InternalServerError", f"cloud {cloud} does not answer: {e}", 500) from None
         return itype, cloud
 
-    def _groups(self, spec: dict, cloud: str) -> list[Group]:
+    def _groups(self, spec: dict, cloud: str, image: str) -> list[Group]:
         if spec.get("InstanceFleets"):
             raise invalid("Instance fleets are not supported: use InstanceGroups or Master/SlaveInstanceType")
         groups = []
@@ -75,14 +92,14 @@ class EMR:
                 if role not in ROLES:
                     raise invalid(f"Invalid InstanceRole {role!r}: use one of {', '.join(ROLES)}")
                 count = int(required(g, "InstanceCount", f"instances.instanceGroups.{k + 1}.member."))
-                itype, where = self._instance_type(required(g, "InstanceType"), cloud)
+                itype, where = self._instance_type(required(g, "InstanceType"), cloud, image)
                 groups.append(Group(new_id("ig-"), role, itype, where, count, g.get("Name", role.title())))
         else:
             count = int(spec.get("InstanceCount") or 1)
-            master = self._instance_type(required(spec, "MasterInstanceType", "instances."), cloud)
+            master = self._instance_type(required(spec, "MasterInstanceType", "instances."), cloud, image)
             groups.append(Group(new_id("ig-"), "MASTER", master[0], master[1], 1, "Master"))
             if count > 1:
-                slave = self._instance_type(spec.get("SlaveInstanceType") or master[0], cloud)
+                slave = self._instance_type(spec.get("SlaveInstanceType") or master[0], cloud, image)
                 groups.append(Group(new_id("ig-"), "CORE", slave[0], slave[1], count - 1, "Core"))
         roles = [g.role for g in groups]
         if roles.count("MASTER") != 1 or next(g for g in groups if g.role == "MASTER").requested != 1:
@@ -132,30 +149,31 @@ class EMR:
                 raise invalid(f"Bootstrap action path {path!r} is not an object URL (s3://bucket/key)")
             boot.append((required(b, "Name", f"bootstrapActions.{k + 1}.member."), path,
                          [str(a) for a in script.get("Args", [])]))
+        where = self._placement(p)
         flow = Flow(new_id("j-"), name, cloud, keep_alive=bool(spec.get("KeepJobFlowAliveWhenNoSteps", False)),
                     protected=bool(spec.get("TerminationProtected", False)), log_uri=p.get("LogUri", ""),
                     release_label=p.get("ReleaseLabel") or p.get("AmiVersion", ""),
                     applications=self._applications(p.get("Applications")), bootstrap=boot, tags=p.get("Tags", []),
-                    groups=self._groups(spec, cloud), steps=self._steps(p.get("Steps")),
-                    key_name=spec.get("Ec2KeyName", ""))
+                    groups=self._groups(spec, cloud, where.image), steps=self._steps(p.get("Steps")),
+                    key_name=spec.get("Ec2KeyName", ""), placement=where)
         self.runner.start(flow)
         return {"JobFlowId": flow.id, "ClusterArn": self._arn(flow)}
 
     def DescribeCluster(self, p: dict, cloud: str) -> dict:
-        return {"Cluster": self._cluster(self.flow(required(p, "ClusterId")))}
+        return {"Cluster": self._cluster(self.flow(required(p, "ClusterId"), cloud))}
 
     def ListClusters(self, p: dict, cloud: str) -> dict:
         states = p.get("ClusterStates") or []
-        flows = [f for f in self._created(p) if not states or f.state in states]
+        flows = [f for f in self._created(p, cloud) if not states or f.state in states]
         return self._page(p, [self._summary(f) for f in flows], "Clusters")
 
     def DescribeJobFlows(self, p: dict, cloud: str) -> dict:
         ids, states = p.get("JobFlowIds") or [], p.get("JobFlowStates") or []
-        flows = [f for f in self._created(p) if (not ids or f.id in ids) and (not states or self._jf_state(f) in states)]
+        flows = [f for f in self._created(p, cloud) if (not ids or f.id in ids) and (not states or self._jf_state(f) in states)]
         return {"JobFlows": [self._job_flow(f) for f in flows]}
 
     def AddJobFlowSteps(self, p: dict, cloud: str) -> dict:
-        flow = self.flow(required(p, "JobFlowId"), "ValidationException")
+        flow = self.flow(required(p, "JobFlowId"), cloud, "ValidationException")
         steps = self._steps(required(p, "Steps"))
         with self.runner.lock:
             if flow.state not in ALIVE:
@@ -165,13 +183,13 @@ class EMR:
         return {"StepIds": [s.id for s in steps]}
 
     def ListSteps(self, p: dict, cloud: str) -> dict:
-        flow = self.flow(required(p, "ClusterId"))
+        flow = self.flow(required(p, "ClusterId"), cloud)
         states, ids = p.get("StepStates") or [], p.get("StepIds") or []
         steps = [s for s in reversed(flow.steps) if (not states or s.state in states) and (not ids or s.id in ids)]
         return self._page(p, [self._step(s) for s in steps], "Steps")
 
     def DescribeStep(self, p: dict, cloud: str) -> dict:
-        flow = self.flow(required(p, "ClusterId"))
+        flow = self.flow(required(p, "ClusterId"), cloud)
         sid = required(p, "StepId")
         step = next((s for s in flow.steps if s.id == sid), None)
         if step is None:
@@ -179,7 +197,7 @@ class EMR:
         return {"Step": self._step(step)}
 
     def CancelSteps(self, p: dict, cloud: str) -> dict:
-        flow = self.flow(required(p, "ClusterId"))
+        flow = self.flow(required(p, "ClusterId"), cloud)
         option = p.get("StepCancellationOption", "SEND_INTERRUPT")
         out = []
         for sid in required(p, "StepIds"):
@@ -199,7 +217,7 @@ class EMR:
         return {"CancelStepsInfoList": out}
 
     def AddInstanceGroups(self, p: dict, cloud: str) -> dict:
-        flow = self.flow(required(p, "JobFlowId"), "ValidationException")
+        flow = self.flow(required(p, "JobFlowId"), cloud, "ValidationException")
         groups = [self._new_group(g, flow) for g in required(p, "InstanceGroups")]
         with self.runner.lock:
             if flow.state not in ("RUNNING", "WAITING"):
@@ -217,14 +235,14 @@ class EMR:
             raise invalid("A job flow has at most one CORE instance group")
         if role not in ROLES:
             raise invalid(f"Invalid InstanceRole {role!r}: use one of {', '.join(ROLES)}")
-        itype, where = self._instance_type(required(g, "InstanceType"), flow.cloud)
+        itype, where = self._instance_type(required(g, "InstanceType"), flow.cloud, flow.placement.image)
         count = int(required(g, "InstanceCount"))
         if count < 1:
             raise invalid("InstanceCount must be at least 1")
         return Group(new_id("ig-"), role, itype, where, count, g.get("Name", role.title()), state="RESIZING")
 
     def ModifyInstanceGroups(self, p: dict, cloud: str) -> dict:
-        flow = self.flow(required(p, "ClusterId"))
+        flow = self.flow(required(p, "ClusterId"), cloud)
         plans = []
         for m in required(p, "InstanceGroups"):
             group = flow.group(required(m, "InstanceGroupId"))
@@ -254,19 +272,24 @@ class EMR:
         return {}
 
     def ListInstanceGroups(self, p: dict, cloud: str) -> dict:
-        flow = self.flow(required(p, "ClusterId"))
+        flow = self.flow(required(p, "ClusterId"), cloud)
         return self._page(p, [self._group(flow, g) for g in flow.groups], "InstanceGroups")
 
     def ListInstances(self, p: dict, cloud: str) -> dict:
-        flow = self.flow(required(p, "ClusterId"))
+        flow = self.flow(required(p, "ClusterId"), cloud)
         gid, roles, states = p.get("InstanceGroupId"), p.get("InstanceGroupTypes") or [], p.get("InstanceStates") or []
         out = [self._instance(i) for i in flow.instances
                if (not gid or i.group == gid) and (not roles or flow.group(i.group).role in roles)
                and (not states or i.state in states)]
         return self._page(p, out, "Instances")
 
+    def ListBootstrapActions(self, p: dict, cloud: str) -> dict:
+        flow = self.flow(required(p, "ClusterId"), cloud)
+        return self._page(p, [{"Name": n, "ScriptPath": path, "Args": args} for n, path, args in flow.bootstrap],
+                          "BootstrapActions")
+
     def TerminateJobFlows(self, p: dict, cloud: str) -> dict:
-        flows = [self.flow(i, "ValidationException") for i in required(p, "JobFlowIds")]
+        flows = [self.flow(i, cloud, "ValidationException") for i in required(p, "JobFlowIds")]
         if any(f.protected and f.state in ALIVE for f in flows):
             raise invalid("Could not shut down one or more job flows since they are termination protected.")
         for f in flows:
@@ -274,7 +297,7 @@ class EMR:
         return {}
 
     def SetTerminationProtection(self, p: dict, cloud: str) -> dict:
-        flows = [self.flow(i, "ValidationException") for i in required(p, "JobFlowIds")]
+        flows = [self.flow(i, cloud, "ValidationException") for i in required(p, "JobFlowIds")]
         if "TerminationProtected" not in p:
             required(p, "TerminationProtected")
         for f in flows:
@@ -286,10 +309,10 @@ class EMR:
         region = self.runner.clouds.entries[f.cloud]["region"]
         return f"arn:aws:elasticmapreduce:{region}:000000000000:cluster/{f.id}"
 
-    def _created(self, p: dict) -> list[Flow]:
+    def _created(self, p: dict, cloud: str) -> list[Flow]:
         after, before = p.get("CreatedAfter"), p.get("CreatedBefore")
-        return sorted((f for f in self.runner.flows.values()
-                       if (after is None or f.created >= float(after)) and (before is None or f.created <= float(before))),
+        return sorted((f for f in self.runner.flows.values() if f.cloud == cloud
+                       and (after is None or f.created >= float(after)) and (before is None or f.created <= float(before))),
                       key=lambda f: -f.created)
 
     @staticmethod

@@ -8,16 +8,13 @@ time on the master (g5kdeploy.resilin.step). Instance groups may be on different
 the federation (instance type `m1.small@nancy`: the thesis's multi-cloud job flows); their
 workers join the master over the WAN.
 
-Where an instance's engine runs is the placement: `vmm` runs it on the VMM host of the
-instance (EC2's Placement.HostId), with the instance's core: under TCG a JVM in a guest is
-~8x slower than on its host (benchmarks/README). `instance` (inside the guests, as the
-thesis did: KVM on Grid'5000) is not built yet."""
+Where an instance's engine runs (its VMM host, or inside it) is the job flow's placement
+(g5kdeploy.resilin.placement)."""
 from __future__ import annotations
 
 import json
 import logging
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -25,11 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from g5kdeploy import remote
 from g5kdeploy.resilin import spark
 
 log = logging.getLogger("resilin")
-IMAGE = "tiny"                        # what instances boot with placement vmm (they hold the cores)
 RUNNING_TIMEOUT_S = 600               # an instance not running by then fails its group
 ALIVE = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 ENDED = ("TERMINATED", "TERMINATED_WITH_ERRORS")
@@ -111,6 +106,7 @@ class Flow:
     ready: float | None = None        # the engine up: steps may run
     ended: float | None = None
     key_name: str = ""
+    placement: object = None          # placement.OnVmm or InGuest: where its instances' engines run
     secret: str = field(default_factory=lambda: secrets.token_hex(24))
     port: int = 7100
     wakeup: threading.Event = field(default_factory=threading.Event)     # a step added, or the end
@@ -127,22 +123,50 @@ class Flow:
 
 
 class Clouds:
-    """The federation's clouds as a user reaches them: site -> entry of the clouds file."""
+    """The federation's clouds as a user reaches them: site -> entry of the clouds file;
+    Resilin's own key pair in each (made when first needed, deleted by `forget_keys`)."""
 
-    def __init__(self, entries: dict[str, dict]):
-        self.entries = entries
+    def __init__(self, entries: dict[str, dict], keys: Path | None = None):
+        self.entries, self.keys = entries, keys
         self._clients: dict[str, object] = {}
+        self._pairs: dict[str, tuple[str, Path]] = {}
         self._lock = threading.Lock()
 
-    def ec2(self, site: str):
-        import boto3
+    def key_pair(self, site: str) -> tuple[str, Path]:
+        """(name, private key file) of Resilin's key pair in a cloud."""
         with self._lock:
-            if site not in self._clients:
-                c = self.entries[site]
-                self._clients[site] = boto3.client("ec2", endpoint_url=c["endpoint"], region_name=c["region"],
-                                                   aws_access_key_id=c["access_key"],
-                                                   aws_secret_access_key=c["secret_key"])
-            return self._clients[site]
+            if site not in self._pairs:
+                from g5kdeploy.files import write_atomic
+                name = f"resilin-{secrets.token_hex(4)}"
+                made = self._client(site).create_key_pair(KeyName=name, KeyType="ed25519")
+                path = (self.keys or Path(tempfile.mkdtemp(prefix="resilin-keys-"))) / f"{site}.pem"
+                write_atomic(path, made["KeyMaterial"], 0o600)
+                self._pairs[site] = (name, path)
+            return self._pairs[site]
+
+    def forget_keys(self) -> None:
+        for site, (name, path) in list(self._pairs.items()):
+            try:
+                self._client(site).delete_key_pair(KeyName=name)
+            except Exception as e:
+                log.warning("key pair %s of %s not deleted: %s", name, site, e)
+            path.unlink(missing_ok=True)
+            if self.keys is None:            # its own temporary directory
+                path.parent.rmdir()
+            self._pairs.pop(site)
+
+    def ec2(self, site: str):
+        with self._lock:
+            return self._client(site)
+
+    def _client(self, site: str):
+        """The cloud's boto3 EC2 client (one per cloud; under the lock)."""
+        import boto3
+        if site not in self._clients:
+            c = self.entries[site]
+            self._clients[site] = boto3.client("ec2", endpoint_url=c["endpoint"], region_name=c["region"],
+                                               aws_access_key_id=c["access_key"], aws_secret_access_key=c["secret_key"])
+        return self._clients[site]
 
     def storage(self, site: str) -> dict:
         """s3.json of a cluster whose data lives in this cloud's Cumulus."""
@@ -232,9 +256,10 @@ class Runner:
             if k <= 0:
                 continue
             tags = [{"Key": "resilin:job-flow", "Value": flow.id}, {"Key": "resilin:group", "Value": g.id}]
+            key = flow.placement.key_name(g.cloud)
             r = self.clouds.ec2(g.cloud).run_instances(
-                ImageId=IMAGE, InstanceType=g.type, MinCount=k, MaxCount=k,
-                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+                ImageId=flow.placement.image, InstanceType=g.type, MinCount=k, MaxCount=k,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}], **({"KeyName": key} if key else {}))
             made = [Instance(new_id("ci-"), g.id, g.cloud, ec2_id=i["InstanceId"]) for i in r["Instances"]]
             with self.lock:
                 flow.instances += made
@@ -268,73 +293,57 @@ class Runner:
 
     # the engine ---------------------------------------------------------------------------
     def _engine(self, flow: Flow, instances: list[Instance]) -> None:
-        """Bootstrap actions and the Spark daemon on each instance (in parallel): one file
-        copy (its secrets) and one script per node."""
+        """Bootstrap actions and the Spark daemon on each instance, in parallel: its files
+        (the cluster's secret, the storage credentials) and one script."""
         if not instances:
             return
-        master = flow.master
-        master_address = socket.gethostbyname(master.host)
-        with tempfile.TemporaryDirectory(prefix="resilin-") as tmp:
-            files = []
-            for i in instances:
-                conf, s3 = Path(tmp) / f"resilin-{i.id}.spark.conf", Path(tmp) / f"resilin-{i.id}.s3.json"
-                conf.write_text(spark.properties(flow.secret))
-                s3.write_text(json.dumps(self.clouds.storage(flow.cloud)))
-                conf.chmod(0o600)
-                s3.chmod(0o600)
-                files.append((i, conf, s3))
-            sent = {r.host: r for f in files for r in remote.put([f[1], f[2]], [f[0].host], ".")}
-        bad = [f"{h}: {r.error or r.stderr.strip()[-200:]}" for h, r in sent.items() if not r.ok]
-        if bad:
-            raise RuntimeError("cannot copy the cluster's configuration to " + "; ".join(bad))
+        master, where_ = flow.master, flow.placement
+        master_address = where_.address(master)
+        files = {"spark.conf": spark.properties(flow.secret).encode(),
+                 "s3.json": json.dumps(self.clouds.storage(flow.cloud)).encode()}
 
         def one(i: Instance) -> str:
-            where = spark.directory(flow.id, i.id)
+            where_.prepare(i)
             role = "master" if i is master else "worker"
-            address = master_address if i is master else socket.gethostbyname(i.host)
-            script = (f"install -d -m 700 {where} && mv resilin-{i.id}.spark.conf {where}/spark.conf && "
-                      f"mv resilin-{i.id}.s3.json {where}/s3.json\n"
-                      + spark.node_script(where, role, address, master_address, flow.port, 1, flow.bootstrap))
-            r = remote.run(script, [i.host])[0]
-            if not r.ok:
-                return f"{i.id} ({i.ec2_id} on {i.host}): {r.stderr.strip()[-300:] or r.error}"
+            ok, err = where_.run(i, spark.node_script(spark.directory(flow.id, i.id), role, where_.address(i),
+                                                      master_address, flow.port, 1, flow.bootstrap, where_.user),
+                                 files, spark.directory(flow.id, i.id))
+            if not ok:
+                return f"{i.id} ({i.ec2_id} on {where_.where(i)}): {err[-300:]}"
             i.state, i.ready = "RUNNING", time.time()
             return ""
-        errors = [e for e in self.pool.map(one, instances) if e]
-        if master in instances and len(flow.instances) == 1:     # one node: it is master and core
-            errors += [e for e in [self._single_worker(flow)] if e]
+
+        def guarded(i: Instance) -> str:
+            try:
+                return one(i)
+            except Exception as e:
+                return f"{i.id} ({i.ec2_id}): {e}"
+        with ThreadPoolExecutor(8) as each:            # its own pool: this runs in the runner's pool too
+            errors = [e for e in each.map(guarded, instances) if e]
+        if master in instances and len(flow.instances) == 1 and not errors:     # one node: master and core
+            core = spark.directory(flow.id, master.id) + "/core"
+            ok, err = where_.run(master, spark.node_script(core, "worker", master_address, master_address, flow.port, 1,
+                                                           [], where_.user), files, core)
+            errors += [] if ok else [f"{master.id} (its core worker): {err[-300:]}"]
         if errors:
             raise RuntimeError("; ".join(errors))
 
-    def _single_worker(self, flow: Flow) -> str:
-        m = flow.master
-        where = spark.directory(flow.id, m.id) + "/core"
-        address = socket.gethostbyname(m.host)
-        script = (f"install -d -m 700 {where} && cp {spark.directory(flow.id, m.id)}/spark.conf {where}/ && "
-                  + spark.node_script(where, "worker", address, address, flow.port, 1, []))
-        r = remote.run(script, [m.host])[0]
-        return "" if r.ok else f"{m.id} (its core worker): {r.stderr.strip()[-300:]}"
-
     def _run_step(self, flow: Flow, step: Step) -> tuple[bool, str]:
         m = flow.master
-        where = spark.directory(flow.id, m.id)
+        steps = f"{spark.directory(flow.id, m.id)}/steps/{step.id}"
         spec = {"id": step.id, "flow": flow.id, "jar": step.jar, "args": step.args, "main_class": step.main_class,
-                "properties": step.properties, "log_uri": flow.log_uri, "cluster_dir": where,
-                "master": f"spark://{socket.gethostbyname(m.host)}:{flow.port}"}
-        with tempfile.TemporaryDirectory(prefix="resilin-") as tmp:
-            f = Path(tmp) / f"resilin-{step.id}.json"
-            f.write_text(json.dumps(spec))
-            sent = remote.put([f], [m.host], ".")[0]
-        if not sent.ok:
-            return False, f"cannot send the step to the master: {sent.error}"
-        steps = f"{where}/steps/{step.id}"
-        r = remote.run(f"install -d -m 700 {steps} && mv resilin-{step.id}.json {steps}/spec.json && cd {steps} && "
-                       f"env {spark.ENV} {spark.PYTHON} -m g5kdeploy.resilin.step {steps}/spec.json", [m.host])[0]
-        return r.ok, (r.stderr.strip().splitlines() or [r.error or f"exit {r.exit_code}"])[-1][-500:]
+                "properties": step.properties, "log_uri": flow.log_uri, "cluster_dir": spark.directory(flow.id, m.id),
+                "master": f"spark://{flow.placement.address(m)}:{flow.port}", "driver_host": flow.placement.address(m)}
+        user = flow.placement.user
+        ok, err = flow.placement.run(m, (f"chown -R {user}: {steps} && " if user else "") +
+                                     f"cd {steps} && {spark.as_user(user)}env {spark.ENV} {spark.PYTHON} "
+                                     f"-m g5kdeploy.resilin.step {steps}/spec.json",
+                                     {"spec.json": json.dumps(spec).encode()}, steps)
+        return ok, err.splitlines()[-1][-500:] if err else ""
 
     def cancel_running(self, flow: Flow, step: Step) -> None:
         steps = f"{spark.directory(flow.id, flow.master.id)}/steps/{step.id}"
-        remote.run(f"test -f {steps}/pid && kill -TERM $(cat {steps}/pid)", [flow.master.host])
+        flow.placement.run(flow.master, f"test -f {steps}/pid && kill -TERM $(cat {steps}/pid)")
 
     # resizing and the end -----------------------------------------------------------------
     def grow(self, flow: Flow, group: Group, more: int) -> None:
@@ -358,11 +367,19 @@ class Runner:
         self.pool.submit(work)
 
     def _release(self, flow: Flow, instances: list[Instance]) -> None:
+        """Stop the instances' engines (their sockets close: Spark sees them go at once),
+        then terminate them."""
         if not instances:
             return
-        for host in {i.host for i in instances if i.host}:
-            remote.run("; ".join(spark.stop_script(spark.directory(flow.id, i.id)) for i in instances
-                                 if i.host == host), [host])
+
+        def stop(i: Instance) -> None:
+            if i.state in ("RUNNING", "BOOTSTRAPPING") and i.address:
+                try:
+                    flow.placement.run(i, spark.stop_script(spark.directory(flow.id, i.id)))
+                except Exception as e:             # an instance that is gone: terminated all the same
+                    log.warning("stopping the engine of %s: %s", i.id, e)
+        with ThreadPoolExecutor(8) as each:
+            list(each.map(stop, instances))
         for cloud in {i.cloud for i in instances}:
             ids = [i.ec2_id for i in instances if i.cloud == cloud and i.ec2_id]
             if ids:
@@ -404,7 +421,9 @@ class Runner:
                 flow.state, flow.ended = ("TERMINATED_WITH_ERRORS" if errors else "TERMINATED"), now
 
     def shutdown(self) -> None:
-        """Every job flow still alive ends (the service is stopping): nothing is left behind."""
+        """Every job flow still alive ends (the service is stopping), then Resilin's key
+        pairs go: nothing is left behind."""
         for flow in list(self.flows.values()):
             if flow.state in ALIVE:
                 self._end(flow, "USER_REQUEST", "Resilin is stopping")
+        self.clouds.forget_keys()

@@ -29,9 +29,9 @@ CONTENT = "application/x-amz-json-1.1"
 
 
 class Service:
-    def __init__(self, clouds: dict[str, dict]):
-        self.runner = Runner(Clouds(clouds))
-        self.emr = EMR(self.runner)
+    def __init__(self, clouds: dict[str, dict], placement: str | None = None, keys: Path | None = None):
+        self.runner = Runner(Clouds(clouds, keys))
+        self.emr = EMR(self.runner, placement)
         self.keys = {c["access_key"]: site for site, c in clouds.items()}
 
     def signer(self, method: str, path: str, query: str, headers: dict, body: bytes) -> str:
@@ -86,12 +86,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=PORT)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--testbed", default="local")
+    parser.add_argument("--placement", choices=("vmm", "instance"), help="where engines run (default: vmm under TCG)")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from g5kdeploy import remote
     from g5kdeploy.testbed import open as open_testbed
     remote.reach(open_testbed(a.testbed))
-    service = Service(json.loads(a.clouds.read_text()))
+    service = Service(json.loads(a.clouds.read_text()), a.placement, home())
     server = serve(service, a.port, a.host)
     stopping = threading.Event()
 
@@ -105,6 +106,90 @@ def main(argv: list[str]) -> int:
     server.serve_forever()
     service.runner.shutdown()
     return 0
+
+
+
+# the endpoint as a daemon of the frontend (invoke resilin-up / resilin-down) -------------------
+def home() -> Path:
+    from g5kdeploy import HOME, work_dir
+    return work_dir(HOME / "resilin")
+
+
+def running() -> dict | None:
+    """The daemon's pid and endpoint, if it is up."""
+    import os
+    state = home() / "endpoint.json"
+    if not state.exists():
+        return None
+    info = json.loads(state.read_text())
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        state.unlink(missing_ok=True)
+        return None
+    return info
+
+
+def start(clouds: Path, port: int = PORT, host: str = "127.0.0.1", testbed: str = "local",
+          timeout: float = 30) -> dict:
+    """Start the daemon (or find it up); its pid and endpoint once it answers."""
+    import os
+    import socket
+    import subprocess
+    import time
+    from g5kdeploy.errors import UserError
+    from g5kdeploy.files import write_atomic
+    if (info := running()) is not None:
+        return info
+    if not clouds.exists():
+        raise UserError(f"no clouds file {clouds}: deploy clouds first (invoke deploy-nimbus)")
+    log = home() / "service.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "g5kdeploy.resilin.service", "--clouds", str(clouds),
+                                 "--port", str(port), "--host", host, "--testbed", testbed],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), 1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    os.kill(proc.pid, 15)
+                tail = log.read_text()[-400:].strip().splitlines()
+                raise UserError(f"Resilin did not start: {tail[-1] if tail else 'no output'} (log: {log})") from None
+            time.sleep(0.2)
+    info = {"pid": proc.pid, "endpoint": f"http://{host}:{port}", "log": str(log)}
+    write_atomic(home() / "endpoint.json", json.dumps(info), 0o600)
+    return info
+
+
+def stop(timeout: float = 300) -> bool:
+    """SIGTERM the daemon (it terminates every job flow first) and wait for it; False if none."""
+    import os
+    import time
+    info = running()
+    if info is None:
+        return False
+    os.kill(info["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(info["pid"], os.WNOHANG)[0]:       # our own child (started by this process)
+                break
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(info["pid"], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(info["pid"], signal.SIGKILL)
+    (home() / "endpoint.json").unlink(missing_ok=True)
+    return True
 
 
 if __name__ == "__main__":

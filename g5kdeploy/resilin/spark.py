@@ -15,6 +15,7 @@ from g5kdeploy import NODE_SOURCE
 SPARK = "/opt/g5kdeploy/spark"                # pyspark and py4j (the g5kdeploy::spark recipe)
 SPARK_HOME = f"{SPARK}/pyspark"
 ROOT = "/var/lib/g5kdeploy-resilin"
+USER = "resilin"                              # who runs the engine (and the users' code) on a VMM host
 PYTHON = "/usr/bin/python3"
 ENV = (f"SPARK_HOME={SPARK_HOME} PYSPARK_PYTHON={PYTHON} PYSPARK_DRIVER_PYTHON={PYTHON} "
        f"PYTHONPATH={SPARK}:{NODE_SOURCE} SPARK_DAEMON_MEMORY=256m")
@@ -38,28 +39,32 @@ def properties(secret: str) -> str:
         "spark.task.maxFailures 8", "spark.deploy.spreadOut true", ""])
 
 
+def as_user(user: str | None) -> str:
+    """The prefix that runs a command as `user` (None: as root), with a clean environment."""
+    return f"setpriv --reuid={user} --regid={user} --init-groups --reset-env " if user else ""
+
+
 def node_script(where: str, role: str, address: str, master: str, port: int, cores: int,
-                bootstrap: list[tuple[str, str, list[str]]], timeout_s: int = 300) -> str:
+                bootstrap: list[tuple[str, str, list[str]]], user: str | None = None, timeout_s: int = 300) -> str:
     """The one script that makes a node part of its cluster: the bootstrap actions (name,
     object URL, args), fetched from the cloud's storage and run in order, then the Spark
-    daemon (`master`, or a `worker` of spark://master:port), waited for until it is up.
-    Everything from the request is quoted; a failure says which part failed."""
-    q = shlex.quote
-    lines = ["set -u", f"cd {q(where)}"]
+    daemon (`master`, or a `worker` of spark://master:port), waited for until it is up; all
+    of it as `user` (on a VMM host: USER, never root). Everything from the request is
+    quoted; a failure says which part failed."""
+    q, run = shlex.quote, as_user(user)
+    lines = ["set -u", f"cd {q(where)}"] + ([f"chown -R {user}: {q(where)}"] if user else [])
     for k, (name, url, args) in enumerate(bootstrap, 1):
-        lines += [f"env {ENV} {PYTHON} -m g5kdeploy.resilin.objects get {q(url)} bootstrap-{k} || exit 3",
+        lines += [f"{run}env {ENV} {PYTHON} -m g5kdeploy.resilin.objects get {q(url)} bootstrap-{k} || exit 3",
                   f"chmod 700 bootstrap-{k}",
-                  f"./bootstrap-{k} {' '.join(map(q, args))} > bootstrap-{k}.log 2>&1 < /dev/null || "
+                  f"{run}./bootstrap-{k} {' '.join(map(q, args))} > bootstrap-{k}.log 2>&1 < /dev/null || "
                   f"{{ echo \"bootstrap action \"{q(name)}\" failed (exit $?): $(tail -c 300 bootstrap-{k}.log)\" >&2; "
                   "exit 4; }"]
     if role == "master":
-        args = f"--host {q(address)} --port {port} --webui-port 0"
+        args = f"--host {q(address)} --port {port} --webui-port 0 --properties-file spark.conf"
     else:
         args = (f"--host {q(address)} --port 0 --webui-port 0 --cores {cores} --memory {WORKER_MEMORY} "
                 f"--work-dir {q(where)}/work --properties-file spark.conf spark://{q(master)}:{port}")
-    if role == "master":
-        args += " --properties-file spark.conf"
-    lines += [f"(setsid env {ENV} {SPARK_HOME}/bin/spark-class {CLASSES[role]} {args} "
+    lines += [f"(setsid {run}env {ENV} {SPARK_HOME}/bin/spark-class {CLASSES[role]} {args} "
               f"> daemon.log 2>&1 < /dev/null & echo $! > pid)",
               f"for i in $(seq {timeout_s * 5}); do",
               f"  grep -q {q(READY[role])} daemon.log && exit 0",
@@ -72,8 +77,9 @@ def node_script(where: str, role: str, address: str, master: str, port: int, cor
 
 
 def stop_script(where: str) -> str:
-    """Stop a node's daemon and everything it started (its session: executors, mappers)."""
+    """Stop a node's daemons (its own, and a single-node cluster's core worker beside it) and
+    everything they started (their sessions: executors, mappers), then remove the directory."""
     q = shlex.quote(where)
-    return (f"if [ -f {q}/pid ]; then p=$(cat {q}/pid); kill -TERM -- -$p 2>/dev/null; "
-            f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; kill -KILL -- -$p 2>/dev/null; fi; "
-            f"rm -rf {q}; rmdir {shlex.quote(where.rsplit('/', 1)[0])} 2>/dev/null; true")
+    return (f"for f in {q}/pid {q}/*/pid; do [ -f \"$f\" ] || continue; p=$(cat \"$f\"); kill -TERM -- -$p 2>/dev/null; "
+            f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; kill -KILL -- -$p 2>/dev/null; "
+            f"done; rm -rf {q}; rmdir {shlex.quote(where.rsplit('/', 1)[0])} 2>/dev/null; true")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,7 +110,8 @@ def main(argv: list[str]) -> int:
         cmd = [f"{SPARK_HOME}/bin/spark-submit", "--master", spec["master"], "--properties-file",
                str(cluster / "spark.conf"), "--conf", "spark.eventLog.enabled=true", "--conf", "spark.eventLog.compress=false",
                "--conf", "spark.eventLog.rolling.enabled=false",
-               "--conf", f"spark.eventLog.dir=file://{here}", *conf, *app]
+               "--conf", f"spark.eventLog.dir=file://{here}", "--conf", f"spark.driver.host={spec['driver_host']}",
+               *conf, *app]
         child = subprocess.Popen(cmd, cwd=here, stdout=out, stderr=err, start_new_session=True,
                                  env={**os.environ, "RESILIN_CLUSTER_DIR": str(cluster)})
         (here / "pid").write_text(str(os.getpid()))
@@ -120,10 +122,20 @@ def main(argv: list[str]) -> int:
     except Exception as e:
         print(f"logs not written to {spec.get('log_uri')}: {e}", file=sys.stderr)
     if code != 0:
-        tail = (here / "stderr").read_bytes()[-2000:].decode(errors="replace")
-        lines = [x for x in tail.splitlines() if "streaming:" in x or "Error" in x or "Exception" in x]
-        print((lines[-1] if lines else tail[-300:]).strip(), file=sys.stderr)
+        print(reason((here / "stderr").read_bytes()[-20000:].decode(errors="replace")), file=sys.stderr)
     return code
+
+
+SPARK_LOG = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARN|DEBUG) ")
+
+
+def reason(stderr: str) -> str:
+    """Why a step failed, in one line: the program's own last words (its exception), not
+    Spark's log lines after them."""
+    lines = [x.strip() for x in stderr.splitlines()
+             if x.strip() and not SPARK_LOG.match(x) and not x.startswith((" ", "\t", "Traceback"))]
+    ours = [x for x in lines if x.startswith("streaming:")]
+    return (ours or lines or ["no output"])[-1][:500]
 
 
 if __name__ == "__main__":

@@ -86,9 +86,10 @@ def parse(args: list[str]) -> Job:
         elif a == "-cmdenv":
             k, _, v = value.partition("=")
             job.env[k] = v
-        elif value is not None and a not in ("-inputformat", "-outputformat", "-partitioner", "-libjars",
-                                               "-archives", "-io"):
-            raise StreamingError(f"unknown streaming option {a}")
+        elif value is None or a not in ("-inputformat", "-outputformat", "-partitioner", "-libjars",
+                                         "-archives", "-io"):
+            raise StreamingError(f"unknown streaming argument {a!r}" if value is None
+                                 else f"unknown streaming option {a}")
     if not job.inputs or not job.output:
         raise StreamingError("a streaming step needs -input and -output")
     if job.reducers < 0 or job.split_bytes <= 0:
@@ -281,6 +282,9 @@ def main(argv: list[str]) -> int:
         print(f"streaming: {done}")
     except StreamingError as e:
         print(f"streaming: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:        # the store or the engine: one line for the step's FailureDetails
+        print(f"streaming: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     finally:
         sc.stop()

@@ -1,7 +1,8 @@
 """Debian guest disks built with mmdebstrap from the machine's own apt sources (nothing
 downloaded but Debian packages), cached by content: the base image `debian` (systemd,
 OpenSSH, python3, the contextualization agent as a unit) and role images that add packages
-(`debian-blast`: BLAST+ and Dask for sky computing). They boot on the same kernel and
+(`debian-blast`: BLAST+ and Dask for sky computing; `debian-spark`: OpenJDK and the
+frontend's pyspark, for Resilin's engine inside the instances). They boot on the same kernel and
 initramfs as the `tiny` busybox guest (vm.image); TCG here, KVM on Grid'5000.
 
 In the guest: root logs in with the key pair named in RunInstances only (no password);
@@ -21,7 +22,9 @@ from g5kdeploy.vm.image import CACHE, GUEST, ImageError, sh
 
 SUITE = "bookworm"
 BASE = ("systemd-sysv", "openssh-server", "python3", "busybox", "iproute2")
-ROLES = {"debian": (), "debian-blast": ("ncbi-blast+", "python3-distributed")}
+ROLES = {"debian": (), "debian-blast": ("ncbi-blast+", "python3-distributed"),
+         "debian-spark": ("openjdk-17-jre-headless", "python3-boto3")}
+TREES = {"debian-spark": ("/opt/g5kdeploy/spark",)}      # the frontend's copies a role carries (bootstrap.sh: pyspark)
 EXCLUDED = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
 FORMAT = 1                                     # bump when the layout below changes
 
@@ -69,9 +72,19 @@ def _candidates(names: tuple[str, ...]) -> list[str]:
     return versions
 
 
+def trees(role: str) -> list[str]:
+    """What of the role's trees the frontend holds (their top-level names: the versions)."""
+    out = []
+    for tree in TREES.get(role, ()):
+        if not Path(tree).is_dir():
+            raise ImageError(f"image {role} carries {tree}, which this machine lacks: run ./bootstrap.sh")
+        out += [f"{tree}/{p.name}" for p in sorted(Path(tree).iterdir())]
+    return out
+
+
 def fingerprint(role: str) -> str:
     h = hashlib.sha256(json.dumps([FORMAT, SUITE, _candidates(packages(role)), EXCLUDED, AGENT_UNIT, SSH_DROPIN,
-                                   SSHD_CONFIG]).encode())
+                                   SSHD_CONFIG, trees(role)]).encode())
     h.update(GUEST.joinpath("agent").read_bytes())
     return h.hexdigest()[:16]
 
@@ -112,11 +125,14 @@ def build(role: str = "debian", cache: Path = CACHE) -> Path:
     with tempfile.TemporaryDirectory(prefix="g5kdeploy-debian-", dir=cache) as tmp:
         root = Path(tmp) / "root"
         cmd = ["mmdebstrap", "--quiet", "--variant=apt", "--include=" + ",".join(packages(role)),
+               '--setup-hook=mkdir -p "$1/usr/share/man/man1"',      # update-alternatives (OpenJDK's) links there
                *(f"--dpkgopt=path-exclude={p}" for p in EXCLUDED), SUITE, str(root)]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise ImageError(f"mmdebstrap for {role} failed: {p.stderr.strip()[-300:]}")
         _customize(root)
+        for tree in TREES.get(role, ()):
+            shutil.copytree(tree, root / tree.lstrip("/"), symlinks=True)
         used = int(sh("du", "-sm", "--apparent-size", str(root)).split()[0])
         size = int(used * 1.25) + 128                    # room to work in, as a fresh VM has
         work = Path(tmp) / "out"

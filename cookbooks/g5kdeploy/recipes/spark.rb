@@ -1,10 +1,20 @@
 # Apache Spark standalone, the MapReduce engine Resilin runs (thesis ch. 4 ran Hadoop, which
 # is in neither Debian nor PyPI): Debian's OpenJDK, PyPI's pyspark (Spark and its jars) in
-# /opt/g5kdeploy/spark, boto3 for the steps' S3 reads and writes. g5kdeploy.resilin.spark
-# starts the daemons; this installs what they run.
+# /opt/g5kdeploy/spark, boto3 for the steps' S3 reads and writes, the user `resilin` who runs
+# them. g5kdeploy.resilin.spark starts the daemons; this installs what they run.
 package "openjdk-17-jre-headless"
 package "python3-boto3"
 package "python3-pip"
+
+# the engine's daemons and the job flows' programs run as this user, never as root
+execute "user resilin" do
+  command "useradd --system --home-dir /var/lib/g5kdeploy-resilin --no-create-home --shell /usr/sbin/nologin resilin"
+  not_if "id resilin"
+end
+
+directory "/var/lib/g5kdeploy-resilin" do
+  mode "755"
+end
 
 version = node["g5kdeploy"]["pyspark"]
 execute "install pyspark #{version}" do

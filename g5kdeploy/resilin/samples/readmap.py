@@ -6,24 +6,17 @@ spark-submit readmap.py REFERENCE_URL READS_URL OUTPUT_URL K PARTITIONS
 
 The reference is one line of ACGT; reads are `id TAB sequence` lines. Output: `id TAB
 position TAB mismatches` lines under OUTPUT_URL (part-NNNNN, then _SUCCESS). Objects are
-read and written with boto3 through the cluster's S3 settings (RESILIN_CLUSTER_DIR/s3.json),
-as a user program on an EMR cluster uses its instance's credentials."""
-import json
+read and written through the cluster's S3 settings (g5kdeploy.resilin.objects, on every node
+of a Resilin cluster), as a program on an EMR cluster uses its instance's credentials."""
 import os
 import sys
 
-
-def s3(config):
-    import boto3
-    from botocore.config import Config
-    return boto3.client("s3", endpoint_url=config["endpoint"], region_name=config["region"],
-                        aws_access_key_id=config["access_key"], aws_secret_access_key=config["secret_key"],
-                        config=Config(s3={"addressing_style": "path"}))
+from g5kdeploy.resilin import objects
 
 
-def split(url):
-    bucket, _, key = url.split("://", 1)[1].partition("/")
-    return bucket, key
+def read(config, url):
+    where = objects.parse(url, config["endpoint"])
+    return objects.client(config, where.endpoint).get_object(Bucket=where.bucket, Key=where.key)["Body"].read().decode()
 
 
 def seeds(length, k):
@@ -46,10 +39,9 @@ def map_reads(reads, reference, index, k, seed_len):
 
 def main(argv):
     ref_url, reads_url, out_url, k, parts = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
-    config = json.load(open(os.path.join(os.environ["RESILIN_CLUSTER_DIR"], "s3.json")))
-    client = s3(config)
-    reference = client.get_object(Bucket=split(ref_url)[0], Key=split(ref_url)[1])["Body"].read().decode().strip()
-    lines = client.get_object(Bucket=split(reads_url)[0], Key=split(reads_url)[1])["Body"].read().decode().splitlines()
+    config = objects.load_config(os.environ["RESILIN_CLUSTER_DIR"])
+    reference = read(config, ref_url).strip()
+    lines = read(config, reads_url).splitlines()
     reads = [tuple(x.split("\t", 1)) for x in lines if x]
     seed_len = len(reads[0][1]) // (k + 1)
     index = {}
@@ -58,15 +50,15 @@ def main(argv):
     from pyspark import SparkContext
     sc = SparkContext(appName="readmap")
     shared_ref, shared_index = sc.broadcast(reference), sc.broadcast(index)
-    out_bucket, out_key = split(out_url)
-    out_key = out_key.rstrip("/")
+    out = objects.parse(out_url.rstrip("/"), config["endpoint"])
 
     def task(n, items):
         body = "".join(x + "\n" for x in map_reads(items, shared_ref.value, shared_index.value, k, seed_len))
-        s3(config).put_object(Bucket=out_bucket, Key=f"{out_key}/part-{n:05d}", Body=body.encode())
+        objects.client(config, out.endpoint).put_object(Bucket=out.bucket, Key=f"{out.key}/part-{n:05d}",
+                                                        Body=body.encode())
         yield len(body)
     sc.parallelize(reads, parts).mapPartitionsWithIndex(task).collect()
-    client.put_object(Bucket=out_bucket, Key=f"{out_key}/_SUCCESS", Body=b"")
+    objects.client(config, out.endpoint).put_object(Bucket=out.bucket, Key=f"{out.key}/_SUCCESS", Body=b"")
     sc.stop()
 
 
