@@ -3,7 +3,7 @@
 One Nimbus-style cloud per site; Resilin's EMR endpoint for them (in this process, over
 HTTP); every job flow asked with boto3's `emr` client as an EMR user would, its data in the
 first cloud's Cumulus. Instances are `instance_type` (1 core each); the engine is Spark
-standalone on the instances' VMMs (g5kdeploy.resilin.flow says why, under TCG).
+standalone where Resilin places it (g5kdeploy.resilin.placement: the VMM hosts under TCG).
 
   * deployment (Fig 4.2): for each of `sizes` instances (a master + cores), CreationDateTime
     -> ReadyDateTime of a kept-alive job flow (and -> StartDateTime: instances running);
