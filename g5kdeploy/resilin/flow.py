@@ -12,6 +12,7 @@ Where an instance's engine runs (its VMM host, or inside it) is the job flow's p
 (g5kdeploy.resilin.placement)."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -28,9 +29,8 @@ log = logging.getLogger("resilin")
 RUNNING_TIMEOUT_S = 600               # an instance not running by then fails its group
 ALIVE = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 ENDED = ("TERMINATED", "TERMINATED_WITH_ERRORS")
-STEP_DONE = ("COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED")
 ENGINE = {"Name": "Spark", "Version": "4.3.0"}       # what every job flow runs (applications map to it)
-MASTER_PORTS = range(7100, 7900)
+MASTER_PORTS = range(7100, 7900)                     # one per job flow, reused round-robin
 
 
 def new_id(prefix: str, width: int = 13) -> str:
@@ -181,7 +181,7 @@ class Runner:
     def __init__(self, clouds: Clouds):
         self.clouds, self.flows, self.lock = clouds, {}, threading.RLock()
         self.pool = ThreadPoolExecutor(16)
-        self._ports = iter(MASTER_PORTS)
+        self._ports = itertools.cycle(MASTER_PORTS)
 
     # the flow's thread --------------------------------------------------------------------
     def start(self, flow: Flow) -> None:
