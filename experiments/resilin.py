@@ -75,8 +75,7 @@ class Endpoint:
     def __init__(self, clouds: dict):
         self.clouds, self.first = clouds, next(iter(clouds))
         self.service = service.Service(clouds)
-        self.server = service.serve(self.service, 0)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = service.serve(self.service, 0, background=True)
         import boto3
         c = clouds[self.first]
         self.emr = boto3.client("emr", endpoint_url=f"http://127.0.0.1:{self.server.server_address[1]}",

@@ -7,7 +7,6 @@ account's job flows, and nothing left once the job flows are terminated. Engines
 VMM hosts (TCG's placement); inside the instances they are measured by
 `invoke benchmark resilin` (one job flow there takes ~9 min under TCG)."""
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -71,8 +70,7 @@ def federation(testbed):
     engine.execute(deploy_nimbus.EXPERIMENT, tb, {"guests": [], "vmm_memory_mb": 1024})
     clouds = json.loads(deploy.CLOUDS.read_text())
     svc = service.Service(clouds)
-    server = service.serve(svc, 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = service.serve(svc, 0, background=True)
     s3 = deploy.s3_client(clouds["rennes"])
     s3.create_bucket(Bucket=BUCKET)
     for name in ("mapper.py", "reducer.py", "wordsplitter.py", "readmap.py"):

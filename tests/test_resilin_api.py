@@ -4,7 +4,6 @@ answer checked member by member against botocore's own EMR service model, EMR's 
 job flows terminated with their instances. Running engines are covered on the testbed
 (test_resilin.py)."""
 import json
-import threading
 import time
 
 import boto3
@@ -68,8 +67,7 @@ def resilin(cloud):
     clouds = {"rennes": {"endpoint": cloud["endpoint"], "s3_endpoint": "http://127.0.0.1:9", "region": "rennes",
                          "access_key": KEY, "secret_key": SECRET}}
     svc = service.Service(clouds)
-    server = service.serve(svc, 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = service.serve(svc, 0, background=True)
     emr = recording(boto3.client("emr", endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
                                  region_name="rennes", aws_access_key_id=KEY, aws_secret_access_key=SECRET))
     ec2 = boto3.client("ec2", endpoint_url=cloud["endpoint"], region_name="rennes", aws_access_key_id=KEY,

@@ -23,13 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from g5kdeploy import chef
 from g5kdeploy.resilin import spark
 
 log = logging.getLogger("resilin")
 RUNNING_TIMEOUT_S = 600               # an instance not running by then fails its group
 ALIVE = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 ENDED = ("TERMINATED", "TERMINATED_WITH_ERRORS")
-ENGINE = {"Name": "Spark", "Version": "4.3.0"}       # what every job flow runs (applications map to it)
+# what every job flow runs (applications map to it): the Spark the nimbus-vmm role installs
+ENGINE = {"Name": "Spark", "Version": chef.role("nimbus-vmm")["default_attributes"]["g5kdeploy"]["pyspark"]}
 MASTER_PORTS = range(7100, 7900)                     # one per job flow, reused round-robin
 
 

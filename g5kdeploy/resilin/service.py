@@ -76,8 +76,13 @@ class Service:
             return 500, CONTENT, json.dumps({"__type": "InternalServerError", "message": str(e)}).encode()
 
 
-def serve(service: Service, port: int = PORT, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    return web.serve(service.answer, port, log, host=host)
+def serve(service: Service, port: int = PORT, host: str = "127.0.0.1", background: bool = False) -> ThreadingHTTPServer:
+    """The endpoint's server (port 0: any free one); `background`: already serving, in a
+    thread of this process (an experiment's or a test's own endpoint)."""
+    server = web.serve(service.answer, port, log, host=host)
+    if background:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def main(argv: list[str]) -> int:
