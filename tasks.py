@@ -318,16 +318,22 @@ def resilin_endpoint(c):
     print(info["endpoint"])
 
 
-@task
+@task(help={"testbed": "local or g5k (where the clouds' nodes are)"})
 @user_errors
-def resilin_down(c):
-    """Stop Resilin's endpoint; every job flow still alive is terminated first."""
+def resilin_down(c, testbed="local"):
+    """Stop Resilin's endpoint; every job flow still alive is terminated first (or, if it was
+    killed, what it left)."""
     from g5kdeploy.nimbus.deploy import AWS_CONFIG, CLOUDS, write_aws_config
     from g5kdeploy.resilin import service
     stopped = service.stop()
     if CLOUDS.exists():
         write_aws_config(AWS_CONFIG, json.loads(CLOUDS.read_text()))
-    print("Resilin stopped" if stopped else "Resilin was not running")
+    if stopped:
+        print("Resilin stopped")
+    elif CLOUDS.exists() and (n := service.reap(CLOUDS, testbed)):
+        print(f"Resilin was not running: {n} instance(s) a killed run left terminated")
+    else:
+        print("Resilin was not running")
 
 
 def _described(kind: str):

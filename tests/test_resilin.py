@@ -278,6 +278,42 @@ def test_terminated_job_flows_leave_no_instance_and_no_daemon(federation, cluste
     check_shapes(emr)
 
 
+def test_what_a_killed_daemon_left_is_reaped_when_it_starts_again(federation):
+    """kill -9 leaves the job flow's instances and engines; the next start of the daemon
+    stops those engines, terminates those instances and deletes its key pairs."""
+    import os
+    import signal
+    tb, clouds, _, _, _ = federation
+    info = service.start(deploy.CLOUDS)
+    try:
+        emr = emr_client(clouds, info["endpoint"])
+        jid = emr.run_job_flow(Name="orphan", Instances={
+            "MasterInstanceType": "m1.small", "SlaveInstanceType": "m1.small", "InstanceCount": 2,
+            "KeepJobFlowAliveWhenNoSteps": True})["JobFlowId"]
+        emr.get_waiter("cluster_running").wait(ClusterId=jid, WaiterConfig=FAST)
+        os.kill(info["pid"], signal.SIGKILL)
+        os.waitpid(info["pid"], 0)                           # our child
+        owned = [{"Name": "tag:resilin:owner", "Values": [service.owner()]},
+                 {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        rennes = deploy.client(clouds["rennes"])
+        assert len([i for r in rennes.describe_instances(Filters=owned)["Reservations"] for i in r["Instances"]]) == 2
+        pids = remote.run(f"cat /var/lib/g5kdeploy-resilin/{jid}/*/pid 2>/dev/null || true", tb.nodes())
+        engines = {r.host: r.stdout.split() for r in pids if r.stdout.strip()}
+        assert sum(map(len, engines.values())) == 2           # a master and a worker, left running
+        again = service.start(deploy.CLOUDS)
+        assert again["pid"] != info["pid"] and emr_client(clouds, again["endpoint"]).list_clusters()["Clusters"] == []
+        assert all(i["State"]["Name"] in ("shutting-down", "terminated") for r in rennes.describe_instances(
+            Filters=owned[:1])["Reservations"] for i in r["Instances"])
+        for host, ps in engines.items():
+            r = remote.run("".join(f"kill -0 {p} 2>/dev/null && echo {p}; " for p in ps)
+                           + f"ls -d /var/lib/g5kdeploy-resilin/{jid} 2>/dev/null; true", [host])[0]
+            assert r.ok and not r.stdout.strip(), (host, r.stdout)
+        assert not [k for k in rennes.describe_key_pairs()["KeyPairs"] if k["KeyName"].startswith("resilin-")
+                    and service.owner() in k["KeyName"]]
+    finally:
+        service.stop()
+
+
 def test_readme_aws_cli_block_works_verbatim(federation, tmp_path):
     """The README's block: invoke resilin-up, the AWS CLI's `aws emr` from create-cluster to
     terminate-clusters, invoke resilin-down (which leaves the profiles without Resilin)."""

@@ -126,10 +126,13 @@ class Flow:
 
 class Clouds:
     """The federation's clouds as a user reaches them: site -> entry of the clouds file;
-    Resilin's own key pair in each (made when first needed, deleted by `forget_keys`)."""
+    Resilin's own key pair in each (made when first needed, deleted by `forget_keys`).
+    `owner` names this service in what it makes (tag `resilin:owner`, key pair names), so
+    that a later run of it can reap what a killed one left (`Runner.reap`)."""
 
-    def __init__(self, entries: dict[str, dict], keys: Path | None = None):
+    def __init__(self, entries: dict[str, dict], keys: Path | None = None, owner: str | None = None):
         self.entries, self.keys = entries, keys
+        self.owner = owner or secrets.token_hex(4)
         self._clients: dict[str, object] = {}
         self._pairs: dict[str, tuple[str, Path]] = {}
         self._lock = threading.Lock()
@@ -139,12 +142,16 @@ class Clouds:
         with self._lock:
             if site not in self._pairs:
                 from g5kdeploy.files import write_atomic
-                name = f"resilin-{secrets.token_hex(4)}"
+                name = f"{self.key_prefix}{secrets.token_hex(4)}"
                 made = self._client(site).create_key_pair(KeyName=name, KeyType="ed25519")
                 path = (self.keys or Path(tempfile.mkdtemp(prefix="resilin-keys-"))) / f"{site}.pem"
                 write_atomic(path, made["KeyMaterial"], 0o600)
                 self._pairs[site] = (name, path)
             return self._pairs[site]
+
+    @property
+    def key_prefix(self) -> str:
+        return f"resilin-{self.owner}-"
 
     def forget_keys(self) -> None:
         for site, (name, path) in list(self._pairs.items()):
@@ -257,7 +264,8 @@ class Runner:
             k = (counts or {}).get(g.id, g.requested)
             if k <= 0:
                 continue
-            tags = [{"Key": "resilin:job-flow", "Value": flow.id}, {"Key": "resilin:group", "Value": g.id}]
+            tags = [{"Key": "resilin:owner", "Value": self.clouds.owner}, {"Key": "resilin:job-flow", "Value": flow.id},
+                    {"Key": "resilin:group", "Value": g.id}]
             key = flow.placement.key_name(g.cloud)
             r = self.clouds.ec2(g.cloud).run_instances(
                 ImageId=flow.placement.image, InstanceType=g.type, MinCount=k, MaxCount=k,
@@ -421,6 +429,40 @@ class Runner:
                 for g in flow.groups:
                     g.state, g.ended = "ENDED", now
                 flow.state, flow.ended = ("TERMINATED_WITH_ERRORS" if errors else "TERMINATED"), now
+
+    def reap(self) -> int:
+        """What a killed run of this service left (its owner's): the engines on the
+        instances' hosts stopped, the instances terminated, its key pairs deleted; how many
+        instances that was. Engines inside instances go with them."""
+        from g5kdeploy import remote
+        owner, reaped = self.clouds.owner, 0
+        for site in self.clouds.entries:
+            ec2 = self.clouds.ec2(site)
+            try:
+                left = [x for r in ec2.describe_instances(Filters=[
+                    {"Name": "tag:resilin:owner", "Values": [owner]},
+                    {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])[
+                    "Reservations"] for x in r["Instances"]]
+            except Exception as e:              # a cloud that is gone took its instances with it
+                log.warning("cannot look for what Resilin left on %s: %s", site, e)
+                continue
+            hosts: dict[str, set[str]] = {}
+            for x in left:
+                flow = next((t["Value"] for t in x.get("Tags", []) if t["Key"] == "resilin:job-flow"), None)
+                if flow and (host := (x.get("Placement") or {}).get("HostId")):
+                    hosts.setdefault(host, set()).add(flow)
+            for host, flows in hosts.items():
+                r = remote.run("\n".join(spark.stop_script(f"{spark.ROOT}/{f}") for f in sorted(flows)), [host])[0]
+                if not r.ok:
+                    log.warning("stopping the engines left on %s: %s", host, r.stderr.strip() or r.error)
+            if left:
+                ec2.terminate_instances(InstanceIds=[x["InstanceId"] for x in left])
+                log.info("reaped %d instance(s) of %s left on %s", len(left), owner, site)
+            for k in ec2.describe_key_pairs()["KeyPairs"]:
+                if k["KeyName"].startswith(self.clouds.key_prefix):
+                    ec2.delete_key_pair(KeyName=k["KeyName"])
+            reaped += len(left)
+        return reaped
 
     def shutdown(self) -> None:
         """Every job flow still alive ends (the service is stopping), then Resilin's key

@@ -29,8 +29,9 @@ CONTENT = "application/x-amz-json-1.1"
 
 
 class Service:
-    def __init__(self, clouds: dict[str, dict], placement: str | None = None, keys: Path | None = None):
-        self.runner = Runner(Clouds(clouds, keys))
+    def __init__(self, clouds: dict[str, dict], placement: str | None = None, keys: Path | None = None,
+                 owner: str | None = None):
+        self.runner = Runner(Clouds(clouds, keys, owner))
         self.emr = EMR(self.runner, placement)
         self.keys = {c["access_key"]: site for site, c in clouds.items()}
 
@@ -97,7 +98,8 @@ def main(argv: list[str]) -> int:
     from g5kdeploy import remote
     from g5kdeploy.testbed import open as open_testbed
     remote.reach(open_testbed(a.testbed))
-    service = Service(json.loads(a.clouds.read_text()), a.placement, home())
+    service = Service(json.loads(a.clouds.read_text()), a.placement, home(), owner())
+    service.runner.reap()                     # what a killed run of the daemon left
     server = serve(service, a.port, a.host)
     stopping = threading.Event()
 
@@ -120,6 +122,25 @@ def home() -> Path:
     return work_dir(HOME / "resilin")
 
 
+def owner() -> str:
+    """The daemon's name in what it makes, the same across its runs (HOME/resilin/owner)."""
+    import secrets
+    from g5kdeploy.files import write_atomic
+    path = home() / "owner"
+    if not path.exists():
+        write_atomic(path, secrets.token_hex(4), 0o600)
+    return path.read_text().strip()
+
+
+def reap(clouds: Path, testbed: str = "local") -> int:
+    """What a killed daemon left in the clouds (its instances, their engines, its key pairs);
+    how many instances. The daemon does it itself when it starts again."""
+    from g5kdeploy import remote
+    from g5kdeploy.testbed import open as open_testbed
+    remote.reach(open_testbed(testbed))
+    return Runner(Clouds(json.loads(clouds.read_text()), home(), owner())).reap()
+
+
 def running() -> dict | None:
     """The daemon's pid and endpoint, if it is up."""
     import os
@@ -136,8 +157,9 @@ def running() -> dict | None:
 
 
 def start(clouds: Path, port: int = PORT, host: str = "127.0.0.1", testbed: str = "local",
-          timeout: float = 30) -> dict:
-    """Start the daemon (or find it up); its pid and endpoint once it answers."""
+          timeout: float = 120) -> dict:
+    """Start the daemon (or find it up); its pid and endpoint once it answers (after it has
+    reaped what a killed run of it left)."""
     import os
     import socket
     import subprocess

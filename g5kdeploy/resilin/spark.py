@@ -77,9 +77,11 @@ def node_script(where: str, role: str, address: str, master: str, port: int, cor
 
 
 def stop_script(where: str) -> str:
-    """Stop a node's daemons (its own, and a single-node cluster's core worker beside it) and
+    """Stop every daemon and step under `where` (a node's directory, or a job flow's) and
     everything they started (their sessions: executors, mappers), then remove the directory."""
     q = shlex.quote(where)
-    return (f"for f in {q}/pid {q}/*/pid; do [ -f \"$f\" ] || continue; p=$(cat \"$f\"); kill -TERM -- -$p 2>/dev/null; "
-            f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; kill -KILL -- -$p 2>/dev/null; "
+    return (f"for f in $(find {q} -name pid -type f 2>/dev/null); do p=$(cat \"$f\"); "
+            f"kill -TERM -- -$p 2>/dev/null || kill -TERM $p 2>/dev/null; "
+            f"for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; "
+            f"kill -KILL -- -$p 2>/dev/null || kill -KILL $p 2>/dev/null; "
             f"done; rm -rf {q}; rmdir {shlex.quote(where.rsplit('/', 1)[0])} 2>/dev/null; true")
