@@ -11,7 +11,7 @@ PACKAGES=(openssh-server openssh-client taktuk netcat-traditional iproute2 iputi
           itamae qemu-system-x86 qemu-utils redis-server python3-redis e2fsprogs xz-utils
           ncbi-blast+ python3-distributed sudo mmdebstrap python3-cryptography
           swift swift-proxy swift-object swift-container swift-account
-          openjdk-17-jre-headless python3-boto3 python3-pip)
+          openjdk-17-jre-headless python3-boto3 python3-pip nftables)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

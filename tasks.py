@@ -47,15 +47,26 @@ def user_errors(fn):
     return wrapper
 
 
-@task(help={"description": "TOML testbed description (default: the embedded 2-site testbed)"})
+@task(help={"description": "TOML testbed description (default: the embedded 2-site testbed; sky.toml: "
+                           "Grid'5000 and FutureGrid)",
+            "guests": "Debian guest images of the FutureGrid clouds (comma-separated; '' for none)"})
 @user_errors
-def testbed_up(c, description=None):
-    """Bring up the local testbed: namespaces, sshd, shaped links, OAR."""
+def testbed_up(c, description=None, guests="debian-blast"):
+    """Bring up the local testbed: namespaces, sshd, shaped links, OAR; and the FutureGrid
+    sites' clouds, if it has some."""
+    from g5kdeploy import engine
+    from g5kdeploy.nimbus.deploy import CLOUDS, kept
     from g5kdeploy.testbed import description as d
     from g5kdeploy.testbed.local import LocalTestbed
     t0 = time.monotonic()
     tb = LocalTestbed.up(d.load(description))
     print(f"testbed {tb.description.name} up in {time.monotonic() - t0:.1f} s: {tb.nodes()}")
+    futuregrid = [s for s, site in tb.description.sites.items() if site.kind == "futuregrid"]
+    if missing := [s for s in futuregrid if s not in kept(CLOUDS)]:
+        engine.execute(engine.load_experiment("deploy-nimbus"), tb, {"sites": missing, "futuregrid": True,
+                                                                     "guests": guests, "vmm_memory_mb": 2048})
+    for s in futuregrid:
+        print(f"FutureGrid cloud {s}: EC2 {kept(CLOUDS)[s]['endpoint']} (aws --profile {s}; credentials: {CLOUDS})")
     print("try: ssh paradent-1.rennes hostname; oarnodes -l")
 
 
@@ -63,10 +74,11 @@ def testbed_up(c, description=None):
 @user_errors
 def testbed_destroy(c):
     """Remove everything the local testbed created (also after a crash)."""
-    from g5kdeploy.nimbus.deploy import CLOUDS
+    from g5kdeploy.nimbus.deploy import AWS_CONFIG, CLOUDS
     from g5kdeploy.testbed.local import destroy, leftovers
     problems = destroy()
     CLOUDS.unlink(missing_ok=True)      # the clouds lived on the testbed's nodes
+    CLOUDS.with_name(AWS_CONFIG.name).unlink(missing_ok=True)
     left = leftovers()
     if problems or left:
         raise Exit("testbed-destroy incomplete: " + "; ".join(problems + left), code=1)
@@ -334,6 +346,39 @@ def resilin_down(c, testbed="local"):
         print(f"Resilin was not running: {n} instance(s) a killed run left terminated")
     else:
         print("Resilin was not running")
+
+
+@task(help={"sites": "the sites to join (default: all of the testbed's)"})
+@user_errors
+def vine_up(c, sites=None):
+    """Start ViNe: a VR on each site's gateway; every host of a site reaches the others'
+    by private address, through firewalls and NAT."""
+    from g5kdeploy.vine.overlay import Overlay
+    t0 = time.monotonic()
+    o = Overlay(_testbed("local"), sites.split(",") if sites else None).start()
+    print(f"ViNe up in {time.monotonic() - t0:.1f} s: " +
+          "; ".join(f"VR {s} at {o.tb.gateway(s)[0]} serves {', '.join(o.lndt[s])}" for s in o.sites))
+
+
+@task
+@user_errors
+def vine_show(c):
+    """Print each VR's LNDT and GNDT."""
+    from g5kdeploy.vine.overlay import Overlay
+    o = Overlay.attach(_testbed("local", bring_up=False))
+    for s in o.sites:
+        shown = o.ask(s, "show")
+        print(f"VR {s}: LNDT {', '.join(shown['lndt']) or '-'}; GNDT " +
+              ", ".join(f"{n} -> {vr}" for n, vr in sorted(shown["gndt"].items())))
+
+
+@task
+@user_errors
+def vine_down(c):
+    """Stop ViNe's routers; nothing of the overlay is left."""
+    from g5kdeploy.vine.overlay import Overlay
+    Overlay.attach(_testbed("local", bring_up=False)).stop()
+    print("ViNe stopped")
 
 
 def _described(kind: str):

@@ -6,12 +6,15 @@ verify (boto3 DescribeImages); plus the frontend's `image` (guest images built, 
   site, node, role (service|vmm|frontend), stage, start, end (epoch s), duration_s,
   outcome (ok|failed), error, changed (resources a converge changed), images (verify)
 The clouds outlive the run (their OAR jobs are kept; `invoke nimbus-destroy` ends them);
-their endpoints and credentials are written to $G5KDEPLOY_HOME/nimbus/clouds.json."""
+their endpoints and credentials are written to $G5KDEPLOY_HOME/nimbus/clouds.json. With
+`futuregrid`, the FutureGrid sites' clouds (testbed-up's) take every node of their sites and
+no OAR job, and stay in the clouds file through later deployments."""
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from g5kdeploy.engine import Experiment, param, reserved, stage
@@ -19,7 +22,7 @@ from g5kdeploy.errors import UserError
 from g5kdeploy.nimbus import deploy
 from g5kdeploy.nimbus.config import PROPAGATION_MODES
 from g5kdeploy.results import Run, pyplot, save_figure
-from g5kdeploy.testbed import Testbed
+from g5kdeploy.testbed import NodeSet, Reservation, Testbed
 from g5kdeploy.vm import debian, image as vm_image
 
 
@@ -35,6 +38,8 @@ class Params:
     payload: str | None = param(None, "a file to put in the guest image")
     walltime: str = param("2:00", "OAR walltime, H:MM")
     runner: str = param("itamae", "what converges the cookbooks (itamae, chef-solo)")
+    futuregrid: bool = param(False, "deploy the FutureGrid sites' own clouds on all their nodes, with no OAR "
+                                    "job (testbed-up does it; they stay up until testbed-destroy)")
 
 
 def vmms(p: Params, site: str) -> int:
@@ -47,10 +52,20 @@ class DeployNimbus(Experiment):
     job_name = "nimbus"         # the clouds' jobs, whatever deployed them
 
     def request(self, p: Params, testbed: Testbed) -> dict[str, int]:
+        if p.futuregrid:                 # nothing reserved: the FutureGrid sites' nodes are the testbed's
+            return {}
         return {s: 1 + vmms(p, s) for s in p.sites}                                 # a service node + VMMs
 
     def validate(self, p: Params, testbed: Testbed) -> None:
         self.known_sites(testbed, p.sites)
+        sites = testbed.description.sites
+        for s in p.sites:
+            if (sites[s].kind == "futuregrid") != p.futuregrid:
+                raise UserError(f"site {s} is a FutureGrid cloud, up since testbed-up: use it as it is (the clouds "
+                                f"file), or leave it out of sites" if not p.futuregrid else
+                                f"site {s} is not a FutureGrid site: futuregrid deploys those only")
+            if p.futuregrid and sites[s].size < 2:
+                raise UserError(f"FutureGrid site {s} needs at least 2 nodes (a service node and a VMM)")
         self.one_of("propagation", p.propagation, PROPAGATION_MODES)
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", p.image):       # it names a file in each repository
             raise UserError(f"image {p.image[:80]!r}: name it with lowercase letters, digits, '.', '_' or '-'")
@@ -64,11 +79,19 @@ class DeployNimbus(Experiment):
 
     def main(self, run: Run, testbed: Testbed, p: Params) -> None:
         t0 = time.time()
-        with reserved(run, testbed, self.request(p, testbed), p.walltime, self.job_name,
-                      keep=True) as res:                                             # kept: the clouds stay
-            clouds = deploy.build(run, testbed, res, t0, stage, p.vmm_memory_mb, p.propagation, p.image,
-                                  p.image_size_mb, p.payload and Path(p.payload), p.runner, guests=tuple(p.guests))
-        deploy.write_clouds(deploy.CLOUDS, clouds)
+        if p.futuregrid:                       # the testbed's own nodes: no OAR job
+            res = Reservation({}, NodeSet(n for n in testbed.nodes() if n.site in p.sites), datetime.max, "futuregrid")
+            clouds = self._build(run, testbed, res, t0, p)
+        else:
+            with reserved(run, testbed, self.request(p, testbed), p.walltime, self.job_name,
+                          keep=True) as res:                                         # kept: the clouds stay
+                clouds = self._build(run, testbed, res, t0, p)
+        deploy.write_clouds(deploy.CLOUDS, {**deploy.kept(deploy.CLOUDS), **clouds})
+
+    @staticmethod
+    def _build(run: Run, testbed: Testbed, res: Reservation, t0: float, p: Params) -> dict:
+        return deploy.build(run, testbed, res, t0, stage, p.vmm_memory_mb, p.propagation, p.image,
+                            p.image_size_mb, p.payload and Path(p.payload), p.runner, guests=tuple(p.guests))
 
     def summary(self, rows) -> list[str]:
         by_stage = rows.groupby("stage", sort=False)["duration_s"].agg(["median", "max"])

@@ -37,7 +37,10 @@ def test_override_file(tmp_path):
     ('colour = 1\n[sites.rennes.clusters.paradent]\nnodes = 1', "unknown key"),
     ('[sites.rennes.clusters.paradent]\nnodes = 1\nram = 3', "unknown key"),
     ('name = "x"', "no [sites"),
-    ('[sites.rennes]\nx = 1', "has no cluster"),
+    ('[sites.rennes]\nkind = "grid5000"', "has no cluster"),
+    ('[sites.rennes]\nx = 1', "unknown key(s) ['x']"),
+    ('[sites.rennes]\nkind = "cloud"\n[sites.rennes.clusters.paradent]\nnodes = 1', "use one of grid5000, futuregrid"),
+    ('[sites.rennes]\naccess = "closed"\n[sites.rennes.clusters.paradent]\nnodes = 1', "use one of open, outbound, nat"),
     ('[sites.rennes.clusters.paradent]\nnodes = 254', "at most 253"),
     ('[sites.rennes.clusters.paradent]\nnodes = 1\n[[links]]\nbetween = ["rennes", "lyon"]\nrate = "1gbit"',
      "must name two different sites"),
@@ -53,6 +56,17 @@ def test_validation_errors_are_one_line(tmp_path, toml, message):
         description.load(f)
     assert message in str(e.value) and "\n" not in str(e.value)
     assert str(f) in str(e.value)
+
+
+def test_futuregrid_sites_are_behind_nat_and_grid5000_sites_may_be_firewalled(tmp_path):
+    f = tmp_path / "sky.toml"
+    f.write_text('[sites.rennes]\naccess = "outbound"\n[sites.rennes.clusters.paradent]\nnodes = 1\n'
+                 '[sites.nancy.clusters.graphene]\nnodes = 1\n'
+                 '[sites.hotel]\nkind = "futuregrid"\n[sites.hotel.clusters.hotel]\nnodes = 2\n')
+    d = description.load(f)
+    assert [(s.kind, s.access) for s in d.sites.values()] == [("grid5000", "outbound"), ("grid5000", "open"),
+                                                             ("futuregrid", "nat")]
+    assert str(d.nodes()) == "graphene-1.nancy.grid5000.fr,hotel-[1-2].hotel.futuregrid.org,paradent-1.rennes.grid5000.fr"
 
 
 def test_missing_file():

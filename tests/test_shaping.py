@@ -16,7 +16,7 @@ def test_tbf_burst_covers_a_timer_tick():
 
 
 def test_htb_one_class_and_filter_per_peer():
-    cmds = shaping.htb("r", "wan0", {"198.19.2.0/24": 10**8, "198.19.3.0/24": 5 * 10**7}, "dst")
+    cmds = shaping.htb("r", "wan0", {"a": (10**8, ["198.19.2.0/24"]), "b": (5 * 10**7, ["198.19.3.0/24"])}, "dst")
     assert cmds[0] == ["tc", "-n", "r", "qdisc", "del", "dev", "wan0", "root"]
     filters = [c for c in cmds if c[3] == "filter"]
     classes = [c for c in cmds if c[3] == "class"]
@@ -35,7 +35,10 @@ def test_wan_shaped_on_both_ends_of_each_site_uplink(small_description):
     ends = {(c[2], c[6]) for c in cmds if c[3] == "class"}
     assert ends == {("g5k-r-rennes", "wan0"), ("g5k-bb", "s1")}
     matches = {(c[2], c[c.index("match") + 2], c[c.index("match") + 3]) for c in cmds if c[3] == "filter"}
-    assert matches == {("g5k-r-rennes", "dst", "198.19.2.0/24"), ("g5k-bb", "src", "198.19.2.0/24")}
+    assert matches == {("g5k-r-rennes", "dst", "198.19.2.0/24"), ("g5k-bb", "src", "198.19.2.0/24"),
+                       ("g5k-r-rennes", "dst", "198.19.0.12/32"), ("g5k-bb", "src", "198.19.0.12/32")}
+    flows = {c[c.index("flowid") + 1] for c in cmds if c[2] == "g5k-r-rennes" and c[3] == "filter"}
+    assert len(flows) == 1                           # one class: tunnelled or not, the same link
 
 
 def test_lan_shaped_both_directions(small_description):

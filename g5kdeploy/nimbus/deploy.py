@@ -25,6 +25,9 @@ from g5kdeploy.vm.image import GuestImage
 REPOSITORY = str(LIB / "repository")
 CLOUDS = HOME / "nimbus" / "clouds.json"      # endpoints and credentials of the clouds up
 AWS_CONFIG = HOME / "nimbus" / "aws-config"   # the same, as AWS CLI profiles (one per cloud)
+# a cloud's kind in the clouds file: grid5000 (deploy-nimbus's, on OAR jobs of the user's),
+# futuregrid (the testbed's own, up since testbed-up: it outlives the user's deployments)
+KEPT = ("futuregrid",)
 
 
 @dataclass
@@ -60,10 +63,10 @@ class CloudPlan:
     def s3_endpoint(self) -> str:
         return f"http://{self.service.address}:{CUMULUS_PORT}"
 
-    def client_info(self, jobs: dict[str, int]) -> dict:
+    def client_info(self, jobs: dict[str, int], kind: str = "grid5000") -> dict:
         return {"endpoint": self.endpoint, "s3_endpoint": self.s3_endpoint, "region": self.site,
                 "access_key": self.access_key, "secret_key": self.secret_key, "service": self.service.hostname,
-                "vmms": [v.hostname for v in self.vmms], "oar_job": jobs.get(self.site)}
+                "vmms": [v.hostname for v in self.vmms], "oar_job": jobs.get(self.site), "kind": kind}
 
 
 def plan(nodes: NodeSet, description) -> list[CloudPlan]:
@@ -207,15 +210,21 @@ def terminate_all(cloud: dict) -> str:
     return ""
 
 
+def kept(path: Path) -> dict[str, dict]:
+    """The clouds of the clouds file that outlive the user's deployments (KEPT)."""
+    return {s: c for s, c in json.loads(path.read_text()).items() if c.get("kind") in KEPT} if path.exists() else {}
+
+
 def teardown(path: Path, testbed) -> list[str]:
-    """Terminate every guest of the clouds in the clouds file and end their OAR jobs;
-    returns what could not be done (a cloud already gone is not a problem)."""
+    """Terminate every guest of the user's clouds in the clouds file and end their OAR
+    jobs; the KEPT clouds (not the user's) stay in it as they are. Returns what could not be
+    done (a cloud already gone is not a problem)."""
     from datetime import datetime
 
     from g5kdeploy.testbed.model import Reservation
     if not path.exists():
         return []
-    clouds = json.loads(path.read_text())
+    clouds = {s: c for s, c in json.loads(path.read_text()).items() if c.get("kind") not in KEPT}
     path.with_name(AWS_CONFIG.name).unlink(missing_ok=True)
     problems = [f"{site}: {e}" for site, cloud in clouds.items() if (e := terminate_all(cloud))]
     jobs = {s: c["oar_job"] for s, c in clouds.items() if c.get("oar_job")}
@@ -224,7 +233,10 @@ def teardown(path: Path, testbed) -> list[str]:
             testbed.release(Reservation(jobs, NodeSet(), datetime.now(), "nimbus"))
         except Exception as e:      # jobs of a testbed that was rebuilt are gone already
             problems.append(f"OAR jobs {sorted(jobs.values())}: {e}")
-    path.unlink()
+    if left := kept(path):
+        write_clouds(path, left)
+    else:
+        path.unlink()
     return problems
 
 
@@ -260,7 +272,7 @@ def build(run, testbed, res, reserved_at: float, stage, vmm_memory_mb: int = 512
         for r in upload_images(plans, disks):
             rows.add(r.host, "upload", t, t + r.duration_s, r.ok, r.error)
     rows.fail_if("configuration")
-    clouds = {p.site: p.client_info(res.jobs) for p in plans}
+    clouds = {p.site: p.client_info(res.jobs, testbed.description.sites[p.site].kind) for p in plans}
     with stage(run, "verify"):
         for p in plans:
             t = time.time()

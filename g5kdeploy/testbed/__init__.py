@@ -37,6 +37,7 @@ class Feature(enum.Enum):
     SHAPING = "link shaping (tc)"
     RATES = "configured link rates"
     WAN_BYTES = "WAN byte counters"
+    GATEWAYS = "programmable site gateways (where ViNe routers run)"
 
 
 class Testbed(ABC):
@@ -90,6 +91,11 @@ class Testbed(ABC):
     def wan_bytes(self) -> dict[str, dict[str, int]]:
         """Bytes that left (tx) and entered (rx) each site through its WAN uplink so far."""
         self.require(Feature.WAN_BYTES)
+
+    def gateway(self, site: str) -> tuple[str, list[str]]:
+        """(public address, command prefix to run a program there) of a site's gateway: the
+        one host of a site that others may reach, whatever its access (ViNe's routers)."""
+        self.require(Feature.GATEWAYS)
 
     def require(self, *features: Feature) -> None:
         """A one-line UserError naming what this backend lacks."""
@@ -341,6 +347,9 @@ class Testbed(ABC):
                                 f"use {', '.join(sites)}, or take it out of excluded_sites")
             if site not in sites:
                 raise UserError(f"unknown site {site!r}: this testbed has {', '.join(sites)}")
+            if sites[site].kind != "grid5000":
+                raise UserError(f"site {site} is a FutureGrid cloud: nobody reserves its nodes; ask its cloud for "
+                                f"instances (aws --profile {site} ec2 ..., the clouds file)")
             out[site] = d = _demand(site, want, self)
             for c in self._clusters(d):
                 if not c.takes(queue, deploy, d.named):

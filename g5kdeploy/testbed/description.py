@@ -9,12 +9,13 @@ from importlib import resources
 from pathlib import Path
 
 from g5kdeploy.errors import UserError
-from g5kdeploy.testbed.model import Cluster, Node, NodeSet, Site
+from g5kdeploy.testbed.model import ACCESS, DOMAINS, Cluster, Node, NodeSet, Site
 
 ALLOWED_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)$", re.I)
 _NAME = re.compile(r"[a-z][a-z0-9]*")               # whole names only (fullmatch): no newline
 _UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+SHIPPED = ("default.toml", "sky.toml")           # descriptions that come with the toolkit
 
 
 def parse_rate(text: str, where: str = "rate") -> int:
@@ -72,6 +73,10 @@ class Description:
                                     c.name, c.cores, c.memory_gib))
         return out
 
+    def reservable(self) -> NodeSet:
+        """The nodes OAR schedules: Grid'5000's (a FutureGrid site's run its cloud)."""
+        return NodeSet(n for n in self.nodes() if self.sites[n.site].kind == "grid5000")
+
     def wan_rate_between(self, a: str, b: str) -> int:
         return self.links.get(frozenset((a, b)), self.wan_rate)
 
@@ -108,8 +113,17 @@ def parse(data: dict, origin: str = "description") -> Description:
     for sname, sdata in raw_sites.items():
         if not _NAME.fullmatch(sname):
             raise UserError(f"{origin}: site name {sname!r} must be lowercase letters and digits")
+        sdata = sdata or {}
+        if unknown := set(sdata) - {"clusters", "kind", "access"}:
+            raise UserError(f"{origin}: sites.{sname}: unknown key(s) {sorted(unknown)}; allowed: clusters, kind, access")
+        kind = sdata.get("kind", "grid5000")
+        if kind not in DOMAINS:
+            raise UserError(f"{origin}: sites.{sname}.kind {kind!r}: use one of {', '.join(DOMAINS)}")
+        access = sdata.get("access", "nat" if kind == "futuregrid" else "open")
+        if access not in ACCESS:
+            raise UserError(f"{origin}: sites.{sname}.access {access!r}: use one of {', '.join(ACCESS)}")
         clusters = []
-        for cname, cdata in (sdata or {}).get("clusters", {}).items():
+        for cname, cdata in sdata.get("clusters", {}).items():
             where = f"{origin}: sites.{sname}.clusters.{cname}"
             if not _NAME.fullmatch(cname) or cname in clusters_seen:
                 raise UserError(f"{where}: cluster names must be unique lowercase words")
@@ -118,10 +132,11 @@ def parse(data: dict, origin: str = "description") -> Description:
                 raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: nodes, cores, memory_gib")
             clusters.append(Cluster(cname, sname, _positive_int(cdata.get("nodes"), f"{where}.nodes"),
                                     _positive_int(cdata.get("cores", 1), f"{where}.cores"),
-                                    _positive_int(cdata.get("memory_gib", 1), f"{where}.memory_gib")))
+                                    _positive_int(cdata.get("memory_gib", 1), f"{where}.memory_gib"),
+                                    domain=DOMAINS[kind]))
         if not clusters:
             raise UserError(f"{origin}: site {sname} has no cluster: add [sites.{sname}.clusters.<name>]")
-        sites[sname] = Site(sname, tuple(clusters))
+        sites[sname] = Site(sname, tuple(clusters), kind, access)
         if sites[sname].size > 253:
             raise UserError(f"{origin}: site {sname} has {sites[sname].size} nodes; at most 253 per site")
     if len(sites) + 1 > network.num_addresses // 256:
@@ -140,9 +155,12 @@ def parse(data: dict, origin: str = "description") -> Description:
 
 
 def load(path: str | Path | None = None) -> Description:
-    """Load a description file, or the embedded default when `path` is None."""
-    if path is None:
-        text, origin = resources.files(__package__).joinpath("default.toml").read_text(), "default.toml"
+    """Load a description file, or the embedded default when `path` is None; a bare name
+    that is no file here names a shipped description (`sky.toml`: SHIPPED)."""
+    shipped = resources.files(__package__)
+    if path is None or (not Path(path).exists() and str(path) in SHIPPED):
+        path = path or "default.toml"
+        text, origin = shipped.joinpath(str(path)).read_text(), str(path)
     else:
         try:
             text, origin = Path(path).read_text(), str(path)

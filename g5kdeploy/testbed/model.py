@@ -11,6 +11,8 @@ import hostlist
 from g5kdeploy.errors import UserError
 
 DOMAIN = "grid5000.fr"
+DOMAINS = {"grid5000": DOMAIN, "futuregrid": "futuregrid.org"}      # a site's kind -> its nodes' domain
+ACCESS = ("open", "outbound", "nat")    # who may open connections into a site (Site.access)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Cluster:
     queues: tuple[str, ...] = ("default",)     # besteffort jobs go anywhere
     exotic: bool = False                       # only jobs that name it (OAR's `-t exotic`)
     deploy: bool = True                        # Kadeploy may deploy it
+    domain: str = DOMAIN                       # futuregrid.org for a FutureGrid site's nodes
 
     def takes(self, queue: str | None, deploy: bool, named: bool) -> bool:
         """Whether a job of that queue (None: default) and kind may have this cluster's
@@ -52,13 +55,19 @@ class Cluster:
             and (named or not self.exotic)
 
     def node_names(self) -> list[str]:
-        return [f"{self.name}-{i}.{self.site}.{DOMAIN}" for i in range(1, self.nodes + 1)]
+        return [f"{self.name}-{i}.{self.site}.{self.domain}" for i in range(1, self.nodes + 1)]
 
 
 @dataclass(frozen=True)
 class Site:
+    """A site; `kind` grid5000 (bare metal through OAR) or futuregrid (a cloud only: its
+    nodes run its Nimbus cloud, nobody reserves them); `access`: `open` (anyone may connect
+    in), `outbound` (firewalled: connections out only, as Grid'5000 toward the Internet) or
+    `nat` (private addresses behind the router's NAT, as FutureGrid's VMs)."""
     name: str
     clusters: tuple[Cluster, ...]
+    kind: str = "grid5000"
+    access: str = "open"
 
     @property
     def size(self) -> int:

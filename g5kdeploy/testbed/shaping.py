@@ -19,16 +19,17 @@ def tbf(ns: str, dev: str, rate: int) -> list[list[str]]:
              "rate", f"{rate}bit", "burst", str(burst_bytes(rate)), "latency", "20ms"]]
 
 
-def htb(ns: str, dev: str, peers: dict[str, int], match: str) -> list[list[str]]:
-    """Egress of `dev` shaped per peer subnet (`match` is 'dst' or 'src'); the rest unlimited."""
+def htb(ns: str, dev: str, peers: dict[str, tuple[int, list[str]]], match: str) -> list[list[str]]:
+    """Egress of `dev` shaped per peer: name -> (rate, the networks that are that peer),
+    matched on `match` ('dst' or 'src'); the rest unlimited."""
     assert match in ("dst", "src")
     cmds = [clear(ns, dev),
             ["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
             _htb_class(ns, dev, "1:1", UNLIMITED)]
-    for k, (subnet, rate) in enumerate(sorted(peers.items()), start=10):
+    for k, (_, (rate, networks)) in enumerate(sorted(peers.items()), start=10):
         cmds.append(_htb_class(ns, dev, f"1:{k}", rate))
-        cmds.append(["tc", "-n", ns, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip",
-                     "prio", "1", "u32", "match", "ip", match, subnet, "flowid", f"1:{k}"])
+        cmds += [["tc", "-n", ns, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip",
+                  "prio", "1", "u32", "match", "ip", match, net, "flowid", f"1:{k}"] for net in networks]
     return cmds
 
 

@@ -193,6 +193,12 @@ class LocalTestbed(Testbed):
         self._write_rates(rates)
         self._apply_rates({a, b})
 
+    def gateway(self, site: str) -> tuple[str, list[str]]:
+        """The site's router namespace: its WAN address is the site's public address."""
+        if site not in self.description.sites:
+            raise UserError(f"unknown site {site!r}: this testbed has {', '.join(self.description.sites)}")
+        return self.description.site_wan_address(site), ["ip", "netns", "exec", network.router(site)]
+
     def wan_bytes(self) -> dict[str, dict[str, int]]:
         """Bytes that left (tx) and entered (rx) each site through its WAN uplink so far,
         read from the interface counters of the site router."""

@@ -60,7 +60,7 @@ class Api:
 
     # -- Reference API -----------------------------------------------------------------------
     def sites(self):
-        return _items([{"uid": s, "type": "site"} for s in self.tb.description.sites])
+        return _items([{"uid": k, "type": "site"} for k, s in self.tb.description.sites.items() if s.kind == "grid5000"])
 
     def site(self, site):
         self._site(site)
@@ -76,6 +76,7 @@ class Api:
                        if set(asked) & {"admin", *c.queues}])
 
     def cluster_nodes(self, site, cluster):
+        self._site(site)
         nodes = [n for n in self.tb.nodes() if n.site == site and n.cluster == cluster]
         if not nodes:
             raise KeyError(cluster)
@@ -96,7 +97,11 @@ class Api:
                          "reservations": []} for n in self.tb.nodes() if n.site == site}}
 
     def _site(self, site):
-        return self.tb.description.sites[site]
+        """A site of Grid'5000's (a FutureGrid site is not in its API: KeyError, a 404)."""
+        s = self.tb.description.sites[site]
+        if s.kind != "grid5000":
+            raise KeyError(site)
+        return s
 
     # -- jobs ---------------------------------------------------------------------------------
     def job(self, site, job) -> dict:

@@ -19,6 +19,7 @@ BACKBONE = PREFIX + "bb"
 FRONTEND_LINK = PREFIX + "fe"
 RULE_PREF = 1000                         # our ip rules: RULE_PREF, RULE_PREF + 1, ... (then main)
 TESTBED_USERS = ("root", "oar", "postgres")
+WAN_MTU = 1550                           # site to site: room for an overlay's headers (VXLAN: 50)
 
 
 def router(site: str) -> str:
@@ -63,17 +64,19 @@ def build(desc: Description, journal: Journal) -> None:
         r, subnet = router(site), desc.site_subnet(site)
         _mkns(journal, r, forward=True)
         sh("ip", "-n", BACKBONE, "link", "add", uplink(desc, site), "type", "veth", "peer", "name", "wan0", "netns", r)
-        sh("ip", "-n", BACKBONE, "link", "set", uplink(desc, site), "master", "bb0", "up")
+        sh("ip", "-n", BACKBONE, "link", "set", uplink(desc, site), "mtu", str(WAN_MTU), "master", "bb0", "up")
         sh("ip", "-n", r, "addr", "add", f"{desc.site_wan_address(site)}/24", "dev", "wan0")
-        sh("ip", "-n", r, "link", "set", "wan0", "up")
+        sh("ip", "-n", r, "link", "set", "wan0", "mtu", str(WAN_MTU), "up")
         sh("ip", "-n", r, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", r, "addr", "add", f"{desc.site_gateway(site)}/24", "dev", "br0")
         sh("ip", "-n", r, "link", "set", "br0", "up")
         journal.record("route", spec=[str(subnet)])
         sh("ip", "route", "replace", str(subnet), "via", desc.site_wan_address(site))
         for other in desc.sites:
-            if other != site:
+            if other != site and desc.sites[other].access != "nat":     # private networks are not routed
                 sh("ip", "-n", r, "route", "add", str(desc.site_subnet(other)), "via", desc.site_wan_address(other))
+        if (policy := access_policy(desc, site)):
+            sh("ip", "netns", "exec", r, "nft", "-f", "-", input=policy)
     for node in desc.nodes():
         n, r, port = netns(node), router(node.site), node_port(desc, node)
         _mkns(journal, n)
@@ -82,6 +85,27 @@ def build(desc: Description, journal: Journal) -> None:
         sh("ip", "-n", n, "addr", "add", f"{node.address}/24", "dev", "eth0")
         sh("ip", "-n", n, "link", "set", "eth0", "up")
         sh("ip", "-n", n, "route", "add", "default", "via", desc.site_gateway(node.site))
+
+
+def access_policy(desc: Description, site: str) -> str:
+    """The site router's nftables rules for its access (Site.access): `outbound` and `nat`
+    let no connection in from the WAN but the frontend's (the testbed's own management, as
+    an administrator's); `nat` also hides the site's addresses behind the router's (but
+    toward the frontend: OAR knows the nodes by their own). Empty for an open site."""
+    access = desc.sites[site].access
+    if access == "open":
+        return ""
+    subnet, fe = desc.site_subnet(site), desc.frontend_address
+    rules = ("table inet site {\n"
+             "  chain forward {\n    type filter hook forward priority filter; policy accept;\n"
+             "    ct state established,related accept\n"
+             f"    iifname \"wan0\" oifname \"br0\" ip saddr {fe} accept\n"
+             "    iifname \"wan0\" oifname \"br0\" drop\n  }\n}\n")
+    if access == "nat":
+        rules += ("table ip site-nat {\n"
+                  "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n"
+                  f"    oifname \"wan0\" ip saddr {subnet} ip daddr != {fe} masquerade\n  }}\n}}\n")
+    return rules
 
 
 def rules(desc: Description) -> list[tuple[int, list[str]]]:
@@ -107,8 +131,11 @@ def lan_commands(desc: Description, site: str, rate: int) -> list[list[str]]:
 
 
 def wan_commands(desc: Description, site: str, rates: dict[frozenset, int]) -> list[list[str]]:
-    """A site's uplink shaped per peer site: leaving it (dst) and entering it (src)."""
-    peers = {str(desc.site_subnet(o)): rates[frozenset((site, o))] for o in desc.sites if o != site}
+    """A site's uplink shaped per peer site, leaving it (dst) and entering it (src): the
+    peer's subnet, and its router's own address (what tunnels between gateways, ViNe's,
+    carry)."""
+    peers = {o: (rates[frozenset((site, o))], [str(desc.site_subnet(o)), f"{desc.site_wan_address(o)}/32"])
+             for o in desc.sites if o != site}
     return (shaping.htb(router(site), "wan0", peers, "dst")
             + shaping.htb(BACKBONE, uplink(desc, site), peers, "src"))
 

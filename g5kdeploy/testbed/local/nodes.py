@@ -15,7 +15,7 @@ from g5kdeploy.files import write_atomic
 from g5kdeploy.testbed.description import Description
 from g5kdeploy.testbed.local.oar_server import USER
 from g5kdeploy.testbed.local.system import kill, sh, start_time
-from g5kdeploy.testbed.model import Node
+from g5kdeploy.testbed.model import DOMAINS, Node
 
 PREFIX = "g5k-"
 SSH_CONFIG = Path("/etc/ssh/ssh_config.d/g5kdeploy.conf")
@@ -99,7 +99,7 @@ class NodeFiles:
         write_atomic(self.known_hosts, "".join(
             f"{','.join(aliases(n) + [n.address])} {' '.join(self.host_key(n).with_suffix('.pub').read_text().split()[:2])}\n"
             for n in self.desc.nodes()))
-        names = ",".join([f"*.{s}" for s in self.desc.sites] + ["*.grid5000.fr"] +
+        names = ",".join([f"*.{s}" for s in self.desc.sites] + [f"*.{d}" for d in DOMAINS.values()] +
                          [n.short for n in self.desc.nodes()])
         # only for root: OAR's own ssh (user oar, port 6667) must keep its own settings
         write_atomic(SSH_CONFIG,

@@ -124,7 +124,7 @@ def stop_postgres(version: str) -> None:
 
 
 def prepare_database(desc: Description) -> None:
-    """A clean OAR database whose resources are exactly the testbed's nodes."""
+    """A clean OAR database whose resources are exactly the testbed's reservable nodes."""
     # drop + create, not --reset: --reset loses the read-only user's grants
     sh("oar-database", "--drop", "--db-is-local", "-y", check=False)
     sh("oar-database", "--create", "--db-is-local", "-y")
@@ -136,7 +136,7 @@ def prepare_database(desc: Description) -> None:
         sh("oarproperty", "-c", "-a", prop)
     script = "".join(
         f"oarnodesetting -a -h {n.hostname} -p host={n.hostname} -p site={n.site} "
-        f"-p cluster={n.cluster} -p deploy=YES >/dev/null || exit 1\n" for n in desc.nodes())
+        f"-p cluster={n.cluster} -p deploy=YES >/dev/null || exit 1\n" for n in desc.reservable())
     sh("sh", "-e", input=script)
 
 
@@ -157,7 +157,7 @@ def grid5000_queue_and_types() -> None:
 
 def resources_match(desc: Description) -> bool:
     p = sh("oarnodes", "-l", check=False)
-    return p.returncode == 0 and sorted(p.stdout.split()) == sorted(desc.nodes().hostnames())
+    return p.returncode == 0 and sorted(p.stdout.split()) == sorted(desc.reservable().hostnames())
 
 
 def start_almighty(journal: Journal) -> None:

@@ -1,0 +1,88 @@
+"""A VR's kernel data plane, run where the VR runs (its site's gateway): a VXLAN device whose
+peers are the other VRs (static forwarding entries, no learning), the GNDT as routes in a
+table of its own consulted for what the site's hosts send, and nftables rules: only the
+LNDT's hosts enter or leave the overlay, only the other VRs reach the VXLAN and control
+ports. Every command is an argument vector (nothing reaches a shell)."""
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+
+DEV = "vine0"
+VNI = 74
+VXLAN_PORT = 4789
+TABLE = "74"                 # the GNDT's routes (ip route ... table 74)
+RULE_PREF = "74"
+NFT_TABLE = "vine"
+
+
+def sh(*argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(argv), capture_output=True, text=True, input=input)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def mac(index: int) -> str:
+    """The overlay MAC of the VR numbered `index` (locally administered)."""
+    return "02:56:4e:%02x:%02x:%02x" % ((index >> 16) & 255, (index >> 8) & 255, index & 255)
+
+
+def up(address: str, own_mac: str, lan: str, control_port: int) -> None:
+    """The VXLAN device (from `address`), the rule sending the LAN's traffic to the GNDT's
+    table, the nftables rules (empty sets)."""
+    down(lan)
+    sh("ip", "link", "add", DEV, "type", "vxlan", "id", str(VNI), "local", address, "dstport", str(VXLAN_PORT),
+       "nolearning")
+    sh("ip", "link", "set", DEV, "address", own_mac, "mtu", "1500", "up")
+    for conf in ("all", DEV):                  # packets from the overlay come from networks routed elsewhere
+        sh("sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
+    sh("ip", "rule", "add", "pref", RULE_PREF, "iif", lan, "lookup", TABLE)
+    sh("nft", "-f", "-", input=(
+        f"table inet {NFT_TABLE} {{\n"
+        "  set lndt { type ipv4_addr; flags interval; }\n"
+        "  set peers { type ipv4_addr; }\n"
+        "  chain input {\n    type filter hook input priority filter; policy accept;\n"
+        f"    udp dport {VXLAN_PORT} ip saddr != @peers drop\n"
+        f"    tcp dport {control_port} ip saddr != @peers drop\n  }}\n"
+        "  chain forward {\n    type filter hook forward priority filter; policy accept;\n"
+        f"    iifname \"{lan}\" oifname \"{DEV}\" ip saddr != @lndt drop\n"
+        f"    iifname \"{DEV}\" oifname \"{lan}\" ip daddr != @lndt drop\n"
+        f"    iifname \"{DEV}\" oifname != \"{lan}\" drop\n  }}\n}}\n"))
+
+
+def down(lan: str) -> None:
+    """Remove all of it (what is missing is fine)."""
+    sh("nft", "delete", "table", "inet", NFT_TABLE, check=False)
+    while sh("ip", "rule", "del", "pref", RULE_PREF, check=False).returncode == 0:
+        pass
+    sh("ip", "route", "flush", "table", TABLE, check=False)
+    sh("ip", "link", "del", DEV, check=False)
+
+
+def set_elements(name: str, members: list[str]) -> None:
+    """Replace the members of nftables set `name` (lndt: addresses or networks; peers)."""
+    elements = ", ".join(str(ipaddress.ip_network(m)) if "/" in m else str(ipaddress.ip_address(m)) for m in members)
+    sh("nft", "-f", "-", input=f"flush set inet {NFT_TABLE} {name}\n" +
+       (f"add element inet {NFT_TABLE} {name} {{ {elements} }}\n" if members else ""))
+
+
+def peer(address: str, peer_mac: str) -> None:
+    """Frames for a VR's MAC go to its public address; its address resolves to its MAC."""
+    sh("bridge", "fdb", "replace", peer_mac, "dev", DEV, "dst", address)
+    sh("ip", "neigh", "replace", address, "lladdr", peer_mac, "dev", DEV, "nud", "permanent")
+
+
+def forget_peer(address: str, peer_mac: str) -> None:
+    sh("bridge", "fdb", "del", peer_mac, "dev", DEV, "dst", address, check=False)
+    sh("ip", "neigh", "del", address, "dev", DEV, check=False)
+
+
+def route(network: str, via: str) -> None:
+    """A GNDT entry served by another VR (the kernel's longest prefix match is ViNe's
+    most-specific-entry rule)."""
+    sh("ip", "route", "replace", network, "via", via, "dev", DEV, "onlink", "table", TABLE)
+
+
+def unroute(network: str) -> None:
+    sh("ip", "route", "del", network, "table", TABLE, check=False)

@@ -1,0 +1,69 @@
+"""ViNe's tables and the messages VRs exchange: a VR's record (what it announces), the GNDT
+built from every VR's record, and records signed with the overlay's secret."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a VR announces: its public address and overlay MAC, the networks it serves
+    (GNDT entries; a /32 for a single host), and `seq`, larger for each new version."""
+    vr: str
+    seq: int
+    address: str
+    mac: str
+    networks: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, d: dict) -> "Record":
+        nets = tuple(str(ipaddress.ip_network(n)) for n in d["networks"])
+        return cls(str(d["vr"]), int(d["seq"]), str(ipaddress.ip_address(d["address"])), _mac(d["mac"]), nets)
+
+
+def _mac(text: str) -> str:
+    parts = str(text).lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        raise ValueError(f"bad MAC {text!r}")
+    return ":".join(parts)
+
+
+def gndt(records: dict[str, Record]) -> dict[str, str]:
+    """network -> VR over every record; a network two VRs announce goes to the newer record."""
+    out: dict[str, tuple[int, str]] = {}
+    for r in records.values():
+        for n in r.networks:
+            if n not in out or (r.seq, r.vr) > out[n]:
+                out[n] = (r.seq, r.vr)
+    return {n: vr for n, (_, vr) in out.items()}
+
+
+def lookup(table: dict[str, str], address: str) -> str | None:
+    """The VR that serves `address`: the most specific GNDT entry holding it."""
+    ip = ipaddress.ip_address(address)
+    best = max((ipaddress.ip_network(n) for n in table if ip in ipaddress.ip_network(n)),
+               key=lambda n: n.prefixlen, default=None)
+    return table[str(best)] if best is not None else None
+
+
+def seal(record: Record, secret: bytes) -> bytes:
+    """One line: the record and its HMAC-SHA256 under the overlay's secret."""
+    body = json.dumps(asdict(record), sort_keys=True)
+    return json.dumps({"record": body, "mac": hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()}).encode() + b"\n"
+
+
+def unseal(line: bytes, secret: bytes) -> Record:
+    """The record of a line sealed with `secret`; ValueError for anything else."""
+    try:
+        msg = json.loads(line)
+        body, mac = msg["record"], msg["mac"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("not a sealed record") from None
+    if not isinstance(body, str) or not isinstance(mac, str) or \
+            not hmac.compare_digest(mac, hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()):
+        raise ValueError("bad signature")
+    return Record.of(json.loads(body))
