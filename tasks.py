@@ -57,12 +57,17 @@ def testbed_up(c, description=None, guests="debian-blast"):
     from g5kdeploy import engine
     from g5kdeploy.nimbus.deploy import CLOUDS, kept
     from g5kdeploy.testbed import description as d
-    from g5kdeploy.testbed.local import LocalTestbed
+    from g5kdeploy.testbed.local import LocalTestbed, is_up
     t0 = time.monotonic()
+    try:
+        was_up = is_up() and LocalTestbed.attach(check=False).healthy()
+    except UserError:
+        was_up = False
     tb = LocalTestbed.up(d.load(description))
     print(f"testbed {tb.description.name} up in {time.monotonic() - t0:.1f} s: {tb.nodes()}")
     futuregrid = [s for s, site in tb.description.sites.items() if site.kind == "futuregrid"]
-    if missing := [s for s in futuregrid if s not in kept(CLOUDS)]:
+    # a testbed built now has none of the clouds a clouds file may still name
+    if missing := [s for s in futuregrid if not was_up or s not in kept(CLOUDS)]:
         engine.execute(engine.load_experiment("deploy-nimbus"), tb, {"sites": missing, "futuregrid": True,
                                                                      "guests": guests, "vmm_memory_mb": 2048})
     for s in futuregrid:

@@ -1,4 +1,5 @@
-"""ViNe on two firewalled Grid'5000 sites and a FutureGrid site behind NAT: without the
+"""Two firewalled Grid'5000 sites and a FutureGrid site behind NAT, brought up by `invoke
+testbed-up` with the FutureGrid site's cloud; ViNe on them: without the
 overlay no site reaches another's hosts; with it every host of an LNDT reaches every other
 by its private address (ICMP and TCP), a host missing from its VR's LNDT is refused,
 traffic within a site never reaches its VR, a GNDT change made on one VR reaches the
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, own_testbed
+from conftest import ROOT, invoke, make_room
 from g5kdeploy import remote
-from g5kdeploy.testbed import description
-from g5kdeploy.testbed.local import network
+from g5kdeploy.nimbus import deploy
+from g5kdeploy.testbed.local import LocalTestbed, leftovers, network
 from g5kdeploy.testbed.local.system import sh
 from g5kdeploy.vine import dataplane
 from g5kdeploy.vine.overlay import Overlay
@@ -22,8 +23,23 @@ pytestmark = pytest.mark.testbed
 
 @pytest.fixture(scope="module")
 def testbed():
-    with own_testbed(description.load(ROOT / "tests" / "sky-small.toml")) as tb:
-        yield tb
+    make_room()
+    up = invoke("testbed-up", "--description", str(ROOT / "tests" / "sky-small.toml"), "--guests", "", timeout=900)
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert "FutureGrid cloud hotel: EC2 http://198.19.3.1:8773" in up.stdout
+    yield LocalTestbed.attach()
+    down = invoke("testbed-destroy")
+    assert down.returncode == 0 and leftovers() == [] and not deploy.CLOUDS.exists(), down.stderr
+
+
+def test_the_futuregrid_cloud_is_up_and_outlives_the_users_deployments(testbed):
+    clouds = json.loads(deploy.CLOUDS.read_text())
+    assert list(clouds) == ["hotel"] and clouds["hotel"]["kind"] == "futuregrid" and not clouds["hotel"]["oar_job"]
+    assert "tiny" in deploy.verify(clouds["hotel"])
+    refused = invoke("deploy-nimbus", "--sites", "hotel")
+    assert refused.returncode == 2 and "site hotel is a FutureGrid cloud, up since testbed-up" in refused.stderr
+    assert invoke("nimbus-destroy").returncode == 0
+    assert json.loads(deploy.CLOUDS.read_text()) == clouds and deploy.verify(clouds["hotel"])
 
 
 @pytest.fixture(scope="module")
