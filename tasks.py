@@ -58,7 +58,9 @@ def testbed_up(c, description=None, guests="debian-blast"):
     from g5kdeploy.nimbus.deploy import CLOUDS, kept
     from g5kdeploy.testbed import description as d
     from g5kdeploy.testbed.local import LocalTestbed, is_up
+    from g5kdeploy.testbed.local.system import require_root
     t0 = time.monotonic()
+    require_root()
     try:
         was_up = is_up() and LocalTestbed.attach(check=False).healthy()
     except UserError:

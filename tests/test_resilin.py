@@ -321,7 +321,7 @@ def test_readme_aws_cli_block_works_verbatim(federation, tmp_path):
     import subprocess
     from conftest import ROOT
     tb, clouds, _, _, _ = federation
-    block = re.search(r"runs verbatim in the\ntests \(`test_resilin.py`\):\n\n```bash\n(.*?)```",
+    block = re.search(r"runs verbatim in the\s+tests \(`test_resilin.py`\):\n\n```bash\n(.*?)```",
                       (ROOT / "README.md").read_text(), re.S)[1]
     script = tmp_path / "readme.sh"
     script.write_text(f"cd {ROOT}\n{block}")
@@ -329,7 +329,8 @@ def test_readme_aws_cli_block_works_verbatim(federation, tmp_path):
     try:
         r = subprocess.run(["timeout", "600", "bash", "-euo", "pipefail", str(script)], capture_output=True, text=True,
                            cwd=tmp_path)
-        assert r.returncode == 0, r.stderr[-2000:]
+        log = service.home() / "service.log"
+        assert r.returncode == 0, (r.stderr[-2000:], r.stdout[-500:], log.read_text()[-1500:] if log.exists() else "")
         top = [line.split("\t") for line in r.stdout.splitlines() if "\t" in line]
         counts = samples.word_counts([(Path("/tmp/books") / f"part-{k}.txt").read_text() for k in range(4)])
         assert len(top) == 3 and all(counts[w] == int(n) for w, n in top)
