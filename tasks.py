@@ -310,6 +310,28 @@ def nimbus_destroy(c, testbed="local"):
     print("clouds destroyed")
 
 
+@task(help={"name": "the cloud's name (its AWS CLI profile)", "endpoint": "its EC2 API (http://host:port)",
+            "access_key": "credentials", "secret_key": "credentials", "region": "its region (default: the name)",
+            "s3_endpoint": "its S3 endpoint, if it has one"})
+@user_errors
+def cloud_add(c, name, endpoint, access_key, secret_key, region=None, s3_endpoint=None):
+    """Add an EC2-compatible cloud we did not deploy to the clouds file (checked with a signed
+    DescribeImages); deploy-nimbus and nimbus-destroy leave it as it is."""
+    from g5kdeploy.nimbus.deploy import AWS_CONFIG, CLOUDS, add_external
+    add_external(CLOUDS, name, endpoint, access_key, secret_key, region or name, s3_endpoint)
+    print(f"cloud {name}: EC2 {endpoint}{f'  S3 {s3_endpoint}' if s3_endpoint else ''} "
+          f"(AWS_CONFIG_FILE={AWS_CONFIG} aws --profile {name} ...)")
+
+
+@task
+@user_errors
+def cloud_remove(c, name):
+    """Forget a cloud cloud-add added (the cloud itself is not touched)."""
+    from g5kdeploy.nimbus.deploy import CLOUDS, remove_external
+    remove_external(CLOUDS, name)
+    print(f"cloud {name} removed from {CLOUDS}")
+
+
 @task(help={"port": "the EMR endpoint's port", "host": "the address it listens on (loopback by default)",
             "testbed": "local or g5k (where the clouds' nodes are)"})
 @user_errors

@@ -315,3 +315,35 @@ def test_the_vmm_and_qemu_refuse_paths_that_would_break_qemus_options(tmp_path, 
     g = Guest("g", tmp_path / "k", tmp_path / "i", None, tmp_path, shares=["/usr", "/srv,x=y"])
     with pytest.raises(ValueError, match="comma"):
         g.argv("tcg")
+
+
+def test_a_cloud_we_did_not_deploy_joins_the_clouds_file_and_outlives_deployments(cloud, tmp_path, monkeypatch):
+    """invoke cloud-add checks the endpoint with the credentials (a signed DescribeImages),
+    writes it as an AWS CLI profile the AWS CLI uses, and nimbus-destroy's teardown leaves it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import invoke
+    from g5kdeploy.nimbus import deploy
+    c, endpoint = cloud
+    monkeypatch.setenv("G5KDEPLOY_HOME", str(tmp_path))
+    bad = invoke("cloud-add", "mine", "--endpoint", endpoint, "--access-key", KEY, "--secret-key", "wrong")
+    assert bad.returncode == 2 and "cloud mine does not answer with these credentials" in bad.stderr
+    assert not (tmp_path / "nimbus" / "clouds.json").exists()
+    assert invoke("cloud-add", "mine", "--endpoint", endpoint, "--access-key", KEY, "--secret-key", SECRET,
+                  "--region", "rennes").returncode == 0
+    again = invoke("cloud-add", "mine", "--endpoint", endpoint, "--access-key", KEY, "--secret-key", SECRET)
+    assert again.returncode == 2 and "is in the clouds file already" in again.stderr
+    aws = subprocess.run([str(Path(sys.executable).parent / "aws"), "--profile", "mine", "ec2", "describe-images", "--query", "Images[].ImageId",
+                          "--output", "text"], capture_output=True, text=True,
+                         env={"AWS_CONFIG_FILE": str(tmp_path / "nimbus" / "aws-config"), "PATH": "/usr/bin:/bin"})
+    assert aws.returncode == 0 and aws.stdout.split() == ["debian"], aws.stderr
+    assert deploy.teardown(tmp_path / "nimbus" / "clouds.json", None) == []     # what nimbus-destroy does
+    clouds = json.loads((tmp_path / "nimbus" / "clouds.json").read_text())
+    assert clouds["mine"]["kind"] == "external" and clouds["mine"]["endpoint"] == endpoint
+    assert invoke("cloud-remove", "mine").returncode == 0
+    assert json.loads((tmp_path / "nimbus" / "clouds.json").read_text()) == {}
+    gone = invoke("cloud-remove", "mine")
+    assert gone.returncode == 2 and "no cloud mine added with cloud-add" in gone.stderr

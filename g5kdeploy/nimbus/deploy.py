@@ -26,8 +26,9 @@ REPOSITORY = str(LIB / "repository")
 CLOUDS = HOME / "nimbus" / "clouds.json"      # endpoints and credentials of the clouds up
 AWS_CONFIG = HOME / "nimbus" / "aws-config"   # the same, as AWS CLI profiles (one per cloud)
 # a cloud's kind in the clouds file: grid5000 (deploy-nimbus's, on OAR jobs of the user's),
-# futuregrid (the testbed's own, up since testbed-up: it outlives the user's deployments)
-KEPT = ("futuregrid",)
+# futuregrid (the testbed's own, up since testbed-up), external (any EC2-compatible endpoint a
+# user added: invoke cloud-add); the last two outlive the user's deployments
+KEPT = ("futuregrid", "external")
 
 
 @dataclass
@@ -174,7 +175,8 @@ def verify(cloud: dict, timeout: float = 30) -> list[str]:
 def aws_profile(site: str, cloud: dict, more: dict[str, str] | None = None) -> str:
     """An AWS CLI / SDK profile for one cloud: its EC2 API and its Cumulus (S3, path-style),
     and `more` endpoints by service (Resilin's `emr`)."""
-    endpoints = {"ec2": cloud["endpoint"], "s3": cloud["s3_endpoint"], **(more or {})}
+    endpoints = {"ec2": cloud["endpoint"], **({"s3": cloud["s3_endpoint"]} if cloud.get("s3_endpoint") else {}),
+                 **(more or {})}
     return (f"[profile {site}]\nregion = {cloud['region']}\naws_access_key_id = {cloud['access_key']}\n"
             f"aws_secret_access_key = {cloud['secret_key']}\nservices = {site}-endpoints\n"
             "s3 =\n    addressing_style = path\n"
@@ -213,6 +215,45 @@ def terminate_all(cloud: dict) -> str:
 def kept(path: Path) -> dict[str, dict]:
     """The clouds of the clouds file that outlive the user's deployments (KEPT)."""
     return {s: c for s, c in json.loads(path.read_text()).items() if c.get("kind") in KEPT} if path.exists() else {}
+
+
+def add_external(path: Path, name: str, endpoint: str, access_key: str, secret_key: str, region: str,
+                 s3_endpoint: str | None = None) -> dict:
+    """A cloud we did not deploy into the clouds file, once it answers a DescribeImages
+    signed with these credentials (and its S3 a ListBuckets); its entry."""
+    import re
+    from urllib.parse import urlsplit
+
+    import botocore.exceptions
+    clouds = json.loads(path.read_text()) if path.exists() else {}
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name):
+        raise UserError(f"cloud name {name[:40]!r}: lowercase letters, digits and '-' (it names an AWS CLI profile)")
+    if name in clouds:
+        raise UserError(f"a cloud named {name} is in the clouds file already: remove it first "
+                        f"(invoke cloud-remove {name}) or choose another name")
+    for url in filter(None, (endpoint, s3_endpoint)):
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise UserError(f"endpoint {url[:80]!r}: give a URL, like http://198.19.1.1:8773")
+    cloud = {"endpoint": endpoint, "s3_endpoint": s3_endpoint, "region": region, "access_key": access_key,
+             "secret_key": secret_key, "kind": "external"}
+    try:
+        client(cloud).describe_images()
+        if s3_endpoint:
+            s3_client(cloud).list_buckets()
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        raise UserError(f"cloud {name} does not answer with these credentials: {str(e)[:200]}") from None
+    write_clouds(path, {**clouds, name: cloud})
+    return cloud
+
+
+def remove_external(path: Path, name: str) -> None:
+    """Forget a cloud cloud-add added (nothing in the cloud changes)."""
+    clouds = json.loads(path.read_text()) if path.exists() else {}
+    if clouds.get(name, {}).get("kind") != "external":
+        have = ", ".join(f"{s} ({c.get('kind', 'grid5000')})" for s, c in clouds.items()) or "none"
+        raise UserError(f"no cloud {name} added with cloud-add: the clouds file has {have}")
+    clouds.pop(name)
+    write_clouds(path, clouds)
 
 
 def teardown(path: Path, testbed) -> list[str]:
