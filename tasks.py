@@ -377,14 +377,15 @@ def resilin_down(c, testbed="local"):
         print("Resilin was not running")
 
 
-@task(help={"sites": "the sites to join (default: all of the testbed's)"})
+@task(help={"sites": "the sites to join (default: all of the testbed's)",
+            "dataplane": "kernel (VXLAN, the default) or user (a user-level router, as the original ViNe)"})
 @user_errors
-def vine_up(c, sites=None):
+def vine_up(c, sites=None, dataplane="kernel"):
     """Start ViNe: a VR on each site's gateway; every host of a site reaches the others'
     by private address, through firewalls and NAT."""
     from g5kdeploy.vine.overlay import Overlay
     t0 = time.monotonic()
-    o = Overlay(_testbed("local"), sites.split(",") if sites else None).start()
+    o = Overlay(_testbed("local"), sites.split(",") if sites else None, dataplane=dataplane).start()
     print(f"ViNe up in {time.monotonic() - t0:.1f} s: " +
           "; ".join(f"VR {s} at {o.tb.gateway(s)[0]} serves {', '.join(o.lndt[s])}" for s in o.sites))
 

@@ -126,6 +126,21 @@ def test_a_host_missing_from_its_lndt_is_refused_and_a_site_stays_off_the_vr(tes
     assert not reaches(r2, g1)
 
 
+def test_the_user_level_data_plane_keeps_the_same_semantics(testbed, hosts, overlay):
+    """The original ViNe's kind of router (a TUN device and UDP between VRs), in place of the
+    kernel's: the same reachability, the same refusal."""
+    r1, r2, g1, h1 = hosts
+    overlay.stop()
+    d = testbed.description
+    try:
+        with Overlay(testbed, lndt={"rennes": [r1.address], "nancy": [str(d.site_subnet("nancy"))],
+                                    "hotel": [str(d.site_subnet("hotel"))]}, dataplane="user"):
+            assert reaches(r1, h1) and reaches(h1, g1) and reaches(g1, r1)
+            assert not reaches(r2, g1)
+    finally:
+        overlay.start()
+
+
 def test_a_gndt_change_on_one_vr_reaches_the_others(testbed, overlay):
     entry = "198.19.9.0/24"
     seq = overlay.ask("nancy", "add-network", entry)["seq"]

@@ -28,13 +28,16 @@ def mac(index: int) -> str:
     return "02:56:4e:%02x:%02x:%02x" % ((index >> 16) & 255, (index >> 8) & 255, index & 255)
 
 
-def up(address: str, own_mac: str, lan: str, control_port: int) -> None:
-    """The VXLAN device (from `address`), the rule sending the LAN's traffic to the GNDT's
+def up(address: str, own_mac: str, lan: str, control_port: int, tunnel_port: int = VXLAN_PORT) -> None:
+    """The VXLAN device (from `address`; with another `tunnel_port`, DEV is a user-level
+    router's TUN device, made already), the rule sending the LAN's traffic to the GNDT's
     table, the nftables rules (empty sets)."""
-    down(lan)
-    sh("ip", "link", "add", DEV, "type", "vxlan", "id", str(VNI), "local", address, "dstport", str(VXLAN_PORT),
-       "nolearning")
-    sh("ip", "link", "set", DEV, "address", own_mac, "mtu", "1500", "up")
+    if tunnel_port == VXLAN_PORT:
+        down(lan)
+        sh("ip", "link", "add", DEV, "type", "vxlan", "id", str(VNI), "local", address, "dstport", str(VXLAN_PORT),
+           "nolearning")
+        sh("ip", "link", "set", DEV, "address", own_mac)
+    sh("ip", "link", "set", DEV, "mtu", "1500", "up")
     for conf in ("all", DEV):                  # packets from the overlay come from networks routed elsewhere
         sh("sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
     sh("ip", "rule", "add", "pref", RULE_PREF, "iif", lan, "lookup", TABLE)
@@ -43,7 +46,7 @@ def up(address: str, own_mac: str, lan: str, control_port: int) -> None:
         "  set lndt { type ipv4_addr; flags interval; }\n"
         "  set peers { type ipv4_addr; }\n"
         "  chain input {\n    type filter hook input priority filter; policy accept;\n"
-        f"    udp dport {VXLAN_PORT} ip saddr != @peers drop\n"
+        f"    udp dport {tunnel_port} ip saddr != @peers drop\n"
         f"    tcp dport {control_port} ip saddr != @peers drop\n  }}\n"
         "  chain forward {\n    type filter hook forward priority filter; policy accept;\n"
         f"    iifname \"{lan}\" oifname \"{DEV}\" ip saddr != @lndt drop\n"
@@ -78,10 +81,11 @@ def forget_peer(address: str, peer_mac: str) -> None:
     sh("ip", "neigh", "del", address, "dev", DEV, check=False)
 
 
-def route(network: str, via: str) -> None:
+def route(network: str, via: str | None) -> None:
     """A GNDT entry served by another VR (the kernel's longest prefix match is ViNe's
-    most-specific-entry rule)."""
-    sh("ip", "route", "replace", network, "via", via, "dev", DEV, "onlink", "table", TABLE)
+    most-specific-entry rule); `via` None: into DEV, where a user-level router chooses."""
+    sh("ip", "route", "replace", network, *(("via", via) if via else ()), "dev", DEV,
+       *(("onlink",) if via else ()), "table", TABLE)
 
 
 def unroute(network: str) -> None:

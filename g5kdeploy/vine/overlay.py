@@ -20,15 +20,16 @@ from g5kdeploy.testbed import Feature, Testbed
 from g5kdeploy.vine.router import PORT
 
 START_TIMEOUT_S = 30
+DATAPLANES = ("kernel", "user")     # VXLAN driven by the control plane, or a user-level router (userland)
 ROOT = Path(__file__).resolve().parents[2]         # where `python3 -m g5kdeploy...` runs from
 
 
 class Overlay:
     """`lndt` and `networks` per site (default: the site's subnet for both, i.e. every host
-    of the site may use the overlay)."""
+    of the site may use the overlay); `dataplane` one of DATAPLANES."""
 
     def __init__(self, tb: Testbed, sites: list[str] | None = None, lndt: dict[str, list[str]] | None = None,
-                 networks: dict[str, list[str]] | None = None, home: Path | None = None):
+                 networks: dict[str, list[str]] | None = None, home: Path | None = None, dataplane: str = "kernel"):
         tb.require(Feature.GATEWAYS)
         d = tb.description
         self.tb, self.sites = tb, list(sites or d.sites)
@@ -39,6 +40,9 @@ class Overlay:
         self.lndt = {s: list((lndt or {}).get(s, [str(d.site_subnet(s))])) for s in self.sites}
         self.networks = {s: list((networks or {}).get(s, [str(d.site_subnet(s))])) for s in self.sites}
         self.home = home or HOME / "vine"
+        if dataplane not in DATAPLANES:
+            raise UserError(f"unknown ViNe data plane {dataplane!r}: use one of {', '.join(DATAPLANES)}")
+        self.dataplane = dataplane
 
     @classmethod
     def attach(cls, tb: Testbed, home: Path | None = None) -> "Overlay":
@@ -66,7 +70,8 @@ class Overlay:
                 (run / "events.jsonl").unlink(missing_ok=True)
                 cfg = {"vr": site, "index": k, "address": gateways[site][0], "lan": "br0", "port": PORT,
                        "secret_file": str(secret), "peers": {s: g[0] for s, g in gateways.items()},
-                       "networks": self.networks[site], "lndt": self.lndt[site], "run": str(run)}
+                       "networks": self.networks[site], "lndt": self.lndt[site], "run": str(run),
+                       "dataplane": self.dataplane}
                 write_atomic(run / "config.json", json.dumps(cfg, indent=1), 0o600)
                 with open(run / "vr.log", "ab") as log:
                     proc = subprocess.Popen(gateways[site][1] + [sys.executable, "-m", "g5kdeploy.vine.router",

@@ -10,7 +10,8 @@ one JSON request per line (`show`, `add-host`, `remove-host`, `add-network`,
 VR takes to learn an entry).
 
 `python3 -m g5kdeploy.vine.router CONFIG` (JSON: vr, index, address, lan, port, secret_file,
-peers {vr: address}, networks, lndt, run); SIGTERM removes the data plane and exits."""
+peers {vr: address}, networks, lndt, run, dataplane kernel|user); SIGTERM removes the data
+plane and exits."""
 from __future__ import annotations
 
 import ipaddress
@@ -25,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from g5kdeploy.vine import dataplane
+from g5kdeploy.vine import dataplane, userland
 from g5kdeploy.vine.tables import Record, gndt, seal, unseal
 
 log = logging.getLogger("vine")
@@ -48,10 +49,18 @@ class Router:
         self.routes: dict[str, str] = {}            # network -> the VR address it is routed to
         self.known: dict[str, tuple[str, str]] = {}  # peer vr -> (address, mac) in the data plane
         self.wanted = threading.Condition(self.lock)
+        self.forwarder = None                            # the kernel's data plane (VXLAN), or a user-level one
+        if cfg.get("dataplane", "kernel") == "user":
+            dataplane.down(self.lan)
+            self.forwarder = userland.Forwarder(self.own.address, list(self.peers.values()))
 
     # the data plane -------------------------------------------------------------------
     def start(self) -> None:
-        dataplane.up(self.own.address, self.own.mac, self.lan, self.cfg.get("port", PORT))
+        if self.forwarder is None:
+            dataplane.up(self.own.address, self.own.mac, self.lan, self.cfg.get("port", PORT))
+        else:
+            self.forwarder.start()
+            dataplane.up(self.own.address, self.own.mac, self.lan, self.cfg.get("port", PORT), userland.PORT)
         dataplane.set_elements("peers", list(self.peers.values()))
         dataplane.set_elements("lndt", self.lndt)
         self._event("start", self.own)
@@ -62,7 +71,7 @@ class Router:
     def _apply(self) -> None:
         """Make the kernel hold what the records say (under the lock)."""
         for vr, r in self.records.items():
-            if vr != self.vr and self.known.get(vr) != (r.address, r.mac):
+            if self.forwarder is None and vr != self.vr and self.known.get(vr) != (r.address, r.mac):
                 if vr in self.known:
                     dataplane.forget_peer(*self.known[vr])
                 dataplane.peer(r.address, r.mac)
@@ -73,8 +82,10 @@ class Router:
             del self.routes[n]
         for n, via in wanted.items():
             if self.routes.get(n) != via:
-                dataplane.route(n, via)
+                dataplane.route(n, via if self.forwarder is None else None)
                 self.routes[n] = via
+        if self.forwarder is not None:
+            self.forwarder.route(wanted)
 
     def _event(self, what: str, r: Record) -> None:
         with open(self.run / "events.jsonl", "a") as f:
