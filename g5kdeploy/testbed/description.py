@@ -74,7 +74,7 @@ class Description:
         return out
 
     def reservable(self) -> NodeSet:
-        """The nodes OAR schedules: Grid'5000's (a FutureGrid site's run its cloud)."""
+        """The nodes OAR schedules: Grid'5000's (a FutureGrid site's nodes run its cloud)."""
         return NodeSet(n for n in self.nodes() if self.sites[n.site].kind == "grid5000")
 
     def wan_rate_between(self, a: str, b: str) -> int:

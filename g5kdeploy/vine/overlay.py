@@ -22,6 +22,7 @@ from g5kdeploy.vine.router import PORT
 START_TIMEOUT_S = 30
 DATAPLANES = ("kernel", "user")     # VXLAN driven by the control plane, or a user-level router (userland)
 ROOT = Path(__file__).resolve().parents[2]         # where `python3 -m g5kdeploy...` runs from
+LAN = "br0"                                         # a gateway's interface to its site's hosts
 
 
 class Overlay:
@@ -68,7 +69,7 @@ class Overlay:
                 run = self.run_dir(site)
                 run.mkdir(mode=0o700, exist_ok=True)
                 (run / "events.jsonl").unlink(missing_ok=True)
-                cfg = {"vr": site, "index": k, "address": gateways[site][0], "lan": "br0", "port": PORT,
+                cfg = {"vr": site, "index": k, "address": gateways[site][0], "lan": LAN, "port": PORT,
                        "secret_file": str(secret), "peers": {s: g[0] for s, g in gateways.items()},
                        "networks": self.networks[site], "lndt": self.lndt[site], "run": str(run),
                        "dataplane": self.dataplane}
@@ -135,7 +136,7 @@ class Overlay:
                 _reap(pid)
             # whatever a VR that did not stop by itself left (it was killed, or crashed)
             subprocess.run(self.tb.gateway(site)[1] + [sys.executable, "-c", "from g5kdeploy.vine import dataplane; "
-                                                       "dataplane.down('br0')"], cwd=ROOT, check=True)
+                                                       f"dataplane.down({LAN!r})"], cwd=ROOT, check=True)
             pidfile.unlink()
 
     def __enter__(self) -> "Overlay":
