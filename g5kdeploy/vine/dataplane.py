@@ -6,7 +6,8 @@ ports. Every command is an argument vector (nothing reaches a shell)."""
 from __future__ import annotations
 
 import ipaddress
-import subprocess
+
+from g5kdeploy.testbed.local.system import sh
 
 DEV = "vine0"
 VNI = 74
@@ -14,13 +15,6 @@ VXLAN_PORT = 4789
 TABLE = "74"                 # the GNDT's routes (ip route ... table 74)
 RULE_PREF = "74"
 NFT_TABLE = "vine"
-
-
-def sh(*argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run(list(argv), capture_output=True, text=True, input=input)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {p.stderr.strip() or p.stdout.strip()}")
-    return p
 
 
 def mac(index: int) -> str:
