@@ -1,11 +1,16 @@
 """blastx-sky: BLASTx on a sky-computing platform of several sites (thesis §3.3–3.7).
 
-A Dask scheduler on the master (first node of the first site); workers on every site,
-joining over the shaped WAN, each with `threads_per_worker` threads: on reserved nodes, one
-per node (`workers_on=nodes`), or on instances asked from one Nimbus-style cloud per site
-through its EC2 API (`workers_on=instances`: one VMM per instance; the user data makes the
-guest a worker that runs the VMM's Dask and BLAST+ and reads the VMM's database copy over a
-read-only 9p mount). Guests run under TCG on this machine, ~9.5x slower than the nodes
+A Dask scheduler and the job's client on the master; workers on every site, joining over
+the shaped WAN, each with `threads_per_worker` threads. `workers_on=nodes`: the master is
+the first node of the first site, one worker per reserved node. `workers_on=instances`: the
+master and the workers are instances (IMAGE: Dask and BLAST+) asked from each site's cloud
+through its EC2 API: on a Grid'5000 site a Nimbus-style cloud deployed on the reservation
+(one VMM per instance, plus one for the master on `scheduler_site`), on a FutureGrid site
+the testbed's own cloud (testbed-up's; nothing reserved); each instance gets the sources,
+the database, the queries and the platform's TLS credentials over ssh with a key pair of the
+run's. When a site of the run is not open (firewalled, or behind NAT: sky.toml), the run
+starts ViNe between its sites (`vine`), so that every instance reaches the master by its
+private address. Guests run under TCG on this machine, ~9.5x slower than the nodes
 (measured: blastx 18.1 s in a guest, 1.9 s on the host), so give instances small data;
 their speedup is taken against a sequential run in one instance. The
 data set is generated (seeded: queries back-translated from database proteins, with
@@ -34,14 +39,17 @@ Rows, by `level`:
     loss: lost_worker, lost_at_s
   task: kind, platform, repeat, chunk, worker, site, start_s, end_s, queries, hits
   cloud (workers_on=instances): the clouds' deployment rows (as deploy-nimbus)
+  instance (workers_on=instances): kind, platform, repeat, name, site, boot_s (RunInstances
+    -> sshd), ready_s (-> payload unpacked; the worker starts then)
 Each task is also in events.jsonl (stage "blastx-task"), with the extension and the loss."""
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from dataclasses import dataclass
@@ -53,9 +61,12 @@ from g5kdeploy.nimbus import deploy as clouds_api
 from g5kdeploy.nimbus.config import INSTANCE_TYPES
 from g5kdeploy.results import Run, pyplot, save_figure
 from g5kdeploy.sky import blast, data, platform as sky
-from g5kdeploy.testbed import NodeSet, Testbed, heads
+from g5kdeploy.testbed import NodeSet, Reservation, Testbed, heads
+from g5kdeploy.vine.overlay import Overlay
 
 WORKERS_ON = ("nodes", "instances")
+NAN = float("nan")
+VINE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,10 @@ class Params:
     database_fasta: str | None = param(None, "your own protein FASTA instead of the generated database")
     workers_on: str = param("nodes", " or ".join(WORKERS_ON))
     instance_type: str = param("m1.large", "instances' type (workers_on=instances)")
+    scheduler_site: str | None = param(None, "the site whose cloud runs the master (workers_on=instances; "
+                                             "default: the first site of the first layout)")
+    vine: str = param("auto", "ViNe between the run's sites (workers_on=instances): auto (when one of them is "
+                              "not open), on, off")
     threads_per_worker: int = param(1, "threads of each Dask worker")
     repeats: int = param(1, "repeats of every run")
     walltime: str = param("2:00", "OAR walltime, H:MM")
@@ -108,9 +123,18 @@ def layouts(p: Params) -> list[dict[str, int]]:
     return out
 
 
-def nodes_needed(p: Params) -> dict[str, int]:
+def first_site(p: Params) -> str:
+    return next(iter(layouts(p)[0]))
+
+
+def master_site(p: Params) -> str:
+    return p.scheduler_site or first_site(p)
+
+
+def nodes_needed(p: Params, futuregrid=()) -> dict[str, int]:
     """Per site, the most workers any layout asks (the elastic run's start and add together),
-    plus the master on the first site (and each cloud's service node for instances)."""
+    plus the master on the first site; for instances, plus each cloud's service node and the
+    master's VMM, and nothing on the `futuregrid` sites (their clouds are the testbed's)."""
     need: dict[str, int] = {}
     grown = [{s: p.elastic.start.get(s, 0) + p.elastic.add.get(s, 0)
               for s in {**p.elastic.start, **p.elastic.add}}] if p.elastic else []
@@ -118,9 +142,11 @@ def nodes_needed(p: Params) -> dict[str, int]:
         for site, n in layout.items():
             need[site] = max(need.get(site, 0), n)
     if p.workers_on == "instances":
-        need = {site: n + 1 for site, n in need.items()}          # each site's cloud service node
-    first = next(iter(layouts(p)[0]))
-    need[first] = need.get(first, 0) + 1
+        need = {site: n + 1 for site, n in need.items() if site not in futuregrid}     # each cloud's service node
+        if (master := master_site(p)) not in futuregrid:
+            need[master] = need.get(master, 1) + 1
+        return need
+    need[first_site(p)] += 1
     return need
 
 
@@ -176,26 +202,45 @@ def _task_rows(run: Run, events: list[dict], host, **key) -> list[dict]:
 
 class Workers:
     """Where a layout's workers come from: reserved nodes (one worker each), or instances
-    asked from each site's cloud."""
+    asked from each site's cloud (`clouds`: the clouds file's entries; the run's key pair in
+    each, its instances tagged with `owner`)."""
 
-    def __init__(self, nodes: dict[str, list] | None = None, clouds: dict | None = None, instance_type: str = ""):
-        self.free, self.clouds, self.instance_type = nodes or {}, clouds or {}, instance_type
-        self.ec2 = {site: clouds_api.client(cloud) for site, cloud in self.clouds.items()}
+    def __init__(self, nodes: dict[str, list] | None = None, clouds: dict | None = None, instance_type: str = "",
+                 owner: str = ""):
+        self.free, self.instance_type, self.clouds = nodes or {}, instance_type, {}
+        try:
+            for site, cloud in (clouds or {}).items():
+                self.clouds[site] = sky.Cloud(clouds_api.client(cloud), owner)
+                self.clouds[site].open()
+        except BaseException:
+            self.release()
+            raise
 
     def nodes(self, layout: dict[str, int], taken=()) -> list:
         return [n for site, k in layout.items() for n in [m for m in self.free[site] if m not in taken][:k]]
+
+    def master(self, site: str, payload: Path):
+        """An instance of the site's cloud for the scheduler and the job's client; its guest."""
+        return sky.ready(self.clouds[site].launch(site, 1, self.instance_type, "dask-scheduler")[0], payload)
 
     def add(self, plat: sky.Platform, layout: dict[str, int], beside: dict[str, int] | None = None) -> list[str]:
         """Workers of `layout` for a platform (besides those of `beside`, already in it); their names."""
         if self.clouds:
             return [name for site, k in layout.items()
-                    for name in plat.add_instances(self.ec2[site], site, k, self.instance_type)]
+                    for name in plat.add_instances(self.clouds[site], site, k, self.instance_type)]
         return plat.add_workers(self.nodes(layout, taken=self.nodes(beside or {})))
 
     def release(self) -> None:
-        """Terminate every instance the clouds still run."""
-        for cloud in self.clouds.values():
-            clouds_api.terminate_all(cloud)
+        """Terminate the run's instances and delete its key pairs (what runs in the clouds
+        besides is not ours: FutureGrid's are shared)."""
+        failed = []
+        for site, cloud in self.clouds.items():
+            try:
+                cloud.close()
+            except Exception as e:
+                failed.append(f"{site}: {e}")
+        if failed:
+            raise RuntimeError("the run's instances or key pairs were not all removed: " + "; ".join(failed))
 
     def host(self, worker: str) -> str:
         """The node a worker runs on (its name for an instance)."""
@@ -205,8 +250,8 @@ class Workers:
 class Runs:
     """The job runs of one experiment, each on a fresh platform."""
 
-    def __init__(self, run: Run, p: Params, master, workers: Workers):
-        self.run, self.p, self.master, self.workers = run, p, master, workers
+    def __init__(self, run: Run, p: Params, master, workers: Workers, payload: Path | None = None):
+        self.run, self.p, self.master, self.workers, self.payload = run, p, master, workers, payload
         self.reference: dict = {}
         self.static: dict[str, list[float]] = {}
         for r in run.rows:            # a resumed run's static runs, done before
@@ -216,10 +261,15 @@ class Runs:
     def one(self, kind: str, layout: dict[str, int], repeat: int, actions=None, chunks: int | None = None) -> dict:
         """Start a platform on `layout`, run the job; its run row (makespan, speedup...)."""
         threads = self.p.threads_per_worker
-        with sky.Platform(self.master, threads).running() as plat:
+        with sky.Platform(self.master, threads, self.payload).running() as plat:
             self.workers.add(plat, layout)
             events = plat.job(chunks or self.p.chunks, actions(plat) if actions else None)
+            instances = plat.instances()
         key = {"kind": kind, "platform": label(layout), "repeat": repeat}
+        for i in instances:           # booted (or not) by now: the platform waited for them
+            t = i.times
+            self.run.row(level="instance", **key, name=i.name, site=i.site, boot_s=t.get("booted", NAN) - t["asked"],
+                         ready_s=t.get("ready", NAN) - t["asked"], error=i.error)
         tasks = _task_rows(self.run, events, self.workers.host, **key)
         submitted = next(e["t"] for e in events if e["event"] == "submitted")
         done = next(e for e in events if e["event"] == "done")
@@ -281,23 +331,55 @@ def _deploy(run: Run, testbed: Testbed, nodes) -> None:
         testbed.deploy(nodes)
 
 
-def platform_nodes(run: Run, testbed: Testbed, res, first: str, workers_on: str, instance_type: str):
-    """Deploy the reservation: the master, and the workers' nodes or one cloud per site
-    (its first node the service, the others VMMs). The master, the nodes that hold the
-    database, and where workers come from."""
+def platform_nodes(run: Run, testbed: Testbed, res, p: Params):
+    """Deploy the reservation: the master and the workers' nodes, or one cloud per Grid'5000
+    site (its first node the service, the others VMMs) beside the FutureGrid sites' own.
+    The master (None for instances: an instance, once the data is made), the nodes that get
+    the database, and where workers come from."""
     sites = heads(res.nodes)
-    master = sites[first][0]
-    rest = {s: ([] if s == first else [head]) + list(others) for s, (head, others) in sites.items()}
-    if workers_on == "nodes":
+    if p.workers_on == "nodes":
+        first = first_site(p)
+        master = sites[first][0]
+        rest = {s: ([] if s == first else [head]) + list(others) for s, (head, others) in sites.items()}
         _deploy(run, testbed, res.nodes)
         return master, [n for ns in rest.values() for n in ns], Workers(nodes=rest)
-    _deploy(run, testbed, [master])
-    cloud_nodes = NodeSet([n for ns in rest.values() for n in ns])
-    clouds = clouds_api.build(run, testbed, dataclasses.replace(res, nodes=cloud_nodes), time.time(), stage,
-                              vmm_memory_mb=INSTANCE_TYPES[instance_type], shares=sky.SHARES, guests=(sky.IMAGE,),
-                              level="cloud")
-    vmms = {h for c in clouds.values() for h in c["vmms"]}
-    return master, [n for n in cloud_nodes if n.hostname in vmms], Workers(clouds=clouds, instance_type=instance_type)
+    clouds = clouds_api.build(run, testbed, res, time.time(), stage, vmm_memory_mb=INSTANCE_TYPES[p.instance_type],
+                              guests=(sky.IMAGE,), level="cloud") if res.nodes else {}
+    used = {s for layout in layouts(p) for s in layout} | {master_site(p)}
+    clouds |= {s: c for s, c in clouds_api.kept(clouds_api.CLOUDS).items() if s in used and s not in clouds}
+    return None, [], Workers(clouds=clouds, instance_type=p.instance_type, owner=run.run_id)
+
+
+def futuregrid(testbed: Testbed) -> list[str]:
+    return [s for s, site in testbed.description.sites.items() if site.kind == "futuregrid"]
+
+
+@contextlib.contextmanager
+def overlay(run: Run, testbed: Testbed, p: Params):
+    """ViNe between the run's sites for the block, if `p.vine` asks it (auto: when one of
+    them is not open); one already up on them (invoke vine-up) is used as it is."""
+    sites = sorted({s for layout in layouts(p) for s in layout} | {master_site(p)})
+    closed = [s for s in sites if testbed.description.sites[s].access != "open"]
+    if p.workers_on != "instances" or p.vine == "off" or (p.vine == "auto" and not closed) or len(sites) < 2:
+        yield None
+        return
+    try:
+        up = Overlay.attach(testbed)
+    except UserError:
+        up = None
+    if up and set(sites) <= set(up.sites):
+        yield up
+        return
+    if up:
+        raise UserError(f"ViNe is up on {', '.join(up.sites)}, not on every site of the run ({', '.join(sites)}): "
+                        f"invoke vine-down, or vine-up --sites {','.join(sites)}")
+    with stage(run, "vine"):
+        vine = Overlay(testbed, sites).start()
+    try:
+        yield vine
+    finally:
+        with stage(run, "vine-down", cleanup=True):
+            vine.stop()
 
 
 def table_3_2(df):
@@ -349,6 +431,10 @@ class BlastxSky(Experiment):
                 raise UserError("loss.workers needs at least 2 workers: one is killed, the others finish the job")
         self.one_of("workers_on", p.workers_on, WORKERS_ON)
         self.one_of("instance type", p.instance_type, INSTANCE_TYPES)
+        self.one_of("vine", p.vine, VINE)
+        if p.scheduler_site:
+            self.known_sites(testbed, [p.scheduler_site])
+        self._check_futuregrid(p, testbed)
         if p.chunks < 1 or p.threads_per_worker < 1 or p.repeats < 1:
             raise UserError("chunks, threads_per_worker and repeats must be at least 1")
         if p.query_file:
@@ -358,44 +444,70 @@ class BlastxSky(Experiment):
         if not (p.query_file and p.database_fasta):
             _spec(p).check()
         sizes = {s: site.size for s, site in testbed.description.sites.items()}
-        for site, n in nodes_needed(p).items():
+        for site, n in self.request(p, testbed).items():
             if n > sizes[site]:
                 raise UserError(f"the runs need {n} nodes on {site} (workers, the master on the first site, the "
                                 f"clouds' service nodes for instances), "
                                 f"which has {sizes[site]}: ask fewer workers or use a larger testbed")
 
+    @staticmethod
+    def _check_futuregrid(p: Params, testbed: Testbed) -> None:
+        """FutureGrid sites have clouds only, up (testbed-up) with the workers' image."""
+        used = sorted({s for layout in layouts(p) for s in layout} | {master_site(p)})
+        if not (fg := [s for s in used if s in futuregrid(testbed)]):
+            return
+        if p.workers_on == "nodes":
+            raise UserError(f"{', '.join(fg)}: FutureGrid sites have no nodes to reserve, only clouds: "
+                            f"use workers_on=instances")
+        up = clouds_api.kept(clouds_api.CLOUDS)
+        if missing := [s for s in fg if s not in up]:
+            raise UserError(f"the FutureGrid cloud(s) {', '.join(missing)} are not up: invoke testbed-up "
+                            f"--guests {sky.IMAGE}")
+        for s in fg:
+            images = {i["ImageId"] for i in clouds_api.client(up[s]).describe_images()["Images"]}
+            if sky.IMAGE not in images:
+                raise UserError(f"the FutureGrid cloud {s} has no {sky.IMAGE} image: invoke testbed-destroy, then "
+                                f"testbed-up --guests {sky.IMAGE}")
+
     def request(self, p: Params, testbed: Testbed) -> dict[str, int]:
-        return nodes_needed(p)
+        return nodes_needed(p, futuregrid(testbed))
 
     def main(self, run: Run, testbed: Testbed, p: Params) -> None:
         need = self.request(p, testbed)
-        with reserved(run, testbed, need, p.walltime, self.job_name) as res:
-            master, hosts, workers = platform_nodes(run, testbed, res, next(iter(need)), p.workers_on,
-                                                    p.instance_type)
+        nothing = contextlib.nullcontext(Reservation({}, NodeSet(), datetime.max, self.job_name))
+        with reserved(run, testbed, need, p.walltime, self.job_name) if need else nothing as res:
+            master, hosts, workers = platform_nodes(run, testbed, res, p)
             try:
-                self._runs(run, p, need, master, hosts, workers)
+                with overlay(run, testbed, p), tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
+                    self._runs(run, p, master, hosts, workers, Path(tmp))
             finally:
                 workers.release()
 
-    def _runs(self, run: Run, p: Params, need: dict, master, hosts: list, workers: Workers) -> None:
-        """Configure the platform's nodes, make and ship the data, time the sequential
-        reference, then every run of the sweep."""
+    def _runs(self, run: Run, p: Params, master, hosts: list, workers: Workers, tmp: Path) -> None:
+        """Configure the platform's nodes, make and ship the data (or start the master
+        instance with it), time the sequential reference, then every run of the sweep."""
         platforms, elastic, loss, repeats, workers_on = p.platforms, p.elastic, p.loss, p.repeats, p.workers_on
-        with stage(run, "configure", [master, *hosts]):
-            sky.configure([master, *hosts], logdir=run.dir / "chef")
-            sky.credentials([master, *hosts])
-        with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
-            with stage(run, "data"):
-                queries, db, summary = prepare(p, Path(tmp))
-            with stage(run, "ship", hosts):
+        if workers_on == "nodes":
+            with stage(run, "configure", [master, *hosts]):
+                sky.configure([master, *hosts], logdir=run.dir / "chef")
+                sky.credentials([master, *hosts])
+        with stage(run, "data"):
+            queries, db, summary = prepare(p, tmp)
+            payload = sky.payload(db, queries, tmp / "payload.tar") if workers_on == "instances" else None
+        with stage(run, "ship", hosts or None):
+            if payload:
+                t0 = time.time()
+                master = workers.master(master_site(p), payload)
+                run.row(level="ship", host=master.short, bytes=payload.stat().st_size, time_s=time.time() - t0)
+            else:
                 for r in sky.ship(db, queries, hosts, [master, hosts[0]]):
                     run.row(level="ship", **r)
-        runs = Runs(run, p, master, workers)
-        with stage(run, "sequential", [hosts[0]]):
+        runs = Runs(run, p, master, workers, payload)
+        with stage(run, "sequential", hosts[:1] or None):
             times = []
             for i in range(repeats):
                 if workers_on == "instances":     # the reference runs where the workers do
-                    one = runs.one("sequential", {next(iter(need)): 1}, i, chunks=1)
+                    one = runs.one("sequential", {first_site(p): 1}, i, chunks=1)
                     ref = {"host": "instance", "time_s": one["makespan_s"], "hits": one["hits"], "sha256": one["sha256"]}
                 else:
                     ref = sky.sequential(hosts[0])
@@ -405,9 +517,8 @@ class BlastxSky(Experiment):
         truth = summary.pop("truth")
         if truth:
             where, table = ((hosts[0], "hits-sequential.tsv") if workers_on == "nodes" else (master, "hits.tsv"))
-            with tempfile.TemporaryDirectory(prefix="g5kdeploy-sky-") as tmp:
-                remote.get([where], [f"{sky.ROOT}/{table}"], tmp)
-                summary.update(blast.recall((Path(tmp) / table).read_text().splitlines(), truth))
+            remote.get([where], [f"{sky.ROOT}/{table}"], tmp)
+            summary.update(blast.recall((tmp / table).read_text().splitlines(), truth))
         run.row(level="data", **summary)
         grid = [dict(repeat=i, run="static", platform=layout) for i in range(repeats) for layout in platforms]
         grid += [dict(repeat=i, run=kind) for i in range(repeats) for kind, on in (("elastic", elastic), ("loss", loss))
@@ -451,6 +562,8 @@ class BlastxSky(Experiment):
         runs); fig-3.7-elastic.png: (a) tasks completed over time, elastic run vs its baseline
         vs the ideal, the extension instant marked, (b) the elastic run's tasks per worker,
         (c) the worker-loss run's tasks, the kill marked."""
+        if "kind" not in df:            # no job ran (a run that failed before)
+            return []
         plt = pyplot()
         paths = []
         table = table_3_2(df)

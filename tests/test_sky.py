@@ -96,6 +96,15 @@ def test_nodes_needed_counts_the_master_and_the_grown_platform():
     assert blastx_sky.nodes_needed(p) == {"rennes": 4, "nancy": 2}
 
 
+def test_instances_need_service_nodes_and_the_masters_vmm_but_nothing_on_futuregrid():
+    p = engine.parameters(blastx_sky.EXPERIMENT, {
+        "workers_on": "instances", "platforms": [{"rennes": 1, "hotel": 2}],
+        "elastic": {"start": {"rennes": 1}, "add": {"nancy": 1}, "at_fraction": 0.5}, "loss": None})
+    assert blastx_sky.nodes_needed(p, futuregrid=["hotel"]) == {"rennes": 3, "nancy": 2}
+    on_hotel = engine.parameters(blastx_sky.EXPERIMENT, {**p.__dict__, "scheduler_site": "hotel"})
+    assert blastx_sky.nodes_needed(on_hotel, futuregrid=["hotel"]) == {"rennes": 2, "nancy": 2}
+
+
 @pytest.fixture(scope="module")
 def measured(small_description):
     with own_testbed(small_description) as tb:

@@ -4,14 +4,20 @@ overlay no site reaches another's hosts; with it every host of an LNDT reaches e
 by its private address (ICMP and TCP), a host missing from its VR's LNDT is refused,
 traffic within a site never reaches its VR, a GNDT change made on one VR reaches the
 others at run time, and stopping it leaves no tunnel, route, rule, neighbour, nftables
-table or process."""
+table or process. The sky BLASTx on instances of the three sites' clouds (the scheduler in
+the FutureGrid one, behind NAT; the workers in the firewalled ones), through the ViNe the
+run starts, finds the sequential hits, and an instance asked mid-run from another site
+joins and works."""
 import json
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, invoke, make_room
-from g5kdeploy import remote
+from experiments import blastx_sky
+from g5kdeploy import engine, remote
+from g5kdeploy.results import events, load
+from g5kdeploy.sky import platform as sky
 from g5kdeploy.nimbus import deploy
 from g5kdeploy.testbed.local import LocalTestbed, leftovers, network
 from g5kdeploy.testbed.local.system import sh
@@ -24,7 +30,8 @@ pytestmark = pytest.mark.testbed
 @pytest.fixture(scope="module")
 def testbed():
     make_room()
-    up = invoke("testbed-up", "--description", str(ROOT / "tests" / "sky-small.toml"), "--guests", "", timeout=900)
+    up = invoke("testbed-up", "--description", str(ROOT / "tests" / "sky-small.toml"), "--guests", sky.IMAGE,
+                timeout=1200)
     assert up.returncode == 0, up.stderr[-2000:]
     assert "FutureGrid cloud hotel: EC2 http://198.19.3.1:8773" in up.stdout
     yield LocalTestbed.attach()
@@ -35,7 +42,7 @@ def testbed():
 def test_the_futuregrid_cloud_is_up_and_outlives_the_users_deployments(testbed):
     clouds = json.loads(deploy.CLOUDS.read_text())
     assert list(clouds) == ["hotel"] and clouds["hotel"]["kind"] == "futuregrid" and not clouds["hotel"]["oar_job"]
-    assert "tiny" in deploy.verify(clouds["hotel"])
+    assert {"tiny", sky.IMAGE} <= set(deploy.verify(clouds["hotel"]))
     refused = invoke("deploy-nimbus", "--sites", "hotel")
     assert refused.returncode == 2 and "site hotel is a FutureGrid cloud, up since testbed-up" in refused.stderr
     assert invoke("nimbus-destroy").returncode == 0
@@ -81,6 +88,57 @@ def test_nobody_reserves_a_futuregrid_site_and_the_grid5000_api_does_not_list_it
     assert [s["uid"] for s in api.sites()["items"]] == ["rennes", "nancy"]
     with pytest.raises(KeyError):
         api.cluster_nodes("hotel", "hotel")
+
+
+# small tasks, so that the job still runs when an instance asked at a tenth of it has booted
+# (a Debian guest under TCG, beside the running ones, takes ~40-70 s to be ready)
+CHUNKS = 24
+
+
+@pytest.fixture(scope="module")
+def sky_run(testbed):
+    """Before the overlay fixture: the run starts (and stops) ViNe of its own."""
+    run = engine.execute(blastx_sky.EXPERIMENT, testbed, {
+        "workers_on": "instances", "scheduler_site": "hotel", "platforms": [], "loss": None,
+        "elastic": {"start": {"rennes": 1}, "add": {"nancy": 1}, "at_fraction": 0.1},
+        "proteins": 300, "queries": 240, "decoys": 60, "chunks": CHUNKS})
+    clouds = json.loads(deploy.CLOUDS.read_text())
+    hotel = deploy.client(clouds["hotel"])
+    left = [i["InstanceId"] for r in hotel.describe_instances(Filters=[{"Name": f"tag:{sky.ROLE_TAG}",
+                                                                        "Values": [run.run_id]}])["Reservations"]
+            for i in r["Instances"] if i["State"]["Name"] not in ("shutting-down", "terminated")]
+    keys = [k["KeyName"] for k in hotel.describe_key_pairs()["KeyPairs"] if k["KeyName"].startswith("sky-")]
+    vrs = [p for p in Path("/proc").glob("[0-9]*") if b"g5kdeploy.vine.router" in _cmdline(p)]
+    yield load(run.dir), left + keys + vrs, set(events(run.dir).stage)
+
+
+def test_sky_blastx_on_instances_of_three_sites_finds_the_sequential_hits_through_vine(sky_run):
+    df, _, stages = sky_run
+    runs = df[df.level == "run"]
+    assert sorted(runs.kind) == ["elastic", "static"] and runs.hits_equal.all() and (runs.tasks == CHUNKS).all()
+    assert df[df.level == "sequential"].host.tolist() == ["instance"]
+    d = df[df.level == "data"].iloc[0]
+    assert d.true_found >= 0.9 * d.true_total and d.decoys_hit == 0
+    tasks = df[df.level == "task"]
+    assert tasks.worker.str.match(r"^(rennes|nancy|hotel)/i-[0-9a-f]+$").all()
+    assert set(tasks.site) == {"rennes", "nancy"}                              # firewalled, joined through ViNe
+    ship = df[df.level == "ship"].iloc[0]
+    assert ship.host.startswith("hotel/i-") and ship.bytes > 0                  # the scheduler's instance, behind NAT
+    assert {"vine", "vine-down"} <= stages
+
+
+def test_instances_asked_mid_run_from_another_site_join_and_work(sky_run):
+    df, _, _ = sky_run
+    e = df[(df.level == "run") & (df.kind == "elastic")].iloc[0]
+    new = df[(df.level == "task") & (df.kind == "elastic") & (df.site == "nancy")]
+    assert len(new) >= 1 and (new.start_s >= e.extended_at_s).all()
+    booted = df[(df.level == "instance") & (df.kind == "elastic")]
+    assert len(booted) == 2 and (booted.ready_s >= booted.boot_s).all() and (booted.error == "").all()
+
+
+def test_the_run_leaves_no_instance_key_pair_or_vr(sky_run):
+    _, left, _ = sky_run
+    assert left == []
 
 
 @pytest.fixture(scope="module")

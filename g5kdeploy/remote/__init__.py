@@ -58,16 +58,48 @@ def reach(testbed, reservation=None) -> None:
     use_login(ssh["user"], ssh.get("sudo"))
 
 
-def as_root(command: str) -> str:
+def as_root(command: str, params: dict = CONNECTION) -> str:
     """The command as root on the nodes (through the login's sudo, if any)."""
-    return f"{CONNECTION['sudo']} sh -c {shlex.quote(command)}" if CONNECTION.get("sudo") else command
+    return f"{params['sudo']} sh -c {shlex.quote(command)}" if params.get("sudo") else command
+
+
+def _params(hosts) -> dict:
+    """How to reach the hosts: the nodes' CONNECTION, or the guests' (all of one kind)."""
+    guests = [isinstance(h, Guest) for h in _listed(hosts)]
+    if not any(guests):
+        return CONNECTION
+    if not all(guests):
+        raise ValueError("nodes and guests are reached differently: give them in separate calls")
+    return {**CONNECTION, "user": "root", "sudo": None, "ssh_options": CONNECTION["ssh_options"] + GUEST_OPTIONS,
+            "scp_options": CONNECTION["scp_options"] + GUEST_OPTIONS}
+
+
+# a cloud instance has no known-hosts entry: guest addresses are reused by new guests with new host keys
+GUEST_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR")
 
 
 def login(key: Path | str, address: str, *command: str) -> list[str]:
-    """`ssh -i key root@address command` into a cloud instance, as a user types it (no
-    known-hosts entry: guest addresses are reused by new guests with new host keys)."""
-    return ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{address}", *command]
+    """`ssh -i key root@address command` into a cloud instance, as a user types it."""
+    return ["ssh", "-i", str(key), *GUEST_OPTIONS, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+            f"root@{address}", *command]
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A cloud instance as a host of run, put, get and Stream: reached as root with the
+    private key of its key pair (the user's own machine, not a node: no sudo). `name` says
+    which it is in messages (site/instance id)."""
+    address: str
+    key: str
+    name: str = ""
+
+    @property
+    def hostname(self) -> str:
+        return self.address
+
+    @property
+    def short(self) -> str:
+        return self.name or self.address
 
 
 def gateway() -> str | None:
@@ -110,20 +142,24 @@ class Results(list):
         return f"{len(self.ok)}/{len(self)} hosts ok" + (f" (failed: {bad})" if bad else "")
 
 
-def hostnames(hosts) -> list[str]:
-    """Node, NodeSet, names or a hostlist string -> names."""
+def _listed(hosts) -> list:
+    """Node, Guest, NodeSet, names, a hostlist string -> a list of them."""
     if isinstance(hosts, str):
         return expand_hostlist(hosts)
-    if isinstance(hosts, Node):
-        return [hosts.hostname]
-    return [h.hostname if isinstance(h, Node) else str(h) for h in hosts]
+    return [hosts] if isinstance(hosts, (Node, Guest)) else list(hosts)
+
+
+def hostnames(hosts) -> list[str]:
+    """Node, NodeSet, guests, names or a hostlist string -> names."""
+    return [h.hostname if isinstance(h, (Node, Guest)) else str(h) for h in _listed(hosts)]
 
 
 def _hosts(hosts) -> list[execo.Host]:
-    names = hostnames(hosts)
-    if not names:
+    listed = _listed(hosts)
+    if not listed:
         raise UserError("no hosts given")
-    return [execo.Host(n, user=CONNECTION["user"]) for n in names]
+    return [execo.Host(h.address, user="root", keyfile=h.key) if isinstance(h, Guest)
+            else execo.Host(hostnames([h])[0], user=CONNECTION["user"]) for h in listed]
 
 
 def _results(processes: Iterable) -> Results:
@@ -168,9 +204,10 @@ def run(command: str, hosts, method: str = "ssh", timeout: float | None = None) 
     _check_method(method)
     if timeout:
         command = f"timeout -k 2 {timeout} sh -c {shlex.quote(command)}"
-    command = as_root(command)
+    params = _params(hosts)
+    command = as_root(command, params)
     cls = execo.Remote if method == "ssh" else execo.TaktukRemote
-    results = _quietly_run(cls(command, _hosts(hosts), connection_params=CONNECTION,
+    results = _quietly_run(cls(command, _hosts(hosts), connection_params=params,
                                process_args={"timeout": timeout + 10 if timeout else None}))
     for r in results:
         if timeout and r.exit_code in (124, 137):
@@ -232,13 +269,13 @@ def put(local_files: list[str | Path], hosts, remote_dir: str = ".", method: str
         if not Path(f).exists():
             raise UserError(f"cannot copy {f}: no such local file")
     cls = execo.Put if method == "ssh" else execo.TaktukPut
-    return _quietly_run(cls(_hosts(hosts), [str(f) for f in local_files], remote_dir, connection_params=CONNECTION))
+    return _quietly_run(cls(_hosts(hosts), [str(f) for f in local_files], remote_dir, connection_params=_params(hosts)))
 
 
 def get(hosts, remote_files: list[str], local_dir: str | Path) -> Results:
     """Fetch files from every host into local_dir (scp; hosts' files of the same name collide:
     use one local_dir per host or remote names that differ)."""
-    return _quietly_run(execo.Get(_hosts(hosts), list(remote_files), str(local_dir), connection_params=CONNECTION))
+    return _quietly_run(execo.Get(_hosts(hosts), list(remote_files), str(local_dir), connection_params=_params(hosts)))
 
 
 def chain_put(local_file: str | Path, hosts, remote_dir: str = "/tmp") -> Results:
@@ -302,8 +339,10 @@ class Stream:
 
     def __init__(self, command: str, host, timeout: float | None = None):
         self._lines: queue.Queue[str] = queue.Queue()
-        self._process = _quiet_process(execo.SshProcess(as_root(command), _hosts([host])[0], connection_params=CONNECTION,
-                                                        timeout=timeout, stdout_handlers=[_Lines(self._lines.put)]))
+        params = _params([host])
+        self._process = _quiet_process(execo.SshProcess(as_root(command, params), _hosts([host])[0],
+                                                        connection_params=params, timeout=timeout,
+                                                        stdout_handlers=[_Lines(self._lines.put)]))
         self._process.start()
 
     def __iter__(self):
