@@ -29,6 +29,8 @@ METHODS = ("ssh", "taktuk")
 # user root; host keys and identities come from ssh_config (the local testbed writes one).
 # No `-tt` (execo's default): stderr stays separate from stdout.
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "PasswordAuthentication=no", "-o", "ConnectTimeout=20")
+# a cloud instance has no known-hosts entry: guest addresses are reused by new guests with new host keys
+GUEST_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR")
 CONNECTION: dict = {}
 
 
@@ -72,10 +74,6 @@ def _params(hosts) -> dict:
         raise ValueError("nodes and guests are reached differently: give them in separate calls")
     return {**CONNECTION, "user": "root", "sudo": None, "ssh_options": CONNECTION["ssh_options"] + GUEST_OPTIONS,
             "scp_options": CONNECTION["scp_options"] + GUEST_OPTIONS}
-
-
-# a cloud instance has no known-hosts entry: guest addresses are reused by new guests with new host keys
-GUEST_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR")
 
 
 def login(key: Path | str, address: str, *command: str) -> list[str]:

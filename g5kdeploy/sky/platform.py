@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import subprocess
 import tarfile
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from g5kdeploy import NODE_SOURCE, chef, on_node, remote
+from g5kdeploy.files import write_atomic
 from g5kdeploy.progress import parallel
 from g5kdeploy.sky.data import DB_NAME
 from g5kdeploy.testbed.model import Node
@@ -139,8 +141,6 @@ class Cloud:
     key: Path | None = None
 
     def open(self) -> "Cloud":
-        import secrets
-        from g5kdeploy.files import write_atomic
         self.key_name = f"sky-{self.owner}-{secrets.token_hex(3)}"
         made = self.ec2.create_key_pair(KeyName=self.key_name, KeyType="ed25519")
         self.key = Path(tempfile.mkdtemp(prefix="g5kdeploy-sky-key-")) / "key.pem"
@@ -220,7 +220,7 @@ def ready(instance: Instance, payload: Path) -> remote.Guest:
 
 @dataclass
 class Daemon:
-    node: Node
+    node: Node | remote.Guest
     pid: int
 
     def stop(self, signal: str = "TERM") -> None:
