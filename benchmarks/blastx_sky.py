@@ -46,7 +46,7 @@ def main() -> None:
     layouts = [{"rennes": 1}, {"rennes": 1, "nancy": 1}] + ([{"rennes": cores}] if cores > 2 else [{"rennes": 2}])
     run = engine.execute(blastx_sky.EXPERIMENT, tb, {"platforms": layouts, "loss": None, "repeats": 3})
     df = load(run.dir)
-    print("\n".join(blastx_sky.summary(df)))
+    print("\n".join(blastx_sky.EXPERIMENT.summary(df)))
     runs = df[df.level == "run"]
     static = blastx_sky.table_3_2(df)
     within = static[static.cores <= cores]
