@@ -67,7 +67,7 @@ def testbed_up(c, description=None, guests="debian-blast"):
         was_up = False
     tb = LocalTestbed.up(d.load(description))
     print(f"testbed {tb.description.name} up in {time.monotonic() - t0:.1f} s: {tb.nodes()}")
-    futuregrid = [s for s, site in tb.description.sites.items() if site.kind == "futuregrid"]
+    futuregrid = tb.description.futuregrid()
     # a testbed built now has none of the clouds a clouds file may still name
     if missing := [s for s in futuregrid if not was_up or s not in kept(CLOUDS)]:
         engine.execute(engine.load_experiment("deploy-nimbus"), tb, {"sites": missing, "futuregrid": True,

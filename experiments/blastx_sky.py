@@ -131,6 +131,11 @@ def master_site(p: Params) -> str:
     return p.scheduler_site or first_site(p)
 
 
+def sites_used(p: Params) -> list[str]:
+    """Every site of the runs: their workers' and the master's."""
+    return sorted({s for layout in layouts(p) for s in layout} | {master_site(p)})
+
+
 def nodes_needed(p: Params, futuregrid=()) -> dict[str, int]:
     """Per site, the most workers any layout asks (the elastic run's start and add together),
     plus the master on the first site; for instances, plus each cloud's service node and the
@@ -345,20 +350,15 @@ def platform_nodes(run: Run, testbed: Testbed, res, p: Params):
         return master, [n for ns in rest.values() for n in ns], Workers(nodes=rest)
     clouds = clouds_api.build(run, testbed, res, time.time(), stage, vmm_memory_mb=INSTANCE_TYPES[p.instance_type],
                               guests=(sky.IMAGE,), level="cloud") if res.nodes else {}
-    used = {s for layout in layouts(p) for s in layout} | {master_site(p)}
-    clouds |= {s: c for s, c in clouds_api.kept(clouds_api.CLOUDS).items() if s in used and s not in clouds}
+    clouds |= {s: c for s, c in clouds_api.kept(clouds_api.CLOUDS).items() if s in sites_used(p) and s not in clouds}
     return None, [], Workers(clouds=clouds, instance_type=p.instance_type, owner=run.run_id)
-
-
-def futuregrid(testbed: Testbed) -> list[str]:
-    return [s for s, site in testbed.description.sites.items() if site.kind == "futuregrid"]
 
 
 @contextlib.contextmanager
 def overlay(run: Run, testbed: Testbed, p: Params):
     """ViNe between the run's sites for the block, if `p.vine` asks it (auto: when one of
     them is not open); one already up on them (invoke vine-up) is used as it is."""
-    sites = sorted({s for layout in layouts(p) for s in layout} | {master_site(p)})
+    sites = sites_used(p)
     closed = [s for s in sites if testbed.description.sites[s].access != "open"]
     if p.workers_on != "instances" or p.vine == "off" or (p.vine == "auto" and not closed) or len(sites) < 2:
         yield None
@@ -453,8 +453,7 @@ class BlastxSky(Experiment):
     @staticmethod
     def _check_futuregrid(p: Params, testbed: Testbed) -> None:
         """FutureGrid sites have clouds only, up (testbed-up) with the workers' image."""
-        used = sorted({s for layout in layouts(p) for s in layout} | {master_site(p)})
-        if not (fg := [s for s in used if s in futuregrid(testbed)]):
+        if not (fg := [s for s in sites_used(p) if s in testbed.description.futuregrid()]):
             return
         if p.workers_on == "nodes":
             raise UserError(f"{', '.join(fg)}: FutureGrid sites have no nodes to reserve, only clouds: "
@@ -470,7 +469,7 @@ class BlastxSky(Experiment):
                                 f"testbed-up --guests {sky.IMAGE}")
 
     def request(self, p: Params, testbed: Testbed) -> dict[str, int]:
-        return nodes_needed(p, futuregrid(testbed))
+        return nodes_needed(p, testbed.description.futuregrid())
 
     def main(self, run: Run, testbed: Testbed, p: Params) -> None:
         need = self.request(p, testbed)

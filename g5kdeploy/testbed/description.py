@@ -73,6 +73,10 @@ class Description:
                                     c.name, c.cores, c.memory_gib))
         return out
 
+    def futuregrid(self) -> list[str]:
+        """The FutureGrid sites: clouds only, up since testbed-up."""
+        return [s for s, site in self.sites.items() if site.kind == "futuregrid"]
+
     def reservable(self) -> NodeSet:
         """The nodes OAR schedules: Grid'5000's (a FutureGrid site's nodes run its cloud)."""
         return NodeSet(n for n in self.nodes() if self.sites[n.site].kind == "grid5000")
