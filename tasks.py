@@ -378,14 +378,17 @@ def resilin_down(c, testbed="local"):
 
 
 @task(help={"sites": "the sites to join (default: all of the testbed's)",
-            "dataplane": "kernel (VXLAN, the default) or user (a user-level router, as the original ViNe)"})
+            "dataplane": "kernel (VXLAN, the default) or user (a user-level router, as the original ViNe)",
+            "migration": "live-migration support: detect migrated guests, reroute their traffic (thesis ch. 5)"})
 @user_errors
-def vine_up(c, sites=None, dataplane="kernel"):
+def vine_up(c, sites=None, dataplane="kernel", migration=False):
     """Start ViNe: a VR on each site's gateway; every host of a site reaches the others'
-    by private address, through firewalls and NAT."""
+    by private address, through firewalls and NAT (--migration: guests that migrate between
+    sites keep their address and connections)."""
     from g5kdeploy.vine.overlay import Overlay
     t0 = time.monotonic()
-    o = Overlay(_testbed("local"), sites.split(",") if sites else None, dataplane=dataplane).start()
+    o = Overlay(_testbed("local"), sites.split(",") if sites else None, dataplane=dataplane,
+                migration=migration).start()
     print(f"ViNe up in {time.monotonic() - t0:.1f} s: " +
           "; ".join(f"VR {s} at {o.tb.gateway(s)[0]} serves {', '.join(o.lndt[s])}" for s in o.sites))
 

@@ -119,11 +119,7 @@ class Shrinker(Experiment):
     def main(self, run: Run, testbed: Testbed, p: Params) -> None:
         failures = []
         with reserved(run, testbed, self.request(p, testbed), p.walltime, self.job_name) as res:
-            with stage(run, "deploy"):
-                testbed.deploy(res.nodes)
-            src, dst = cluster.sides(res.nodes, p.source, p.destination)
-            with stage(run, "configure"):
-                cluster.configure(src, dst, vm_image.build(), run.dir / "logs")
+            src, dst = prepare(run, testbed, res.nodes, p.source, p.destination)
             before = testbed.rates()["wan"].get("|".join(sorted((p.source, p.destination))))
             try:
                 grid = trials(p)
@@ -205,6 +201,17 @@ class Shrinker(Experiment):
                   "chunk size (bytes)", "total migration time (s)")
             save(fig, "granularity")
         return paths
+
+
+def prepare(run: Run, testbed: Testbed, nodes, source: str, destination: str, also: dict | None = None):
+    """The nodes deployed and split into the two sides, their roles converged (and `also`'s,
+    {node: role}): stages deploy and configure."""
+    with stage(run, "deploy"):
+        testbed.deploy(nodes)
+    src, dst = cluster.sides(nodes, source, destination)
+    with stage(run, "configure"):
+        cluster.configure(src, dst, vm_image.build(), run.dir / "logs", also)
+    return src, dst
 
 
 def _trial(run: Run, testbed: Testbed, src, dst, k: int, t: dict, p: Params) -> list[str]:

@@ -22,7 +22,7 @@ def ctrl_c_raises():
     yield
     signal.signal(signal.SIGINT, previous)
 
-EXPERIMENTS = ("testbed-check", "deploy-nimbus", "propagation", "shrinker", "blastx-sky", "resilin")
+EXPERIMENTS = ("testbed-check", "deploy-nimbus", "propagation", "shrinker", "blastx-sky", "resilin", "vine-migration")
 
 
 def test_defaults_then_overrides_then_types():

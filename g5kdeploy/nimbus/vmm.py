@@ -16,12 +16,9 @@ from g5kdeploy.nimbus.config import shareable
 from g5kdeploy.vm import qemu
 from g5kdeploy.vm.qemu import Guest, mac_for
 
+
 def tap_name(instance: str) -> str:
     return "t" + instance[2:14]       # i-0123abcd... -> t0123abcd (IFNAMSIZ 15)
-
-
-def _ip(*args: str, check: bool = True) -> None:
-    subprocess.run(["ip", *args], check=check, capture_output=True)
 
 
 def start(a: argparse.Namespace) -> dict:
@@ -46,8 +43,7 @@ def start(a: argparse.Namespace) -> dict:
                         disk_format=fmt, shares=a.share, cmdline={"g5k_id": a.id, "g5k_ip": a.ip, "g5k_gw": a.gateway,
                                                   "g5k_name": a.name, "g5k_broker": a.broker, "g5k_ctx": a.ctx})
     g.save()
-    _ip("tuntap", "add", "dev", g.tap, "mode", "tap")
-    _ip("link", "set", g.tap, "master", a.bridge, "up")
+    g.plug(a.bridge)
     try:
         pid = g.start()
     except Exception:
@@ -59,7 +55,6 @@ def start(a: argparse.Namespace) -> dict:
 def stop_guest(instance: str) -> dict:
     """Quit the guest, remove its tap, volume, RAM file and run directory."""
     stopped = qemu.stop(instance)
-    _ip("link", "del", tap_name(instance), check=False)
     return {"id": instance, "stopped": stopped}
 
 

@@ -43,6 +43,7 @@ class GuestPlan:
     id: str
     source: Node
     destination: Node
+    nic: tuple[str, str] | None = None      # (address/prefix, gateway): a NIC on the VMMs' bridges
 
 
 def sides(nodes: NodeSet, source: str, destination: str) -> tuple[Side, Side]:
@@ -57,10 +58,10 @@ def sides(nodes: NodeSet, source: str, destination: str) -> tuple[Side, Side]:
     return out[0], out[1]
 
 
-def configure(src: Side, dst: Side, image, logdir: Path | None = None) -> None:
-    """Converge the roles in parallel (each site's Redis and VMMs share a fresh password);
-    raise with each failed node's reason."""
-    roles = {}
+def configure(src: Side, dst: Side, image, logdir: Path | None = None, also: dict | None = None) -> None:
+    """Converge the roles in parallel (each site's Redis and VMMs share a fresh password;
+    `also`: more nodes, {node: role}); raise with each failed node's reason."""
+    roles = {n: (role, {"g5kdeploy": {"address": n.address}}) for n, role in (also or {}).items()}
     for side in (src, dst):
         password = secrets.token_urlsafe(24)
         roles.update({n: (role, {"g5kdeploy": {"address": n.address, "redis_password": password}})
@@ -115,10 +116,13 @@ def guests_running(plans: list[GuestPlan], workload: str, memory_mb: int, mb: in
     """The guests and their destination twins, running for the block (all stopped when it
     ends, even half started)."""
     args = ["--memory", memory_mb, "--workload", workload, "--mb", mb, "--rate", rate]
+
+    def nic(g: GuestPlan) -> list:
+        return ["--ip", g.nic[0], "--gateway", g.nic[1]] if g.nic else []
     try:
-        _each(lambda g: _one(g.source, "vmm", "start", "--id", g.id, *args), plans, "starting guests")
+        _each(lambda g: _one(g.source, "vmm", "start", "--id", g.id, *args, *nic(g)), plans, "starting guests")
         _each(lambda g: _one(g.source, "vmm", "ready", "--id", g.id), plans, "waiting for the workloads")
-        _each(lambda g: _one(g.destination, "vmm", "start", "--id", g.id, *args, "--incoming"), plans,
+        _each(lambda g: _one(g.destination, "vmm", "start", "--id", g.id, *args, *nic(g), "--incoming"), plans,
               "destination twins")
         yield plans
     finally:

@@ -1,9 +1,12 @@
 """VMM-side commands for Shrinker experiments, run on nodes over ssh:
 `python3 -m g5kdeploy.shrinker.vmm start|ready|ticks|diagnose|runstate|incoming|stock-migrate|resume|stop ...`.
-Guests are disk-less (their workload runs from the initramfs), RAM in /dev/shm/g5kvm-<id>."""
+Guests are disk-less (their workload runs from the initramfs), RAM in /dev/shm/g5kvm-<id>;
+given --ip, a guest has a NIC on the VMM's bridge with that address, the same at the
+destination (a migrated guest keeps its address and MAC), and serves the workload's counter."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import json
 import re
@@ -24,15 +27,27 @@ GUEST_ARGS = ["-global", "migration.store-global-state=off", "-bios", "qboot.rom
 
 
 def guest(a: argparse.Namespace, incoming: str | None = None) -> Guest:
-    return Guest.installed(a.id, None, memory_mb=a.memory, incoming=incoming, extra=GUEST_ARGS,
-                           cmdline={"g5k_workload": a.workload, "g5k_mb": str(a.mb), "g5k_rate": str(a.rate)})
+    cmdline = {"g5k_workload": a.workload, "g5k_mb": str(a.mb), "g5k_rate": str(a.rate)}
+    nic = {}
+    if a.ip:
+        cmdline.update(g5k_ip=str(a.ip), g5k_gw=str(a.gateway))
+        nic = {"tap": "g" + hashlib.sha1(a.id.encode()).hexdigest()[:12], "mac": qemu.mac_for(str(a.ip.ip)),
+               "trim_kb": 8 if qemu.accelerator() == "tcg" else 0}     # a stock migration keeps its writes
+    return Guest.installed(a.id, None, memory_mb=a.memory, incoming=incoming, extra=GUEST_ARGS, cmdline=cmdline,
+                           **nic)
 
 
 def start(a) -> dict:
     """Start the guest, or (--incoming) its twin waiting for a migration."""
     g = guest(a, "defer" if a.incoming else None)
     g.save()
-    return {"id": a.id, "pid": g.start()}
+    if g.tap:
+        g.plug(a.bridge)
+    try:
+        return {"id": a.id, "pid": g.start()}
+    except Exception:
+        qemu.stop(a.id)
+        raise
 
 
 def ready(a) -> dict:
@@ -140,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument("--mb", type=int, default=32)
             s.add_argument("--rate", type=int, default=4)
             s.add_argument("--incoming", action="store_true")
+            s.add_argument("--ip", type=ipaddress.IPv4Interface, help="address/prefix of the guest's NIC")
+            s.add_argument("--gateway", type=ipaddress.IPv4Address, help="its default router")
+            s.add_argument("--bridge", default="br0", help="the VMM's bridge its tap joins")
         if name == "ready":
             s.add_argument("--timeout", type=float, default=120)
         if name in ("incoming", "stock-migrate"):

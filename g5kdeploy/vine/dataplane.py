@@ -14,6 +14,7 @@ VNI = 74
 VXLAN_PORT = 4789
 TABLE = "74"                 # the GNDT's routes (ip route ... table 74)
 RULE_PREF = "74"
+PROTO = "74"                 # marks the host routes of migrated guests in the main table
 NFT_TABLE = "vine"
 
 
@@ -34,6 +35,7 @@ def up(address: str, own_mac: str, lan: str, control_port: int, tunnel_port: int
     sh("ip", "link", "set", DEV, "mtu", "1500", "up")
     for conf in ("all", DEV):                  # packets from the overlay come from networks routed elsewhere
         sh("sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
+    sh("sysctl", "-qw", f"net.ipv4.neigh.{lan}.proxy_delay=0")        # proxy ARP answers at once
     sh("ip", "rule", "add", "pref", RULE_PREF, "iif", lan, "lookup", TABLE)
     sh("nft", "-f", "-", input=(
         f"table inet {NFT_TABLE} {{\n"
@@ -54,6 +56,8 @@ def down(lan: str) -> None:
     while sh("ip", "rule", "del", "pref", RULE_PREF, check=False).returncode == 0:
         pass
     sh("ip", "route", "flush", "table", TABLE, check=False)
+    sh("ip", "route", "flush", "proto", PROTO, check=False)
+    sh("ip", "neigh", "flush", "proxy", "dev", lan, check=False)
     sh("ip", "link", "del", DEV, check=False)
 
 
@@ -84,3 +88,23 @@ def route(network: str, via: str | None) -> None:
 
 def unroute(network: str) -> None:
     sh("ip", "route", "del", network, "table", TABLE, check=False)
+
+
+def host_route(ip: str, lan: str) -> None:
+    """A migrated guest now on this LAN: reached there, from the LAN and from the overlay."""
+    for table in ("main", TABLE):
+        sh("ip", "route", "replace", f"{ip}/32", "dev", lan, "proto", PROTO, "table", table)
+
+
+def unhost_route(ip: str) -> None:
+    for table in ("main", TABLE):
+        sh("ip", "route", "del", f"{ip}/32", "proto", PROTO, "table", table, check=False)
+
+
+def proxy(ip: str, lan: str, on: bool = True) -> None:
+    """Answer ARP requests for `ip` on the LAN with this VR's MAC (it is routed elsewhere)."""
+    sh("ip", "neigh", "replace" if on else "del", "proxy", ip, "dev", lan, check=on)
+
+
+def forget_neighbour(ip: str, lan: str) -> None:
+    sh("ip", "neigh", "del", ip, "dev", lan, check=False)

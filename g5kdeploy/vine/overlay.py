@@ -27,10 +27,12 @@ LAN = "br0"                                         # a gateway's interface to i
 
 class Overlay:
     """`lndt` and `networks` per site (default: the site's subnet for both, i.e. every host
-    of the site may use the overlay); `dataplane` one of DATAPLANES."""
+    of the site may use the overlay); `dataplane` one of DATAPLANES; `migration`: the VRs'
+    live-migration support (g5kdeploy.vine.migration) on or off."""
 
     def __init__(self, tb: Testbed, sites: list[str] | None = None, lndt: dict[str, list[str]] | None = None,
-                 networks: dict[str, list[str]] | None = None, home: Path | None = None, dataplane: str = "kernel"):
+                 networks: dict[str, list[str]] | None = None, home: Path | None = None, dataplane: str = "kernel",
+                 migration: bool = False):
         tb.require(Feature.GATEWAYS)
         d = tb.description
         self.tb, self.sites = tb, list(sites or d.sites)
@@ -43,7 +45,7 @@ class Overlay:
         self.home = home or HOME / "vine"
         if dataplane not in DATAPLANES:
             raise UserError(f"unknown ViNe data plane {dataplane!r}: use one of {', '.join(DATAPLANES)}")
-        self.dataplane = dataplane
+        self.dataplane, self.migration = dataplane, migration
 
     @classmethod
     def attach(cls, tb: Testbed, home: Path | None = None) -> "Overlay":
@@ -69,10 +71,11 @@ class Overlay:
                 run = self.run_dir(site)
                 run.mkdir(mode=0o700, exist_ok=True)
                 (run / "events.jsonl").unlink(missing_ok=True)
-                cfg = {"vr": site, "index": k, "address": gateways[site][0], "lan": LAN, "port": PORT,
+                cfg = {"vr": site, "index": k, "address": gateways[site][0], "lan": LAN,
+                       "lan_address": str(self.tb.description.site_gateway(site)), "port": PORT,
                        "secret_file": str(secret), "peers": {s: g[0] for s, g in gateways.items()},
                        "networks": self.networks[site], "lndt": self.lndt[site], "run": str(run),
-                       "dataplane": self.dataplane}
+                       "dataplane": self.dataplane, "migration": self.migration}
                 write_atomic(run / "config.json", json.dumps(cfg, indent=1), 0o600)
                 with open(run / "vr.log", "ab") as log:
                     proc = subprocess.Popen(gateways[site][1] + [sys.executable, "-m", "g5kdeploy.vine.router",

@@ -7,11 +7,12 @@ data plane at once (routes, forwarding entries). The site's administrator (the t
 changes the LNDT and the VR's networks at run time through a Unix socket only root reaches:
 one JSON request per line (`show`, `add-host`, `remove-host`, `add-network`,
 `remove-network`). Every change seen is appended to events.jsonl with its time (how long a
-VR takes to learn an entry).
+VR takes to learn an entry). With `migration` on, it also runs the live-migration support
+(g5kdeploy.vine.migration), whose questions to other VRs go over the same sealed channel.
 
-`python3 -m g5kdeploy.vine.router CONFIG` (JSON: vr, index, address, lan, port, secret_file,
-peers {vr: address}, networks, lndt, run, dataplane kernel|user); SIGTERM removes the data
-plane and exits."""
+`python3 -m g5kdeploy.vine.router CONFIG` (JSON: vr, index, address, lan, lan_address, port,
+secret_file, peers {vr: address}, networks, lndt, run, dataplane kernel|user, migration);
+SIGTERM removes the data plane and exits."""
 from __future__ import annotations
 
 import ipaddress
@@ -26,8 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-from g5kdeploy.vine import dataplane, userland
-from g5kdeploy.vine.tables import Record, gndt, seal, unseal
+from g5kdeploy.vine import dataplane, migration, userland
+from g5kdeploy.vine.tables import Record, gndt, seal, unseal, unseal_message
 
 log = logging.getLogger("vine")
 PORT = 7474
@@ -48,11 +49,12 @@ class Router:
         self.records: dict[str, Record] = {self.vr: self.own}
         self.routes: dict[str, str] = {}            # network -> the VR address it is routed to
         self.known: dict[str, tuple[str, str]] = {}  # peer vr -> (address, mac) in the data plane
-        self.wanted = threading.Condition(self.lock)
+        self.wanted = threading.Condition()          # a newer own record to announce
         self.forwarder = None                            # the kernel's data plane (VXLAN), or a user-level one
         if cfg.get("dataplane", "kernel") == "user":
             dataplane.down(self.lan)
             self.forwarder = userland.Forwarder(self.own.address, list(self.peers.values()))
+        self.support = migration.Support(self, cfg["lan_address"]) if cfg.get("migration") else None
 
     # the data plane -------------------------------------------------------------------
     def start(self) -> None:
@@ -62,11 +64,24 @@ class Router:
             self.forwarder.start()
             dataplane.up(self.own.address, self.own.mac, self.lan, self.cfg.get("port", PORT), userland.PORT)
         dataplane.set_elements("peers", list(self.peers.values()))
-        dataplane.set_elements("lndt", self.lndt)
+        self.set_lndt_elements()
+        if self.support:
+            self.support.start()
         self._event("start", self.own)
 
     def stop(self) -> None:
+        if self.support:
+            self.support.stop()
         dataplane.down(self.lan)
+
+    def set_lndt_elements(self) -> None:
+        """The data plane's LNDT: the LNDT's hosts, less those migrated away."""
+        dataplane.set_elements("lndt", self.lndt if self.support is None else migration.without(self.lndt,
+                                                                                               self.support.away))
+
+    def served_by(self, network: str) -> str | None:
+        """The VR the GNDT gives `network` to."""
+        return gndt(self.records).get(network)
 
     def _apply(self) -> None:
         """Make the kernel hold what the records say (under the lock)."""
@@ -88,9 +103,11 @@ class Router:
             self.forwarder.route(wanted)
 
     def _event(self, what: str, r: Record) -> None:
+        self.event(what, of=r.vr, seq=r.seq, networks=list(r.networks))
+
+    def event(self, what: str, **fields) -> None:
         with open(self.run / "events.jsonl", "a") as f:
-            f.write(json.dumps({"t": time.time(), "vr": self.vr, "event": what, "of": r.vr, "seq": r.seq,
-                                "networks": list(r.networks)}) + "\n")
+            f.write(json.dumps({"t": time.time(), "vr": self.vr, "event": what, **fields}) + "\n")
 
     # records --------------------------------------------------------------------------
     def learn(self, r: Record) -> bool:
@@ -103,29 +120,34 @@ class Router:
                 return False
             self.records[r.vr] = r
             self._apply()
+            if self.support:
+                self.support.learned(r)
         self._event("learned", r)
         return True
 
     def change(self, networks: tuple[str, ...] | None = None, lndt: list[str] | None = None) -> Record:
         """A new own record (networks) or LNDT, applied here and announced to every VR."""
         with self.lock:
-            if lndt is not None:
-                dataplane.set_elements("lndt", lndt)
-                self.lndt = lndt
-            if networks is not None and networks != self.own.networks:
+            renewed = networks is not None and networks != self.own.networks
+            if renewed:
                 self.own = Record(self.vr, max(time.time_ns(), self.own.seq + 1), self.own.address, self.own.mac,
                                   networks)
                 self.records[self.vr] = self.own
+                with self.wanted:                 # announced at once, while this kernel follows
+                    self.wanted.notify_all()
+            if lndt is not None:
+                self.lndt = lndt
+                self.set_lndt_elements()
+            if renewed:
                 self._apply()
                 self._event("changed", self.own)
-                self.wanted.notify_all()
             return self.own
 
     def announcer(self, vr: str) -> None:
         """Keep `vr` told of the newest own record (retrying until it answers)."""
         told = 0
         while True:
-            with self.lock:
+            with self.wanted:
                 while self.own.seq == told:
                     self.wanted.wait()
                 mine = self.own
@@ -139,6 +161,12 @@ class Router:
                 log.debug("announcing to %s: %s", vr, e)
                 time.sleep(RETRY_S)
 
+    def query(self, vr: str, message: dict) -> dict:
+        """One sealed question to another VR, its sealed answer."""
+        with socket.create_connection((self.peers[vr], self.cfg.get("port", PORT)), timeout=5) as s:
+            s.sendall(seal(message, self.secret))
+            return unseal_message(s.makefile("rb").readline(MAX_LINE), self.secret)
+
     # what the administrator asks --------------------------------------------------------
     def ask(self, req: dict) -> dict:
         op = req.get("op")
@@ -146,7 +174,9 @@ class Router:
             if op == "show":
                 return {"vr": self.vr, "lndt": self.lndt, "gndt": gndt(self.records),
                         "records": {k: {"seq": r.seq, "address": r.address, "networks": list(r.networks)}
-                                    for k, r in self.records.items()}, "routes": dict(self.routes)}
+                                    for k, r in self.records.items()}, "routes": dict(self.routes),
+                        **({"hwdt": dict(self.support.hwdt), "away": sorted(self.support.away),
+                            "arrived": dict(self.support.arrived)} if self.support else {})}
             entry = _entry(req["entry"])
             if op in ("add-host", "remove-host"):
                 lndt = [x for x in self.lndt if x != entry] + ([entry] if op == "add-host" else [])
@@ -170,9 +200,15 @@ def serve(router: Router) -> tuple[socketserver.BaseServer, socketserver.BaseSer
 
         def handle(self):
             try:
-                router.learn(unseal(self.rfile.readline(MAX_LINE), router.secret))
-                with router.lock:
-                    self.wfile.write(seal(router.own, router.secret))
+                msg = unseal_message(self.rfile.readline(MAX_LINE), router.secret)
+                if msg["kind"] == "record":
+                    router.learn(Record.of(msg))
+                    with router.lock:
+                        self.wfile.write(seal(router.own, router.secret))
+                elif router.support:
+                    self.wfile.write(seal(router.support.answer(msg), router.secret))
+                else:
+                    raise ValueError(f"a {msg['kind']!r} message, and live-migration support is off")
             except (ValueError, OSError) as e:
                 log.warning("refused an announcement from %s: %s", self.client_address[0], e)
 

@@ -1,5 +1,6 @@
 """ViNe's tables and the messages VRs exchange: a VR's record (what it announces), the GNDT
-built from every VR's record, and records signed with the overlay's secret."""
+built from every VR's record, and messages (records, the live-migration support's queries)
+signed with the overlay's secret."""
 from __future__ import annotations
 
 import hashlib
@@ -50,20 +51,34 @@ def lookup(table: dict[str, str], address: str) -> str | None:
     return table[str(best)] if best is not None else None
 
 
-def seal(record: Record, secret: bytes) -> bytes:
-    """One line: the record and its HMAC-SHA256 under the overlay's secret."""
-    body = json.dumps(asdict(record), sort_keys=True)
+def seal(message: Record | dict, secret: bytes) -> bytes:
+    """One line: the message (a record, or a dict with its `kind`) and its HMAC-SHA256
+    under the overlay's secret."""
+    if isinstance(message, Record):
+        message = {"kind": "record", **asdict(message)}
+    body = json.dumps(message, sort_keys=True)
     return json.dumps({"record": body, "mac": hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()}).encode() + b"\n"
 
 
-def unseal(line: bytes, secret: bytes) -> Record:
-    """The record of a line sealed with `secret`; ValueError for anything else."""
+def unseal_message(line: bytes, secret: bytes) -> dict:
+    """The message of a line sealed with `secret`; ValueError for anything else."""
     try:
         msg = json.loads(line)
         body, mac = msg["record"], msg["mac"]
     except (ValueError, KeyError, TypeError):
-        raise ValueError("not a sealed record") from None
+        raise ValueError("not a sealed message") from None
     if not isinstance(body, str) or not isinstance(mac, str) or \
             not hmac.compare_digest(mac, hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()):
         raise ValueError("bad signature")
-    return Record.of(json.loads(body))
+    out = json.loads(body)
+    if not isinstance(out, dict) or not isinstance(out.get("kind"), str):
+        raise ValueError("a sealed message without a kind")
+    return out
+
+
+def unseal(line: bytes, secret: bytes) -> Record:
+    """The record of a line sealed with `secret`; ValueError for anything else."""
+    msg = unseal_message(line, secret)
+    if msg["kind"] != "record":
+        raise ValueError(f"a {msg['kind']!r} message where a record was expected")
+    return Record.of(msg)

@@ -1,0 +1,99 @@
+"""ViNe's live-migration support on the small testbed: a guest on rennes's network, migrated
+by stock QEMU to a VMM in nancy, keeps its TCP counter to a client in rennes (left behind)
+and one in nancy (at the destination) and answers both clients' pings, with the support on;
+the VRs record the detection and the reconfiguration; with the support off the client left
+behind loses the guest. Nothing is left: no VR, proxy entry, host route, guest or watcher."""
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import drawn, own_testbed
+from experiments import vine_migration
+from g5kdeploy import engine, remote
+from g5kdeploy.results import load
+from g5kdeploy.testbed.local import network
+from g5kdeploy.testbed.local.system import sh
+from g5kdeploy.vine import dataplane
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture(scope="module")
+def run(small_description):
+    with own_testbed(small_description) as tb:
+        run = engine.execute(vine_migration.EXPERIMENT, tb, {"methods": ["stock"], "support": ["on", "off"],
+                                                             "warmup_s": 2, "after_s": 3, "bulk_s": 1})
+        left = {}
+        for site in ("rennes", "nancy"):
+            ns = network.router(site)
+            left[site] = (sh("ip", "-n", ns, "neigh", "show", "proxy").stdout.strip(),
+                          sh("ip", "-n", ns, "route", "show", "proto", dataplane.PROTO).stdout.strip(),
+                          sh("ip", "-n", ns, "link", "show", dataplane.DEV, check=False).returncode == 0)
+        nodes = tb.nodes()
+        left["processes"] = [r.stdout.strip() for r in remote.run(
+            "pgrep -af '[q]emu-system|[g]5kdeploy.vine' || true", list(nodes))]
+        left["routers"] = [p for p in Path("/proc").glob("[0-9]*") if b"g5kdeploy.vine.router" in _cmdline(p)]
+        yield run, load(run.dir), left
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return (p / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def trial(df, support):
+    return df[df.support == support]
+
+
+def test_with_the_support_every_connection_survives_the_move(run):
+    _, df, _ = run
+    on = trial(df, "on")
+    m = on[on.level == "migration"].iloc[0]
+    assert m.outcome == "ok" and m.runs_at_destination and 0 < m.downtime_s < m.total_time_s
+    c = on[on.level == "connection"].set_index("client_site")
+    assert sorted(c.index) == ["nancy", "rennes"]
+    assert c.survived.all() and (c.skipped == 0).all() and (c.ended == "open").all()
+    assert (c.stream_gap_s < m.total_time_s + 5).all() and c.ping_gap_s.map(math.isfinite).all()
+    assert (c.bulk_after_mbit > 0).all() and (c.bulk_before_mbit > 0).all()
+
+
+def test_the_vrs_detect_the_migration_and_reconfigure_the_overlay(run):
+    _, df, _ = run
+    on = trial(df, "on")
+    m = on[on.level == "migration"].iloc[0]
+    assert 0 < m.detection_s < 5 and 0 < m.reconfiguration_s < 5
+    ev = on[on.level == "vr_event"]
+    seen = set(zip(ev.vr, ev.event))
+    assert {("nancy", "rarp"), ("nancy", "detected"), ("nancy", "arrived"), ("nancy", "redirected"),
+            ("rennes", "left")} <= seen
+    assert set(ev[ev.event.isin(["detected", "arrived", "left"])].ip) == {ev[ev.event == "detected"].ip.iloc[0]}
+
+
+def test_without_the_support_the_client_left_behind_loses_the_guest(run):
+    _, df, _ = run
+    off = trial(df, "off")
+    m = off[off.level == "migration"].iloc[0]
+    assert m.outcome == "ok" and m.runs_at_destination          # the migration itself succeeded
+    c = off[off.level == "connection"].set_index("client_site")
+    assert not c.loc["rennes", "survived"] and math.isnan(c.loc["rennes", "bulk_after_mbit"])
+    assert c.loc["rennes", "bulk_before_mbit"] > 0                 # reached before
+    ev = off[off.level == "vr_event"]
+    assert not ev.event.isin(["detected", "arrived", "left"]).any()
+
+
+def test_each_trial_has_its_timeline_figure(run, tmp_path):
+    r, df, _ = run
+    figs = drawn(vine_migration.EXPERIMENT, r.dir, tmp_path)
+    assert sorted(figs) == ["vine-migration-stock-off-1.png", "vine-migration-stock-on-0.png"]
+    assert all(len(axes) == 2 for axes in figs.values())
+    t = df[df.level == "timeline"]
+    assert (t.groupby(["trial", "client_site"]).lines.sum() > 100).all()
+
+
+def test_nothing_of_a_trial_is_left(run):
+    _, _, left = run
+    assert left.pop("processes") == [""] * 5 and left.pop("routers") == []
+    assert all(v == ("", "", False) for v in left.values()), left
