@@ -44,7 +44,6 @@ from g5kdeploy.shrinker.chunks import ALGORITHMS, MAX_CHUNK, MIN_CHUNK
 from g5kdeploy.shrinker.destination import PULL_POLICIES
 from g5kdeploy.testbed import Feature, Testbed
 from g5kdeploy.testbed.description import parse_rate
-from g5kdeploy.vm import image as vm_image
 
 WORKLOADS = ("idle", "memory", "dirty", "pagecache")
 
@@ -119,7 +118,8 @@ class Shrinker(Experiment):
     def main(self, run: Run, testbed: Testbed, p: Params) -> None:
         failures = []
         with reserved(run, testbed, self.request(p, testbed), p.walltime, self.job_name) as res:
-            src, dst = prepare(run, testbed, res.nodes, p.source, p.destination)
+            src, dst = cluster.prepare(testbed, res.nodes, p.source, p.destination, run.dir / "logs",
+                                       around=lambda step: stage(run, step))
             before = testbed.rates()["wan"].get("|".join(sorted((p.source, p.destination))))
             try:
                 grid = trials(p)
@@ -201,17 +201,6 @@ class Shrinker(Experiment):
                   "chunk size (bytes)", "total migration time (s)")
             save(fig, "granularity")
         return paths
-
-
-def prepare(run: Run, testbed: Testbed, nodes, source: str, destination: str, also: dict | None = None):
-    """The nodes deployed and split into the two sides, their roles converged (and `also`'s,
-    {node: role}): stages deploy and configure."""
-    with stage(run, "deploy"):
-        testbed.deploy(nodes)
-    src, dst = cluster.sides(nodes, source, destination)
-    with stage(run, "configure"):
-        cluster.configure(src, dst, vm_image.build(), run.dir / "logs", also)
-    return src, dst
 
 
 def _trial(run: Run, testbed: Testbed, src, dst, k: int, t: dict, p: Params) -> list[str]:

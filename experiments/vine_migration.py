@@ -30,9 +30,8 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from experiments import shrinker
 from g5kdeploy import on_node, remote
-from g5kdeploy.engine import Experiment, param, reserved, sweep
+from g5kdeploy.engine import Experiment, param, reserved, stage, sweep
 from g5kdeploy.errors import UserError
 from g5kdeploy.results import Run, pyplot, save_figure
 from g5kdeploy.shrinker import cluster
@@ -93,7 +92,8 @@ class VineMigration(Experiment):
         failures = []
         with reserved(run, testbed, self.request(p, testbed), p.walltime, self.job_name) as res:
             third = {res.nodes.by_site()[p.third][0]: "vine-client"} if p.third else {}
-            src, dst = shrinker.prepare(run, testbed, res.nodes, p.source, p.destination, third)
+            src, dst = cluster.prepare(testbed, res.nodes, p.source, p.destination, run.dir / "logs", third,
+                                       around=lambda step: stage(run, step))
             clients = {p.source: src.redis, p.destination: dst.redis,     # the sides' Redis nodes, and one
                        **{p.third: n for n in third}}
             grid = [dict(method=m, support=s, repeat=r) for r in range(p.repeats) for m in p.methods for s in p.support]

@@ -70,6 +70,18 @@ def configure(src: Side, dst: Side, image, logdir: Path | None = None, also: dic
         chef.apply_all(roles, vm_image.boot_files(image, Path(tmp)), logdir=logdir)
 
 
+def prepare(testbed, nodes: NodeSet, source: str, destination: str, logdir: Path | None = None,
+            also: dict | None = None, around=lambda step: contextlib.nullcontext()) -> tuple[Side, Side]:
+    """The nodes deployed, split into the two sides, their roles converged (and `also`'s,
+    {node: role}); each step ("deploy", "configure") inside `around(step)`."""
+    with around("deploy"):
+        testbed.deploy(nodes)
+    src, dst = sides(nodes, source, destination)
+    with around("configure"):
+        configure(src, dst, vm_image.build(), logdir, also)
+    return src, dst
+
+
 def _one(node: Node, module: str, *args) -> dict:
     """Run `g5kdeploy.shrinker.<module> <args>` on a node; its JSON output."""
     return remote.run_module(node, f"g5kdeploy.shrinker.{module}", *args)
