@@ -19,18 +19,18 @@ _ARP = struct.Struct("!6s6sHHHBBH6s4s6s4s")         # Ethernet header, then the 
 @dataclass(frozen=True)
 class Frame:
     """One ARP (ethertype ETH_P_ARP) or RARP (ETH_P_RARP) frame: sender and target
-    hardware (sha, tha) and protocol (spa, tpa) addresses."""
+    hardware (sha, tha) and protocol (spa, tpa) addresses, Ethernet source and destination."""
     ethertype: int
     op: int
     sha: str
     spa: str
     tha: str
     tpa: str
-    src: str = ZERO_MAC          # the Ethernet source and destination
-    dst: str = BROADCAST
+    src: str
+    dst: str
 
     def pack(self) -> bytes:
-        return _ARP.pack(_mac_bytes(self.dst), _mac_bytes(self.src or self.sha), self.ethertype, 1, 0x0800, 6, 4,
+        return _ARP.pack(_mac_bytes(self.dst), _mac_bytes(self.src), self.ethertype, 1, 0x0800, 6, 4,
                          self.op, _mac_bytes(self.sha), socket.inet_aton(self.spa), _mac_bytes(self.tha),
                          socket.inet_aton(self.tpa))
 

@@ -78,11 +78,10 @@ class Guest:
 
     def argv(self, accel: str | None = None) -> list[str]:
         append = " ".join(["console=ttyS0", "quiet", "panic=-1"] + [f"{k}={v}" for k, v in self.cmdline.items()])
+        ram = f"{self.memory_mb * 1024 - self.trim_kb}K"
         argv = ["qemu-system-x86_64", "-name", self.name, "-accel", accel or accelerator(),
-                "-m", f"{self.memory_mb * 1024 - self.trim_kb}K", "-smp", str(self.cpus), "-nodefaults",
-                "-no-user-config", "-display", "none", "-no-reboot",
-                "-object", f"memory-backend-file,id=mem,size={self.memory_mb * 1024 - self.trim_kb}K,"
-                           f"mem-path={self.ram_path},share=on",
+                "-m", ram, "-smp", str(self.cpus), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-object", f"memory-backend-file,id=mem,size={ram},mem-path={self.ram_path},share=on",
                 "-machine", "pc,memory-backend=mem", "-kernel", str(self.kernel), "-initrd", str(self.initrd),
                 "-append", append,
                 "-chardev", f"file,id=ser0,path={self.serial_path}", "-serial", "chardev:ser0",
