@@ -49,4 +49,6 @@ if [ ! -f "/opt/g5kdeploy/spark/pyspark-$PYSPARK.dist-info/METADATA" ]; then
   .venv/bin/pip install -q --disable-pip-version-check --no-deps --target /opt/g5kdeploy/spark \
     "pyspark==$PYSPARK" "py4j==$PY4J"
 fi
+# its JVMs' class-data-sharing archive (made once per Spark and JVM build; ~40 s)
+.venv/bin/python -m g5kdeploy.resilin.cds --check || .venv/bin/python -m g5kdeploy.resilin.cds
 echo "bootstrap: ready (.venv/bin/invoke --list)"

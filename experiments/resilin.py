@@ -15,9 +15,11 @@ standalone where Resilin places it (g5kdeploy.resilin.placement: the VMM hosts u
   * storage (Fig 4.5): `readers` parallel reads of one `storage_mb` object from the cluster;
   * resize: Word Count on `resize_start` instances; `resize_after_s` after the step starts,
     a TASK group of `resize_add` joins; time to the new executors' first task, makespan
-    against the same step without the resize;
+    against the same step without the resize (the size run of `resize_start` instances,
+    when it is one of `sizes`: the same step on the same job flow, not run twice);
   * multi-cloud: Word Count on a master + cores of the first cloud plus a TASK group of the
-    second (`m1.tiny@<site>`) against the same number of instances on the first cloud alone.
+    second (`m1.tiny@<site>`) against the same number of instances on the first cloud alone
+    (likewise the size run of `multicloud_size` instances, when there is one).
 
 Rows, by `level`: deploy (size, repeat, deploy_s, running_s), step (workload, size, repeat,
 time_s, equal, tasks, executors), storage (readers, repeat, reader, bytes, time_s, mb_s),
@@ -252,11 +254,13 @@ class Resilin(Experiment):
     def _sweep(self, run: Run, p: Params, ep: Endpoint, work: Workloads) -> None:
         points = [{"run": "size", "size": n, "repeat": i} for i in range(p.repeats) for n in p.sizes]
         points += [{"run": "storage"}]
+        # a size run of resize_start (multicloud_size) instances is also the static (one-cloud) run
         if p.resize_add:
-            points += [{"run": "resize", "kind": k, "repeat": i} for i in range(p.repeats) for k in ("static", "resize")]
+            kinds = ("resize",) if p.resize_start in p.sizes else ("static", "resize")
+            points += [{"run": "resize", "kind": k, "repeat": i} for i in range(p.repeats) for k in kinds]
         if p.multicloud_size:
-            points += [{"run": "multicloud", "layout": k, "repeat": i} for i in range(p.repeats)
-                       for k in ("one-cloud", "two-clouds")]
+            layouts = ("two-clouds",) if p.multicloud_size in p.sizes else ("one-cloud", "two-clouds")
+            points += [{"run": "multicloud", "layout": k, "repeat": i} for i in range(p.repeats) for k in layouts]
         itype, other = p.instance_type, (p.sites[1] if len(p.sites) > 1 else "")
 
         def measure(q: dict) -> None:
@@ -273,6 +277,10 @@ class Resilin(Experiment):
                         tasks, executors = task_rows(ep.events(jid, step["Id"]))
                         run.row(level="step", workload=workload, size=n, repeat=i, time_s=seconds(step),
                                 equal=equal, state=step["Status"]["State"], tasks=tasks, executors=executors)
+                        if workload == "wordcount" and n == p.resize_start and p.resize_add:
+                            run.row(level="resize", kind="static", repeat=i, makespan_s=seconds(step), equal=equal)
+                        if workload == "wordcount" and n == p.multicloud_size:
+                            self._multicloud_row(run, ep, jid, step, equal, "one-cloud", i, n, 0)
             elif q["run"] == "storage":
                 with ep.job_flow("storage", groups(itype, 1 + max(p.readers))) as jid:
                     for i in range(p.storage_repeats):
@@ -317,15 +325,20 @@ class Resilin(Experiment):
         layout = groups(p.instance_type, n - remote_tasks, remote_tasks, other)
         with ep.job_flow(f"multicloud {q['layout']}", layout) as jid:
             step, equal, _ = work.wordcount(jid, n - 1)
-            hosts = {}
-            for e in ep.events(jid, step["Id"]):
-                if e["Event"] == "SparkListenerTaskEnd":
-                    hosts[e["Task Info"]["Host"]] = hosts.get(e["Task Info"]["Host"], 0) + 1
-            far = {i["PrivateIpAddress"] for i in ep.emr.list_instances(ClusterId=jid, InstanceGroupTypes=["TASK"])[
-                "Instances"]}
-            run.row(level="multicloud", layout=q["layout"], repeat=q["repeat"], instances=n, remote_instances=remote_tasks,
-                    makespan_s=seconds(step), equal=equal, remote_instances_up=len(far),
-                    tasks=sum(hosts.values()), task_hosts=len(hosts))
+            self._multicloud_row(run, ep, jid, step, equal, q["layout"], q["repeat"], n, remote_tasks)
+
+    @staticmethod
+    def _multicloud_row(run: Run, ep: Endpoint, jid: str, step: dict, equal: bool, layout: str, repeat: int, n: int,
+                        remote_tasks: int) -> None:
+        hosts = {}
+        for e in ep.events(jid, step["Id"]):
+            if e["Event"] == "SparkListenerTaskEnd":
+                hosts[e["Task Info"]["Host"]] = hosts.get(e["Task Info"]["Host"], 0) + 1
+        far = {i["PrivateIpAddress"] for i in ep.emr.list_instances(ClusterId=jid, InstanceGroupTypes=["TASK"])[
+            "Instances"]}
+        run.row(level="multicloud", layout=layout, repeat=repeat, instances=n, remote_instances=remote_tasks,
+                makespan_s=seconds(step), equal=equal, remote_instances_up=len(far),
+                tasks=sum(hosts.values()), task_hosts=len(hosts))
 
     def summary(self, df) -> list[str]:
         out = []

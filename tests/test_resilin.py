@@ -4,8 +4,9 @@ at its smallest, a streaming Word Count in Cumulus equal to the sequential count
 step as the thesis's EMR took it, an application step, a TASK group of the other cloud that
 executes tasks and is shrunk away mid-step, EMR's errors for bad requests and another
 account's job flows, and nothing left once the job flows are terminated. Engines run on the
-VMM hosts (TCG's placement); inside the instances they are measured by
-`invoke benchmark resilin` (one job flow there takes ~9 min under TCG)."""
+VMM hosts (TCG's placement), and once inside an instance (the thesis's, and KVM's: a
+debian-spark guest whose JVMs start from their class-data archive); both placements are
+measured side by side by `invoke benchmark resilin`."""
 import json
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ def federation(testbed):
     """Two clouds (rennes, nancy), Resilin's endpoint for them, Word Count's data and programs
     in rennes's Cumulus; afterwards every job flow is terminated and the clouds destroyed."""
     tb = testbed
-    engine.execute(deploy_nimbus.EXPERIMENT, tb, {"guests": [], "vmm_memory_mb": 1024})
+    engine.execute(deploy_nimbus.EXPERIMENT, tb, {"guests": ["debian-spark"], "vmm_memory_mb": 2560})
     clouds = json.loads(deploy.CLOUDS.read_text())
     svc = service.Service(clouds)
     server = service.serve(svc, 0, background=True)
@@ -101,10 +102,10 @@ def output_lines(s3, prefix: str) -> list[str]:
             for line in s3.get_object(Bucket=BUCKET, Key=k)["Body"].read().decode().splitlines()]
 
 
-def streaming(output: str, reducers: int = 2) -> dict:
+def streaming(output: str, reducers: int = 2, split: int = 40000) -> dict:
     return {"Name": f"wordcount {output}", "ActionOnFailure": "CONTINUE", "HadoopJarStep": {
         "Jar": "command-runner.jar",
-        "Args": ["hadoop-streaming", "-D", "mapreduce.input.fileinputformat.split.maxsize=40000",
+        "Args": ["hadoop-streaming", "-D", f"mapreduce.input.fileinputformat.split.maxsize={split}",
                  "-files", f"s3://{BUCKET}/bin/mapper.py,s3://{BUCKET}/bin/reducer.py", "-mapper", "mapper.py",
                  "-reducer", "reducer.py", "-input", f"s3://{BUCKET}/input/", "-output", f"s3://{BUCKET}/{output}",
                  "-numReduceTasks", str(reducers)]}}
@@ -276,6 +277,39 @@ def test_terminated_job_flows_leave_no_instance_and_no_daemon(federation, cluste
                       tb.nodes())
     assert all(r.ok and not r.stdout.strip() for r in left), [(r.host, r.stdout) for r in left]
     check_shapes(emr)
+
+
+def test_an_engine_inside_an_instance_starts_from_its_own_archive_and_counts_the_words(federation):
+    """Placement `instance` (the thesis's, and Grid'5000's with KVM): one c1.medium
+    debian-spark instance (2 vCPUs) runs the master and the core; every JVM there maps the
+    class-data archive the guest's JVM dumped (g5kdeploy.resilin.cds), the daemons' web UIs
+    listen on the loopback only; the count equals the sequential one."""
+    import subprocess
+    _, clouds, svc, endpoint, reference = federation
+    emr = emr_client(clouds, endpoint)
+    jid = emr.run_job_flow(
+        Name="inside", Configurations=[{"Classification": "resilin", "Properties": {"placement": "instance"}}],
+        Instances={"MasterInstanceType": "c1.medium", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
+        Steps=[streaming("out-inside", reducers=1, split=200_000)])["JobFlowId"]
+    try:
+        emr.get_waiter("cluster_running").wait(ClusterId=jid, WaiterConfig=FAST)
+        step = emr.list_steps(ClusterId=jid)["Steps"][0]
+        emr.get_waiter("step_complete").wait(ClusterId=jid, StepId=step["Id"], WaiterConfig=FAST)
+        assert samples.counts_of(output_lines(deploy.s3_client(clouds["rennes"]), "out-inside")) == reference
+        address = emr.list_instances(ClusterId=jid)["Instances"][0]["PrivateIpAddress"]
+
+        def inside(command: str) -> str:
+            r = subprocess.run(remote.login(svc.runner.clouds.key_pair("rennes")[1], address, command),
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+        mapped = inside("for p in $(pgrep -x java); do grep -c /opt/g5kdeploy/spark/spark.jsa /proc/$p/maps; done")
+        assert len(mapped.split()) == 2 and all(int(n) > 0 for n in mapped.split()), mapped   # the master, the worker
+        listening = [line.split()[3] for line in inside("ss -Hltnp").splitlines() if '"java"' in line]
+        assert sorted("127.0.0.1" in a for a in listening) == [False, False, True, True], listening   # UIs: loopback
+    finally:
+        emr.terminate_job_flows(JobFlowIds=[jid])
+        emr.get_waiter("cluster_terminated").wait(ClusterId=jid, WaiterConfig=FAST)
 
 
 def test_what_a_killed_daemon_left_is_reaped_when_it_starts_again(federation):

@@ -22,7 +22,7 @@ import redis
 from g5kdeploy import on_node
 from g5kdeploy import signature
 from g5kdeploy.nimbus import ec2, propagation, ssh, web
-from g5kdeploy.nimbus.config import INSTANCE_TYPES, PROPAGATION_MODES, Cloud
+from g5kdeploy.nimbus.config import INSTANCE_CPUS, INSTANCE_TYPES, PROPAGATION_MODES, Cloud
 from g5kdeploy.nimbus.ec2 import EC2Error
 from g5kdeploy.nimbus.images import ImageActions
 from g5kdeploy.nimbus.keypairs import KeyPairActions
@@ -152,7 +152,8 @@ class Service(ImageActions, KeyPairActions, TagActions):
         def boot(i: dict) -> None:
             args = ["--id", i["id"], "--ip", f"{i['ip']}/{self.cloud.prefix}", "--gateway", self.cloud.gateway,
                     "--name", i["name"], "--broker", self.cloud.broker, "--ctx", i["ctx"],
-                    "--memory", str(i["memory_mb"]), "--bridge", self.cloud.bridge, *disks[i["id"]],
+                    "--memory", str(i["memory_mb"]), "--cpus", str(INSTANCE_CPUS.get(i["type"], 1)),
+                    "--bridge", self.cloud.bridge, *disks[i["id"]],
                     *(x for p in self.cloud.shared(i["tags"].get("share", "")) for x in ("--share", p))]
             try:
                 out = json.loads(self._vmm(i, "start", *args))

@@ -11,6 +11,7 @@ CONFIG = Path("/etc/nimbus/cloud.json")
 PROPAGATION_MODES = ("scp", "chain", "qcow", "chain+qcow")
 INSTANCE_TYPES = {"m1.tiny": 96, "m1.small": 128, "m1.medium": 256, "m1.large": 512,   # MiB of guest RAM
                   "c1.medium": 1792}           # the thesis's EMR instances: room for a JVM
+INSTANCE_CPUS = {"c1.medium": 2}                 # vCPUs, as EC2's (the other types: 1)
 API_PORT = 8773                 # every cloud's EC2 API, on its service node
 BROKER_PORT = 8774              # its context broker
 CHAIN_PORT = 8790               # the VMMs' chain daemons (nimbus.chain)

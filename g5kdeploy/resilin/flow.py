@@ -309,14 +309,15 @@ class Runner:
             return
         master, where_ = flow.master, flow.placement
         master_address = where_.address(master)
-        files = {"spark.conf": spark.properties(flow.secret).encode(),
+        files = {"spark.conf": spark.properties(flow.secret, where_.emulated).encode(),
                  "s3.json": json.dumps(self.clouds.storage(flow.cloud)).encode()}
 
         def one(i: Instance) -> str:
             where_.prepare(i)
             role = "master" if i is master else "worker"
             ok, err = where_.run(i, spark.node_script(spark.directory(flow.id, i.id), role, where_.address(i),
-                                                      master_address, flow.port, 1, flow.bootstrap, where_.user),
+                                                      master_address, flow.port, 1, flow.bootstrap, where_.user,
+                                                      where_.emulated),
                                  files, spark.directory(flow.id, i.id))
             if not ok:
                 return f"{i.id} ({i.ec2_id} on {where_.where(i)}): {err[-300:]}"
@@ -333,7 +334,7 @@ class Runner:
         if master in instances and len(flow.instances) == 1 and not errors:     # one node: master and core
             core = spark.directory(flow.id, master.id) + "/core"
             ok, err = where_.run(master, spark.node_script(core, "worker", master_address, master_address, flow.port, 1,
-                                                           [], where_.user), files, core)
+                                                           [], where_.user, where_.emulated), files, core)
             errors += [] if ok else [f"{master.id} (its core worker): {err[-300:]}"]
         if errors:
             raise RuntimeError("; ".join(errors))
@@ -346,7 +347,7 @@ class Runner:
                 "master": f"spark://{flow.placement.address(m)}:{flow.port}", "driver_host": flow.placement.address(m)}
         user = flow.placement.user
         ok, err = flow.placement.run(m, (f"chown -R {user}: {steps} && " if user else "") +
-                                     f"cd {steps} && {spark.as_user(user)}env {spark.ENV} {spark.PYTHON} "
+                                     f"cd {steps} && {spark.as_user(user)}env {spark.env(flow.placement.emulated)} {spark.PYTHON} "
                                      f"-m g5kdeploy.resilin.step {steps}/spec.json",
                                      {"spec.json": json.dumps(spec).encode()}, steps)
         return ok, err.splitlines()[-1][-500:] if err else ""

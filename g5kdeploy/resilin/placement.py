@@ -46,6 +46,7 @@ def _tar(files: dict[str, bytes]) -> bytes:
 
 class OnVmm:
     name, image, user = "vmm", "tiny", spark.USER          # the users' code never runs as root there
+    emulated = False                                       # its JVMs run on the host's own CPU
 
     def key_name(self, site: str) -> str | None:
         return None
@@ -79,6 +80,7 @@ class InGuest:
 
     def __init__(self, clouds):
         self.clouds = clouds
+        self.emulated = qemu.accelerator() == "tcg"
 
     def key_name(self, site: str) -> str:
         return self.clouds.key_pair(site)[0]

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from g5kdeploy import work_dir
+from g5kdeploy import jvm, work_dir
 from g5kdeploy.vm.image import CACHE, GUEST, ImageError, sh
 
 SUITE = "bookworm"
@@ -73,12 +73,14 @@ def _candidates(names: tuple[str, ...]) -> list[str]:
 
 
 def trees(role: str) -> list[str]:
-    """What of the role's trees the frontend holds (their top-level names: the versions)."""
+    """What of the role's trees the frontend holds: their top-level names (the versions), and
+    the size and time of their top-level files (remade in place, as Spark's CDS archive)."""
     out = []
     for tree in TREES.get(role, ()):
         if not Path(tree).is_dir():
             raise ImageError(f"image {role} carries {tree}, which this machine lacks: run ./bootstrap.sh")
-        out += [f"{tree}/{p.name}" for p in sorted(Path(tree).iterdir())]
+        out += [f"{tree}/{p.name}" + (f"@{p.stat().st_size}:{p.stat().st_mtime_ns}" if p.is_file() else "")
+                for p in sorted(Path(tree).iterdir())]
     return out
 
 
@@ -133,6 +135,12 @@ def build(role: str = "debian", cache: Path = CACHE) -> Path:
         _customize(root)
         for tree in TREES.get(role, ()):
             shutil.copytree(tree, root / tree.lstrip("/"), symlinks=True)
+            for name in jvm.lists(tree):                 # its CDS archives, dumped by the guest's own JVM
+                p = subprocess.run(["unshare", "--mount", "--fork", "sh", "-c",       # /proc: in a mount namespace that dies with it
+                                    'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"', str(root),
+                                    *jvm.dump_command(name)], capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise ImageError(f"the CDS archive {name}.jsa of {role} was not dumped: {(p.stdout + p.stderr).strip()[-300:]}")
         used = int(sh("du", "-sm", "--apparent-size", str(root)).split()[0])
         size = int(used * 1.25) + 128                    # room to work in, as a fresh VM has
         work = Path(tmp) / "out"

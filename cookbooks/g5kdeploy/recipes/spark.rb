@@ -22,3 +22,9 @@ execute "install pyspark #{version}" do
           "pyspark==#{version} py4j==#{node['g5kdeploy']['py4j']}"
   not_if "test -f /opt/g5kdeploy/spark/pyspark-#{version}.dist-info/METADATA"
 end
+
+# the class-data-sharing archive its JVMs start from (g5kdeploy.resilin.cds), made by this JVM
+execute "Spark's class-data-sharing archive" do
+  command "PYTHONPATH=/opt/g5kdeploy/src python3 -m g5kdeploy.resilin.cds"
+  not_if "PYTHONPATH=/opt/g5kdeploy/src python3 -m g5kdeploy.resilin.cds --check"
+end
