@@ -85,7 +85,8 @@ def train(into: Path) -> list[str]:
             raise RuntimeError(f"CDS training: the job failed: {r.stderr.strip()[-300:]}")
     finally:
         for d in daemons:
-            os.killpg(d.pid, signal.SIGTERM)
+            if d.poll() is None:
+                os.killpg(d.pid, signal.SIGTERM)
             d.wait()
     names: dict[str, None] = {}
     for path in dump.values():
