@@ -14,16 +14,16 @@ from pathlib import Path
 JAVA = "java"
 
 
-def dump_command(name: str, java: str = JAVA, into: str | None = None) -> list[str]:
+def dump_command(name: str, into: str | None = None) -> list[str]:
     """The command that dumps NAME.jsa (or `into`) from NAME-classes.lst (NAME: a path
     without suffix)."""
-    return [java, "-Xshare:dump", f"-XX:SharedClassListFile={name}-classes.lst",
+    return [JAVA, "-Xshare:dump", f"-XX:SharedClassListFile={name}-classes.lst",
             f"-XX:SharedArchiveFile={into or name + '.jsa'}", "-cp", f"{name}-classpath.jar"]
 
 
-def usable(name: str, java: str = JAVA) -> bool:
+def usable(name: str) -> bool:
     """Does this JVM map NAME.jsa (same JVM build, same jars)?"""
-    r = subprocess.run([java, "-Xshare:on", f"-XX:SharedArchiveFile={name}.jsa", "-cp", f"{name}-classpath.jar",
+    r = subprocess.run([JAVA, "-Xshare:on", f"-XX:SharedArchiveFile={name}.jsa", "-cp", f"{name}-classpath.jar",
                         "-version"], capture_output=True, text=True)
     return r.returncode == 0 and "sharing" in r.stderr
 

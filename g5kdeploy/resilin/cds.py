@@ -62,9 +62,7 @@ def train(into: Path) -> list[str]:
         f"spark.executor.extraJavaOptions -XX:DumpLoadedClassList={dump['executor']}",
         "spark.eventLog.enabled true", f"spark.eventLog.dir file://{into}", ""]))
     (into / "training.py").write_text(TRAINING)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SPARK_HOME": spark.SPARK_HOME,
-           "PYSPARK_PYTHON": spark.PYTHON, "PYSPARK_DRIVER_PYTHON": spark.PYTHON, "PYTHONPATH": spark.SPARK,
-           "SPARK_DAEMON_MEMORY": "256m", "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = {**spark.ENVIRONMENT, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SPARK_LOCAL_IP": spark.UI_ADDRESS}
     conf = ["--properties-file", str(into / "spark.conf")]
     daemons = []
     try:

@@ -347,8 +347,8 @@ class Runner:
                 "master": f"spark://{flow.placement.address(m)}:{flow.port}", "driver_host": flow.placement.address(m)}
         user = flow.placement.user
         ok, err = flow.placement.run(m, (f"chown -R {user}: {steps} && " if user else "") +
-                                     f"cd {steps} && {spark.as_user(user)}env {spark.env(flow.placement.emulated)} {spark.PYTHON} "
-                                     f"-m g5kdeploy.resilin.step {steps}/spec.json",
+                                     f"cd {steps} && {spark.as_user(user)}env {spark.env(flow.placement.emulated)} "
+                                     f"{spark.PYTHON} -m g5kdeploy.resilin.step {steps}/spec.json",
                                      {"spec.json": json.dumps(spec).encode()}, steps)
         return ok, err.splitlines()[-1][-500:] if err else ""
 

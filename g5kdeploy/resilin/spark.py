@@ -3,7 +3,7 @@ started on a cluster's nodes by one shell script per node (the thesis found one 
 connection per configuration action too slow). Every daemon and application of a cluster
 shares one secret (Spark's `spark.authenticate`, RPC encrypted): nobody else who reaches
 the master can run code on the workers. The daemons' web UIs (read-only status pages)
-listen on the loopback only (Spark binds them to SPARK_LOCAL_IP; the daemons' RPC to --host).
+listen on the loopback only (UI_ADDRESS).
 
 On a node, a cluster lives in ROOT/<job flow>/<instance>/: spark.conf and s3.json (mode
 600), the daemon's pid and log, its bootstrap actions and their logs."""
@@ -21,8 +21,11 @@ EMULATED = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"   # a JVM under TCG: C1 on
 ROOT = "/var/lib/g5kdeploy-resilin"
 USER = "resilin"                              # who runs the engine (and the users' code) on a VMM host
 PYTHON = "/usr/bin/python3"
-ENV = (f"SPARK_HOME={SPARK_HOME} PYSPARK_PYTHON={PYTHON} PYSPARK_DRIVER_PYTHON={PYTHON} "
-       f"PYTHONPATH={SPARK}:{NODE_SOURCE} SPARK_DAEMON_MEMORY=256m SPARK_DAEMON_CLASSPATH={CLASSPATH_JAR}")
+ENVIRONMENT = {"SPARK_HOME": SPARK_HOME, "PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON,
+               "PYTHONPATH": f"{SPARK}:{NODE_SOURCE}", "SPARK_DAEMON_MEMORY": "256m",
+               "SPARK_DAEMON_CLASSPATH": CLASSPATH_JAR}
+ENV = " ".join(f"{k}={v}" for k, v in ENVIRONMENT.items())     # as shell words
+UI_ADDRESS = "127.0.0.1"        # the daemons' web UIs: Spark binds them to SPARK_LOCAL_IP (their RPC: --host)
 EXECUTOR_MEMORY = "512m"                      # Spark's least (it reserves 300 MiB, and 1.5x that is its floor)
 WORKER_MEMORY = "1g"
 READY = {"master": "I have been elected leader", "worker": "Successfully registered with master"}
@@ -47,8 +50,8 @@ def env(emulated: bool) -> str:
 def properties(secret: str, emulated: bool = False) -> str:
     """spark.conf of every daemon and application of one cluster."""
     return "\n".join([
-        f"spark.driver.extraJavaOptions {java_options(emulated)}", f"spark.executor.extraJavaOptions {java_options(emulated)}",
-        f"spark.driver.extraClassPath {CLASSPATH_JAR}", f"spark.executor.extraClassPath {CLASSPATH_JAR}",
+        *(f"spark.{side}.extraJavaOptions {java_options(emulated)}" for side in ("driver", "executor")),
+        *(f"spark.{side}.extraClassPath {CLASSPATH_JAR}" for side in ("driver", "executor")),
         "spark.authenticate true", f"spark.authenticate.secret {secret}", "spark.network.crypto.enabled true",
         "spark.ui.killEnabled false", "spark.master.rest.enabled false", "spark.ui.enabled false",
         f"spark.executor.memory {EXECUTOR_MEMORY}", "spark.driver.memory 512m",
@@ -82,7 +85,8 @@ def node_script(where: str, role: str, address: str, master: str, port: int, cor
     else:
         args = (f"--host {q(address)} --port 0 --webui-port 0 --cores {cores} --memory {WORKER_MEMORY} "
                 f"--work-dir {q(where)}/work --properties-file spark.conf spark://{q(master)}:{port}")
-    lines += [f"(setsid {run}env {environment} SPARK_LOCAL_IP=127.0.0.1 {SPARK_HOME}/bin/spark-class {CLASSES[role]} {args} "
+    lines += [f"(setsid {run}env {environment} SPARK_LOCAL_IP={UI_ADDRESS} {SPARK_HOME}/bin/spark-class "
+              f"{CLASSES[role]} {args} "
               f"> daemon.log 2>&1 < /dev/null & echo $! > pid)",
               f"for i in $(seq {timeout_s * 5}); do",
               f"  grep -q {q(READY[role])} daemon.log && exit 0",

@@ -114,6 +114,13 @@ def _customize(root: Path) -> None:
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
 
 
+def _in_root(root: Path, *cmd: str) -> None:
+    """`cmd` chrooted in an image's root, with /proc mounted in a mount namespace that dies
+    with it (a JVM needs /proc); all its output is the error's."""
+    sh("unshare", "--mount", "--fork", "sh", "-c", 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@" >&2',
+       str(root), *cmd)
+
+
 def build(role: str = "debian", cache: Path = CACHE) -> Path:
     """The raw ext4 disk of a Debian guest image (built once per content, then reused)."""
     cache = Path(cache)
@@ -136,11 +143,7 @@ def build(role: str = "debian", cache: Path = CACHE) -> Path:
         for tree in TREES.get(role, ()):
             shutil.copytree(tree, root / tree.lstrip("/"), symlinks=True)
             for name in jvm.lists(tree):                 # its CDS archives, dumped by the guest's own JVM
-                p = subprocess.run(["unshare", "--mount", "--fork", "sh", "-c",       # /proc: in a mount namespace that dies with it
-                                    'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"', str(root),
-                                    *jvm.dump_command(name)], capture_output=True, text=True)
-                if p.returncode != 0:
-                    raise ImageError(f"the CDS archive {name}.jsa of {role} was not dumped: {(p.stdout + p.stderr).strip()[-300:]}")
+                _in_root(root, *jvm.dump_command(name))
         used = int(sh("du", "-sm", "--apparent-size", str(root)).split()[0])
         size = int(used * 1.25) + 128                    # room to work in, as a fresh VM has
         work = Path(tmp) / "out"
