@@ -391,6 +391,8 @@ def vine_up(c, sites=None, dataplane="kernel", migration=False):
                 migration=migration).start()
     print(f"ViNe up in {time.monotonic() - t0:.1f} s: " +
           "; ".join(f"VR {s} at {o.tb.gateway(s)[0]} serves {', '.join(o.lndt[s])}" for s in o.sites))
+    print(f"hosts may also be configured on {o.one_subnet()}, one subnet spanning the sites (the VRs answer ARP "
+          "for the other sites' parts; with --migration, a guest that moved then talks to its new neighbours directly)")
 
 
 @task

@@ -6,10 +6,14 @@ ping it every 10 ms. ViNe joins the sites; its live-migration support (g5kdeploy
 is on or off: nothing in the migration tells ViNe, the destination QEMU's announcement is all
 it sees.
 
-Each trial (method x support x repeat) gets a fresh ViNe, a fresh guest (its address in the
-source site's network, its MAC from the address) and its twin waiting at the destination.
+Each trial (method x support x routing x repeat) gets a fresh ViNe, a fresh guest (its
+address in the source site's network, its MAC from the address) and its twin waiting at the
+destination. `routing` is how the guest and the clients are configured: `site`, on their
+site's subnet (what is off it goes through their VR); `one-subnet`, on one subnet spanning
+the sites (the routing optimisation, thesis §5.5.4: the VRs answer ARP for the other sites'
+parts, and after the move the guest and its new neighbours talk directly at layer 2).
 
-Rows, by `level`, each with trial, repeat, method, support:
+Rows, by `level`, each with trial, repeat, method, support, routing:
   migration: total_time_s, downtime_s (QEMU's run-state trace), detection_s (the destination
     VR: RARP seen -> the guest's IP known), reconfiguration_s (IP known -> every other VR holds
     the /32), runs_at_destination, outcome (ok|failed), error
@@ -17,17 +21,21 @@ Rows, by `level`, each with trial, repeat, method, support:
     without a skipped number), ended (open|closed|reset|error), skipped, stream_gap_s (the
     longest silence of the counter from the migration's start), ping_gap_s (the same for
     ping answers), rtt_before_ms / rtt_after_ms (median), bulk_before_mbit / bulk_after_mbit
-    (the guest's bulk stream, read alone for `bulk_s`; NaN when unreachable)
+    (the guest's bulk stream, read alone for `bulk_s`; NaN when unreachable),
+    through_destination_vr (bytes the destination VR received from its LAN during the read
+    after, per byte read: about 1 routed through it, about 0 direct at layer 2)
   timeline (per client and 100 ms bin, time from the migration's start): t, lines, pings, rtt_ms
-  vr_event: vr, event, t (from the migration's start), ip"""
+  vr_event: vr, event, t (from the migration's start), ip, direct (`redirected`: how many of
+    the guest's hosts were told to it at their own MAC, on the destination's LAN)"""
 from __future__ import annotations
 
 import ipaddress
 import json
 import math
+import shlex
 import statistics
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from g5kdeploy import on_node, remote
@@ -40,6 +48,7 @@ from g5kdeploy.vine.overlay import Overlay
 
 SUPPORT = ("on", "off")
 METHODS = ("stock", "shrinker")
+ROUTING = ("site", "one-subnet")
 BIN_S = 0.1
 WATCH = "/tmp/g5kdeploy-watch"          # on each client: the watcher's output and pid
 
@@ -51,13 +60,15 @@ class Params:
     third: str = param("", "a third site with a client (none: '')")
     methods: list[str] = param(["stock"], ", ".join(METHODS))
     support: list[str] = param(["on", "off"], "ViNe's live-migration support: on, off")
+    routing: list[str] = param(["site"], "the hosts' subnet: site (their site's), one-subnet (one spanning "
+                                         "the sites: the routing optimisation)")
     repeats: int = param(1, "repeats of the grid")
     memory_mb: int = param(128, "guest RAM")
     warmup_s: float = param(3.0, "seconds the clients watch before the migration")
     after_s: float = param(4.0, "seconds they watch after it")
     bulk_s: float = param(2.0, "seconds of each bulk-throughput read")
     walltime: str = param("1:00", "OAR walltime, H:MM")
-    FULL = {"methods": ["stock", "shrinker"], "repeats": 3}
+    FULL = {"methods": ["stock", "shrinker"], "routing": ["site", "one-subnet"], "repeats": 3}
 
 
 def sites(p: Params) -> list[str]:
@@ -80,8 +91,9 @@ class VineMigration(Experiment):
             raise UserError("source, destination and third must be different sites")
         self.one_of("method", p.methods, METHODS)
         self.one_of("support", p.support, SUPPORT)
-        if not p.methods or not p.support:
-            raise UserError("methods and support each need a value")
+        self.one_of("routing", p.routing, ROUTING)
+        if not p.methods or not p.support or not p.routing:
+            raise UserError("methods, support and routing each need a value")
         try:
             Overlay.attach(testbed)
         except UserError:
@@ -96,20 +108,21 @@ class VineMigration(Experiment):
                                        around=lambda step: stage(run, step))
             clients = {p.source: src.redis, p.destination: dst.redis,     # the sides' Redis nodes, and one
                        **{p.third: n for n in third}}
-            grid = [dict(method=m, support=s, repeat=r) for r in range(p.repeats) for m in p.methods for s in p.support]
+            grid = [dict(method=m, support=s, routing=g, repeat=r) for r in range(p.repeats) for m in p.methods
+                    for g in p.routing for s in p.support]
             sweep(run, grid, lambda t: failures.extend(
                 _trial(run, testbed, src, dst, clients, grid.index(t), t, p)),
-                name=lambda t: f"trial {t['method']} support {t['support']} #{t['repeat']}")
+                name=lambda t: f"trial {t['method']} support {t['support']} routing {t['routing']} #{t['repeat']}")
         if failures:
             raise RuntimeError("failed trials: " + "; ".join(failures))
 
     def summary(self, rows) -> list[str]:
         out = []
         m, c = rows[rows.level == "migration"], rows[rows.level == "connection"]
-        for (method, support), g in m.groupby(["method", "support"]):
-            cg = c[(c.method == method) & (c.support == support)]
-            line = (f"{method:8} support {support:3}: migration {g.total_time_s.median():5.1f} s, downtime "
-                    f"{g.downtime_s.median() * 1000:5.0f} ms")
+        for (method, support, routing), g in m.groupby(["method", "support", "routing"]):
+            cg = c[(c.method == method) & (c.support == support) & (c.routing == routing)]
+            line = (f"{method:8} support {support:3} routing {routing:10}: migration {g.total_time_s.median():5.1f} s, "
+                    f"downtime {g.downtime_s.median() * 1000:5.0f} ms")
             if support == "on":
                 line += (f", detection {g.detection_s.median() * 1000:5.0f} ms, reconfiguration "
                          f"{g.reconfiguration_s.median() * 1000:5.0f} ms")
@@ -117,7 +130,8 @@ class VineMigration(Experiment):
             for site, x in cg.groupby("client_site"):
                 out.append(f"    client in {site:8}: survived {int(x.survived.sum())}/{len(x)}, longest stream gap "
                            f"{x.stream_gap_s.median():5.2f} s, ping gap {x.ping_gap_s.median():5.2f} s, bulk "
-                           f"{x.bulk_before_mbit.median():6.1f} -> {x.bulk_after_mbit.median():6.1f} Mbit/s")
+                           f"{x.bulk_before_mbit.median():6.1f} -> {x.bulk_after_mbit.median():6.1f} Mbit/s, "
+                           f"{x.through_destination_vr.median():4.2f} of it through the destination VR")
         return out
 
     def figures(self, df, outdir) -> list:
@@ -140,23 +154,27 @@ class VineMigration(Experiment):
                 ax.set(ylabel=f"client in {site}")
             axes[0, 0].legend(fontsize=7, loc="upper right")
             axes[-1, 0].set(xlabel="time from the migration's start (s)")
-            fig.suptitle(f"{mig.method}, live-migration support {mig.support}")
-            paths.append(save_figure(fig, outdir / f"vine-migration-{mig.method}-{mig.support}-{int(trial)}.png"))
+            fig.suptitle(f"{mig.method}, live-migration support {mig.support}, routing {mig.routing}")
+            paths.append(save_figure(fig, outdir / f"vine-migration-{mig.method}-{mig.support}-{mig.routing}-"
+                                                   f"{int(trial)}.png"))
         return paths
 
 
 def _trial(run: Run, testbed: Testbed, src, dst, clients: dict, k: int, t: dict, p: Params) -> list[str]:
     d = testbed.description
+    overlay = Overlay(testbed, sites(p), migration=t["support"] == "on")
+    one = overlay.one_subnet() if t["routing"] == "one-subnet" else None
     subnet = ipaddress.ip_network(d.site_subnet(p.source))
     ip = str(subnet[200 + k % 50])
-    plan = cluster.GuestPlan(f"vm{k}", src.vmms[0], dst.vmms[0], (f"{ip}/{subnet.prefixlen}", d.site_gateway(p.source)))
-    common = dict(trial=k, repeat=t["repeat"], method=t["method"], support=t["support"])
+    prefix = ipaddress.ip_network(one or subnet).prefixlen
+    plan = cluster.GuestPlan(f"vm{k}", src.vmms[0], dst.vmms[0], (f"{ip}/{prefix}", d.site_gateway(p.source)))
+    common = dict(trial=k, repeat=t["repeat"], method=t["method"], support=t["support"], routing=t["routing"])
     agents = t["method"] == "shrinker"            # Shrinker's destination agents, and its Redis
-    with Overlay(testbed, sites(p), migration=t["support"] == "on") as overlay:
+    with overlay, _on_subnet(list(clients.values()), one):
         if agents:
             cluster.flush_redis(src, dst)
         with cluster.guests_running([plan], "idle", p.memory_mb, 0, 0):
-            before = {s: _bulk(n, ip, p.bulk_s) for s, n in clients.items()}
+            before = {s: _bulk(n, ip, p.bulk_s)[0] for s, n in clients.items()}
             _watching(clients.values(), ip)
             try:
                 time.sleep(p.warmup_s)
@@ -175,7 +193,7 @@ def _trial(run: Run, testbed: Testbed, src, dst, clients: dict, k: int, t: dict,
                 time.sleep(p.after_s)
             finally:
                 seen = _watched(clients)
-            after = {s: _bulk(n, ip, p.bulk_s) for s, n in clients.items()}
+            after = {s: _bulk(n, ip, p.bulk_s, overlay, p.destination) for s, n in clients.items()}
         events = [e for s in overlay.sites for e in overlay.events(s) if e["t"] >= t0 - 1]
     detection, reconfiguration = _vr_times(events, ip, p.destination, [s for s in sites(p) if s != p.destination])
     ok = not error and check.get("runs_at_destination", False)
@@ -184,22 +202,45 @@ def _trial(run: Run, testbed: Testbed, src, dst, clients: dict, k: int, t: dict,
             runs_at_destination=check.get("runs_at_destination", False), outcome="ok" if ok else "failed", error=error)
     for e in events:
         run.row(**common, level="vr_event", vr=e["vr"], event=e["event"], t=round(e["t"] - t0, 4),
-                ip=e.get("ip", ""))
+                ip=e.get("ip", ""), direct=len(e.get("direct", [])))
     for site, w in seen.items():
         run.row(**common, level="connection", client_site=site, **_connection(w, t0, t1),
-                bulk_before_mbit=before[site], bulk_after_mbit=after[site])
+                bulk_before_mbit=before[site], bulk_after_mbit=after[site][0], through_destination_vr=after[site][1])
         for row in _timeline(w, t0):
             run.row(**common, level="timeline", client_site=site, **row)
     return [] if ok else [f"trial {k}: {error or 'the guest does not run at the destination'}"]
 
 
-def _bulk(node, ip: str, seconds: float) -> float:
-    """Mbit/s of the guest's bulk stream read from `node`; NaN when it cannot be reached."""
+def _bulk(node, ip: str, seconds: float, overlay: Overlay | None = None, site: str = "") -> tuple[float, float]:
+    """Mbit/s of the guest's bulk stream read from `node`, and the bytes `site`'s VR received
+    from its LAN meanwhile per byte read (with `overlay`); NaN when the guest cannot be reached."""
+    received = (lambda: overlay.ask(site, "show")["lan_rx_bytes"]) if overlay else (lambda: 0)    # noqa: E731
+    start = received()
     try:
         out = remote.run_module(node, "g5kdeploy.vine.watch", "bulk", ip, seconds, timeout=seconds + 30)
     except RuntimeError:
-        return math.nan
-    return round(out["bytes_per_s"] * 8 / 1e6, 2)
+        return math.nan, math.nan
+    share = (received() - start) / out["bytes"] if overlay and out["bytes"] else math.nan
+    return round(out["bytes_per_s"] * 8 / 1e6, 2), round(share, 3)
+
+
+@contextmanager
+def _on_subnet(nodes: list, subnet: str | None):
+    """Each client also on `subnet` (a route to it on its LAN), as the hosts of one subnet
+    spanning the sites are; taken away after. Nothing with None."""
+    if subnet is None:
+        yield
+        return
+    net = shlex.quote(subnet)
+    for r in remote.run(f"ip route replace {net} dev \"$(ip -o route show default | awk '{{print $5; exit}}')\"",
+                        nodes):
+        if not r.ok:
+            remote.run(f"ip route del {net}", nodes)
+            raise RuntimeError(f"configuring {r.host} on {subnet}: {r.error or r.stderr.strip()[-300:]}")
+    try:
+        yield
+    finally:
+        remote.run(f"ip route del {net}", nodes)
 
 
 def _watching(nodes, ip: str) -> None:

@@ -46,10 +46,11 @@ def parse(data: bytes) -> Frame | None:
                  _mac(dst))
 
 
-def is_at(ip: str, mac: str, to_ip: str | None = None, to_mac: str = BROADCAST) -> Frame:
+def is_at(ip: str, mac: str, to_ip: str | None = None, to_mac: str = BROADCAST, by: str | None = None) -> Frame:
     """An ARP reply saying `ip` is at `mac`: gratuitous (broadcast, target = itself) unless
-    addressed to one host (`to_ip` at `to_mac`), whose cache alone it updates."""
-    return Frame(ETH_P_ARP, REPLY, mac, ip, to_mac, to_ip or ip, mac, to_mac)
+    addressed to one host (`to_ip` at `to_mac`), whose cache alone it updates; sent from `by`
+    (default `mac`), the Ethernet source switches learn."""
+    return Frame(ETH_P_ARP, REPLY, mac, ip, to_mac, to_ip or ip, by or mac, to_mac)
 
 
 def who_has(ip: str, mac: str, own_ip: str) -> Frame:

@@ -2,7 +2,9 @@
 peers are the other VRs (static forwarding entries, no learning), the GNDT as routes in a
 table of its own consulted for what the site's hosts send, and nftables rules: only the
 LNDT's hosts enter or leave the overlay, only the other VRs reach the VXLAN and control
-ports. Every command is an argument vector (nothing reaches a shell)."""
+ports. The VR answers ARP on the LAN for every address it routes elsewhere (proxy ARP), so
+hosts configured on one subnet that spans the sites (thesis §5.5.4) reach the other sites'
+parts through it. Every command is an argument vector (nothing reaches a shell)."""
 from __future__ import annotations
 
 import ipaddress
@@ -36,6 +38,7 @@ def up(address: str, own_mac: str, lan: str, control_port: int, tunnel_port: int
     for conf in ("all", DEV):                  # packets from the overlay come from networks routed elsewhere
         sh("sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
     sh("sysctl", "-qw", f"net.ipv4.neigh.{lan}.proxy_delay=0")        # proxy ARP answers at once
+    sh("sysctl", "-qw", f"net.ipv4.conf.{lan}.proxy_arp=1")           # for what is routed off the LAN
     sh("ip", "rule", "add", "pref", RULE_PREF, "iif", lan, "lookup", TABLE)
     sh("nft", "-f", "-", input=(
         f"table inet {NFT_TABLE} {{\n"
@@ -58,6 +61,7 @@ def down(lan: str) -> None:
     sh("ip", "route", "flush", "table", TABLE, check=False)
     sh("ip", "route", "flush", "proto", PROTO, check=False)
     sh("ip", "neigh", "flush", "proxy", "dev", lan, check=False)
+    sh("sysctl", "-qw", f"net.ipv4.conf.{lan}.proxy_arp=0", check=False)
     sh("ip", "link", "del", DEV, check=False)
 
 
@@ -92,8 +96,8 @@ def unroute(network: str) -> None:
 
 def host_route(ip: str, lan: str) -> None:
     """A migrated guest now on this LAN: reached there, from the LAN and from the overlay."""
-    for table in ("main", TABLE):
-        sh("ip", "route", "replace", f"{ip}/32", "dev", lan, "proto", PROTO, "table", table)
+    sh("ip", "-batch", "-", input="".join(f"route replace {ipaddress.ip_address(ip)}/32 dev {lan} proto {PROTO} "
+                                          f"table {table}\n" for table in ("main", TABLE)))
 
 
 def unhost_route(ip: str) -> None:

@@ -1,7 +1,8 @@
 """A VR's live-migration support (thesis ch. 5 §5.5-5.6): nothing in a migration tells ViNe.
 
 * The HWDT: the MAC -> IP of every host seen on the VR's LAN, from the ARP it captures (and
-  a scan of its networks when it starts).
+  a scan of its networks when it starts); and, per MAC, the addresses off the LAN it asked
+  for (hosts on one subnet spanning the sites, §5.5.4, ask ARP for those too).
 * Detection: a RARP (what QEMU sends for a guest resuming after an incoming migration) from a
   MAC the HWDT does not hold, or an ARP from an address of another VR's network (a guest's
   own announcement), makes the VR ask the other VRs which IP that MAC had.
@@ -9,10 +10,16 @@
   specific entry: every VR routes it here once the record reaches it) and in its LNDT; the
   source VR, learning that record, takes the IP out of its LNDT.
 * ARP redirection: the source VR says on its LAN, by gratuitous ARP, that the IP is at its
-  own MAC and answers ARP for it; the destination VR, told the hosts of the source's LAN with
-  the guest's IP (one question, not two), tells the guest by ARP replies addressed to it that
-  each is at the destination VR's MAC, and answers the guest's ARP for them.
+  own MAC and answers ARP for it; the destination VR, told with the guest's IP the hosts it
+  may hold in its ARP cache (the source's LAN, and what else it asked for), tells the guest by
+  ARP replies addressed to it that each is at the destination VR's MAC, and answers the
+  guest's ARP for them (its proxy ARP: they are routed off its LAN).
+* Routing optimisation (§5.5.4): those of the guest's hosts that are on the destination's LAN
+  are told to the guest at their own MAC, and the LAN is told, by gratuitous ARP, the guest's
+  own MAC: where hosts are configured on one subnet spanning the sites, the guest and its new
+  neighbours then talk directly at layer 2 (elsewhere the hosts hold no entry to update).
 Events (`rarp`, `detected`, `arrived`, `left`, `redirected`) go to the VR's events.jsonl."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -26,6 +33,7 @@ log = logging.getLogger("vine")
 LOCKTIME_S = 1.1          # a Linux host ignores a second ARP update within 1 s: say it again after
 SCAN_MAX_HOSTS = 1024     # networks up to this size are scanned when the VR starts
 UNKNOWN_RETRY_S = 5.0     # a MAC no VR knew is not asked about again sooner
+ASKED_MAX = 256           # addresses off the LAN remembered per MAC
 
 
 class Support:
@@ -40,6 +48,7 @@ class Support:
         self.base = tuple(router.own.networks)  # the networks it serves, without the migrated guests
         self.pending: set[str] = set()          # MACs being asked about
         self.unknown: dict[str, float] = {}     # MAC no VR knew -> when
+        self.asked: dict[str, set[str]] = {}    # MAC -> the addresses off this LAN it asked ARP for
 
     def start(self) -> None:
         threading.Thread(target=self._capture, daemon=True).start()
@@ -56,15 +65,23 @@ class Support:
             except (OSError, ValueError):
                 return                                      # the sockets were closed
             for f in frames:
-                if f.ethertype == arp.ETH_P_RARP and f.op == arp.RARP_REQUEST:
-                    self.announced(f.sha)
-                elif f.ethertype == arp.ETH_P_ARP and f.spa != arp.ZERO_IP and f.sha != self.lan.mac:
-                    with self.router.lock:
-                        ours = self._in_base(f.spa) and f.spa not in self.away
-                        if ours:
-                            self.hwdt[f.sha] = f.spa
-                    if not ours and f.spa not in self.arrived:
-                        self.announced(f.sha, arp.ETH_P_ARP)
+                self.seen(f)
+
+    def seen(self, f: arp.Frame) -> None:
+        """One frame captured on the LAN."""
+        if f.ethertype == arp.ETH_P_RARP and f.op == arp.RARP_REQUEST:
+            self.announced(f.sha)
+        elif f.ethertype == arp.ETH_P_ARP and f.spa != arp.ZERO_IP and f.sha != self.lan.mac:
+            with self.router.lock:
+                ours = self._in_base(f.spa) and f.spa not in self.away
+                if ours:
+                    self.hwdt[f.sha] = f.spa
+                    if f.op == arp.REQUEST and not self._in_base(f.tpa):
+                        asked = self.asked.setdefault(f.sha, set())
+                        if len(asked) < ASKED_MAX:
+                            asked.add(f.tpa)
+            if not ours and f.spa not in self.arrived:
+                self.announced(f.sha, arp.ETH_P_ARP)
 
     def _scan(self) -> None:
         """Ask every address of the VR's (small) networks: the answers fill the HWDT."""
@@ -110,35 +127,38 @@ class Support:
 
     # the VRs' questions ----------------------------------------------------------------------
     def answer(self, msg: dict) -> dict:
-        """who-has: the IP of a MAC of this LAN, and the addresses of this LAN (its own first)."""
+        """who-has: the IP of a MAC of this LAN, and the hosts it may be talking to at layer 2:
+        this LAN's (the VR's own address first), then those off it that the MAC asked for."""
         if msg["kind"] != "who-has":
             raise ValueError(f"unknown message kind {msg['kind']!r}")
         with self.router.lock:
             ip = self.hwdt.get(str(msg["mac"]).lower())
             if not ip or ip in self.away:
                 return {"kind": "is-at", "ip": None}
-            mine = {a for a in self.hwdt.values() if self._in_base(a) and a not in self.away}
-            return {"kind": "is-at", "ip": ip, "hosts": [self.lan_address] + sorted(mine - {self.lan_address})}
+            mine = {a for a in self.hwdt.values() if self._in_base(a) and a not in self.away} - {self.lan_address}
+            asked = self.asked.get(str(msg["mac"]).lower(), set()) - mine - {self.lan_address}
+            return {"kind": "is-at", "ip": ip, "hosts": [self.lan_address] + sorted(mine) + sorted(asked)}
 
     # reconfiguration and redirection -------------------------------------------------------
     def arrive(self, ip: str, mac: str, source: str, hosts: list[str]) -> None:
-        """The guest `ip` (`mac`) now runs on this LAN, and came from `source`'s, whose `hosts`
-        it may be talking to."""
-        r = self.router
+        """The guest `ip` (`mac`) now runs on this LAN, and came from `source`'s; it may hold
+        `hosts` in its ARP cache."""
+        r, me = self.router, self.lan.mac
         with r.lock:                  # the new record is announced as soon as the lock is let go
             self.hwdt[mac] = ip
             self.arrived[ip] = source
             self.away.discard(ip)
+            here = {a: m for m, a in self.hwdt.items() if self._in_base(a) and a not in self.away}
+            # ARP first: until then what the guest sends is lost anyway, and it costs no time
+            self._say([arp.is_at(h, here.get(h, me), to_ip=ip, to_mac=mac, by=me) for h in hosts]
+                      + [arp.is_at(ip, mac, by=me)])
             host = f"{ip}/32"
             r.change(networks=tuple(n for n in r.own.networks if n != host) + (host,),
                      lndt=[x for x in r.lndt if x != ip] + [ip])
-        self._say([arp.is_at(h, self.lan.mac, to_ip=ip, to_mac=mac) for h in hosts])
         dataplane.host_route(ip, r.lan)
         r.event("arrived", ip=ip, source=source)
         dataplane.proxy(ip, r.lan, on=False)
-        for h in hosts:
-            dataplane.proxy(h, r.lan)
-        r.event("redirected", ip=ip, hosts=hosts)
+        r.event("redirected", ip=ip, hosts=[h for h in hosts if h not in here], direct=[h for h in hosts if h in here])
 
     def learned(self, record) -> None:
         """Another VR's new record: a /32 it serves that was ours (our network's host, or a

@@ -18,6 +18,7 @@ from g5kdeploy.errors import UserError
 from g5kdeploy.files import write_atomic
 from g5kdeploy.testbed import Feature, Testbed
 from g5kdeploy.vine.router import PORT
+from g5kdeploy.vine.tables import spanning
 
 START_TIMEOUT_S = 30
 DATAPLANES = ("kernel", "user")     # VXLAN driven by the control plane, or a user-level router (userland)
@@ -55,6 +56,12 @@ class Overlay:
         if len(sites) < 2:
             raise UserError("ViNe is not up: invoke vine-up")
         return cls(tb, sites, home=home)
+
+    def one_subnet(self) -> str:
+        """The routing optimisation's subnet (thesis §5.5.4): the smallest network holding every
+        site's, on which hosts may be configured; each site keeps its own part, and the VRs
+        answer ARP for the others'."""
+        return spanning([self.tb.description.site_subnet(s) for s in self.sites])
 
     def run_dir(self, site: str) -> Path:
         return self.home / site

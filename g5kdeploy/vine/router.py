@@ -6,7 +6,8 @@ so VRs that start in any order converge. A record newer than the one it holds ch
 data plane at once (routes, forwarding entries). The site's administrator (the toolkit)
 changes the LNDT and the VR's networks at run time through a Unix socket only root reaches:
 one JSON request per line (`show`, `add-host`, `remove-host`, `add-network`,
-`remove-network`). Every change seen is appended to events.jsonl with its time (how long a
+`remove-network`); `show` also gives the bytes the VR received from its LAN (what hosts
+sent through it). Every change seen is appended to events.jsonl with its time (how long a
 VR takes to learn an entry). With `migration` on, it also runs the live-migration support
 (g5kdeploy.vine.migration), whose questions to other VRs go over the same sealed channel.
 
@@ -175,6 +176,7 @@ class Router:
                 return {"vr": self.vr, "lndt": self.lndt, "gndt": gndt(self.records),
                         "records": {k: {"seq": r.seq, "address": r.address, "networks": list(r.networks)}
                                     for k, r in self.records.items()}, "routes": dict(self.routes),
+                        "lan_rx_bytes": int(Path(f"/sys/class/net/{self.lan}/statistics/rx_bytes").read_text()),
                         **({"hwdt": dict(self.support.hwdt), "away": sorted(self.support.away),
                             "arrived": dict(self.support.arrived)} if self.support else {})}
             entry = _entry(req["entry"])

@@ -51,6 +51,15 @@ def lookup(table: dict[str, str], address: str) -> str | None:
     return table[str(best)] if best is not None else None
 
 
+def spanning(networks: list) -> str:
+    """The smallest network that holds every one of `networks`."""
+    parts = [ipaddress.ip_network(n) for n in networks]
+    net = parts[0]
+    while not all(p.subnet_of(net) for p in parts):
+        net = net.supernet()
+    return str(net)
+
+
 def seal(message: Record | dict, secret: bytes) -> bytes:
     """One line: the message (a record, or a dict with its `kind`) and its HMAC-SHA256
     under the overlay's secret."""
