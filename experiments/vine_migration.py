@@ -193,7 +193,7 @@ def _trial(run: Run, testbed: Testbed, src, dst, clients: dict, k: int, t: dict,
                 time.sleep(p.after_s)
             finally:
                 seen = _watched(clients)
-            after = {s: _bulk(n, ip, p.bulk_s, overlay, p.destination) for s, n in clients.items()}
+            after = {s: _bulk_through(overlay, p.destination, n, ip, p.bulk_s) for s, n in clients.items()}
         events = [e for s in overlay.sites for e in overlay.events(s) if e["t"] >= t0 - 1]
     detection, reconfiguration = _vr_times(events, ip, p.destination, [s for s in sites(p) if s != p.destination])
     ok = not error and check.get("runs_at_destination", False)
@@ -211,17 +211,23 @@ def _trial(run: Run, testbed: Testbed, src, dst, clients: dict, k: int, t: dict,
     return [] if ok else [f"trial {k}: {error or 'the guest does not run at the destination'}"]
 
 
-def _bulk(node, ip: str, seconds: float, overlay: Overlay | None = None, site: str = "") -> tuple[float, float]:
-    """Mbit/s of the guest's bulk stream read from `node`, and the bytes `site`'s VR received
-    from its LAN meanwhile per byte read (with `overlay`); NaN when the guest cannot be reached."""
-    received = (lambda: overlay.ask(site, "show")["lan_rx_bytes"]) if overlay else (lambda: 0)    # noqa: E731
-    start = received()
+def _bulk(node, ip: str, seconds: float) -> tuple[float, int]:
+    """Mbit/s of the guest's bulk stream read from `node`, and the bytes read; (NaN, 0) when
+    it cannot be reached."""
     try:
         out = remote.run_module(node, "g5kdeploy.vine.watch", "bulk", ip, seconds, timeout=seconds + 30)
     except RuntimeError:
-        return math.nan, math.nan
-    share = (received() - start) / out["bytes"] if overlay and out["bytes"] else math.nan
-    return round(out["bytes_per_s"] * 8 / 1e6, 2), round(share, 3)
+        return math.nan, 0
+    return round(out["bytes_per_s"] * 8 / 1e6, 2), out["bytes"]
+
+
+def _bulk_through(overlay: Overlay, site: str, node, ip: str, seconds: float) -> tuple[float, float]:
+    """_bulk's Mbit/s, and the bytes `site`'s VR received from its LAN meanwhile per byte read
+    (NaN when nothing was read)."""
+    start = overlay.ask(site, "show")["lan_rx_bytes"]
+    mbit, got = _bulk(node, ip, seconds)
+    share = (overlay.ask(site, "show")["lan_rx_bytes"] - start) / got if got else math.nan
+    return mbit, round(share, 3)
 
 
 @contextmanager
@@ -232,12 +238,11 @@ def _on_subnet(nodes: list, subnet: str | None):
         yield
         return
     net = shlex.quote(subnet)
-    for r in remote.run(f"ip route replace {net} dev \"$(ip -o route show default | awk '{{print $5; exit}}')\"",
-                        nodes):
-        if not r.ok:
-            remote.run(f"ip route del {net}", nodes)
-            raise RuntimeError(f"configuring {r.host} on {subnet}: {r.error or r.stderr.strip()[-300:]}")
     try:
+        for r in remote.run(f"ip route replace {net} dev \"$(ip -o route show default | awk '{{print $5; exit}}')\"",
+                            nodes):
+            if not r.ok:
+                raise RuntimeError(f"configuring {r.host} on {subnet}: {r.error or r.stderr.strip()[-300:]}")
         yield
     finally:
         remote.run(f"ip route del {net}", nodes)

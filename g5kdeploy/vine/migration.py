@@ -131,12 +131,13 @@ class Support:
         this LAN's (the VR's own address first), then those off it that the MAC asked for."""
         if msg["kind"] != "who-has":
             raise ValueError(f"unknown message kind {msg['kind']!r}")
+        mac = str(msg["mac"]).lower()
         with self.router.lock:
-            ip = self.hwdt.get(str(msg["mac"]).lower())
+            ip = self.hwdt.get(mac)
             if not ip or ip in self.away:
                 return {"kind": "is-at", "ip": None}
             mine = {a for a in self.hwdt.values() if self._in_base(a) and a not in self.away} - {self.lan_address}
-            asked = self.asked.get(str(msg["mac"]).lower(), set()) - mine - {self.lan_address}
+            asked = self.asked.get(mac, set()) - mine - {self.lan_address}
             return {"kind": "is-at", "ip": ip, "hosts": [self.lan_address] + sorted(mine) + sorted(asked)}
 
     # reconfiguration and redirection -------------------------------------------------------
