@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 PACKAGES=(openssh-server openssh-client taktuk netcat-traditional iproute2 iputils-ping iperf3 procps
           util-linux postgresql oar-server oar-server-pgsql oar-user oar-user-pgsql oar-node
           libjson-perl libyaml-perl
-          itamae qemu-system-x86 qemu-utils redis-server python3-redis e2fsprogs xz-utils
+          itamae qemu-system-x86 qemu-utils redis-server python3-redis python3-zstandard e2fsprogs xz-utils
           ncbi-blast+ python3-distributed sudo mmdebstrap python3-cryptography
           swift swift-proxy swift-object swift-container swift-account
           openjdk-17-jre-headless python3-boto3 python3-pip nftables)

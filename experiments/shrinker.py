@@ -1,7 +1,8 @@
 """shrinker: live migration of a virtual cluster from one site to another over the shaped
 WAN (thesis ch. 6): stock QEMU pre-copy (plain, multifd, multifd + zstd), Shrinker
-(distributed deduplication + content-based addressing, QEMU moving only device state) and
-Shrinker without deduplication.
+(distributed deduplication + content-based addressing, full chunks zstd-compressed in
+batches, QEMU moving only device state), Shrinker without deduplication and Shrinker without
+compression.
 
 Needs link shaping, the configured rates and WAN byte counters (the local testbed).
 
@@ -21,9 +22,12 @@ Rows, by `level`, each with trial, repeat, method, workload, cluster_size, wan_m
     vCPU stop -> destination start, every method), reported_downtime_s (QEMU's query-migrate,
     or the source agent's stop -> destination running), bytes_sent (self-reported), rounds,
     chunks_full, chunks_dedup, chunks_uniform, chunks_pulled, chunks_peer, chunks_local,
-    forced_stop (stopped after the last allowed round, not converged), ram_verified,
-    runs_at_destination, source_gone, ticks_before, ticks_after, diagnosis (of a guest that
-    stopped ticking), outcome (ok|failed); stock: reported_total_time_s; Shrinker: ram_chunks,
+    forced_stop (stopped after the last allowed round, not converged), ram_verified (the
+    destination's RAM equal to the source's at the stop: Shrinker, its agents' check; stock,
+    the source's as sent against the twin's before it started), runs_at_destination,
+    source_gone, ticks_before, ticks_after, diagnosis (of a guest that stopped ticking),
+    outcome (ok|failed); stock: reported_total_time_s, settle_copy_s (the twin's RAM copied
+    for the check, inside its downtime as Shrinker's snapshot is); Shrinker: ram_chunks,
     first_round_chunks, chunks_retried, source_cpu_s (the source agent's CPU time),
     destination_cpu_s (its destination threads' CPU time), downtime_{last_round,resolve,device_state,cont}_s,
     destination_{final_resolve_s,final_pulls,snapshot_s,cont_s}
@@ -53,7 +57,7 @@ class Params:
     source: str = param("rennes", "site the virtual cluster starts on")
     destination: str = param("nancy", "site it migrates to")
     vmms_per_site: int = param(2, "VMM nodes per site (each site also has a Redis node)")
-    methods: list[str] = param(["stock", "shrinker", "shrinker-nodedup"], ", ".join(cluster.METHODS))
+    methods: list[str] = param(["stock", "stock-zstd", "shrinker", "shrinker-nodedup"], ", ".join(cluster.METHODS))
     workloads: list[str] = param(["idle"], ", ".join(WORKLOADS))
     cluster_sizes: list[int] = param([1, 2], "guests per virtual cluster")
     wan_rates: list[str] = param(["100mbit"], "WAN rates; the first is the main trials'")
@@ -68,7 +72,7 @@ class Params:
     warmup_s: float = param(3.0, "seconds the workload runs before migrating")
     walltime: str = param("1:00", "OAR walltime, H:MM")
     FULL = {"vmms_per_site": 4, "walltime": "8:00",
-            "methods": ["stock", "stock-multifd", "stock-zstd", "shrinker", "shrinker-nodedup"],
+            "methods": list(cluster.METHODS),
             "workloads": ["idle", "memory", "dirty", "pagecache"], "cluster_sizes": [1, 2, 4, 8],
             "wan_rates": ["100mbit", "250mbit", "500mbit", "1000mbit"], "chunk_sizes": [4096, 512, 1024, 2048],
             "repeats": 3}
@@ -249,7 +253,7 @@ def _guest_metrics(r: dict, shrinker: bool) -> dict:
                     reported_downtime_s=r.get("downtime", 0) / 1000, bytes_sent=ram.get("transferred", 0),
                     rounds=ram.get("dirty-sync-count", 0), chunks_full=ram.get("normal", 0),
                     chunks_uniform=ram.get("duplicate", 0), chunks_dedup=0, chunks_pulled=0, chunks_peer=0,
-                    chunks_local=0, ram_verified=r.get("status") == "completed")
+                    chunks_local=0, ram_verified=r.get("ram_verified", False), settle_copy_s=r.get("settle_copy_s"))
     d = r["destination"]
     rounds = r["rounds"]
     return dict(guest=r["guest"], total_time_s=r["total_time_s"], reported_downtime_s=r["downtime_s"],

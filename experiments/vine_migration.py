@@ -1,23 +1,24 @@
 """vine-migration: a guest on its site's network migrates to another site's and keeps its connections (ViNe, ch. 5).
 
-The guest is live-migrated to a VMM of another site while a client in the source site, one
-in the destination site and (with `third`) one in a third site read a TCP counter from it and
-ping it every 10 ms. ViNe joins the sites; its live-migration support (g5kdeploy.vine.migration)
-is on or off: nothing in the migration tells ViNe, the destination QEMU's announcement is all
-it sees.
+The guest is live-migrated to a VMM of another site while a client VM in the source site
+(on the source VMM: it stays behind), one in the destination site (on the destination VMM)
+and (with `third`) one in a third site read a TCP counter from it and ping it every 10 ms.
+ViNe joins the sites; its live-migration support (g5kdeploy.vine.migration) is on or off:
+nothing in the migration tells ViNe, the destination QEMU's announcement is all it sees.
 
-Each trial (method x support x routing x repeat) gets a fresh ViNe, a fresh guest (its
-address in the source site's network, its MAC from the address) and its twin waiting at the
-destination. `routing` is how the guest and the clients are configured: `site`, on their
-site's subnet (what is off it goes through their VR); `one-subnet`, on one subnet spanning
-the sites (the routing optimisation, thesis §5.5.4: the VRs answer ARP for the other sites'
-parts, and after the move the guest and its new neighbours talk directly at layer 2).
+Each trial (method x support x routing x repeat) gets a fresh ViNe, fresh client VMs, a fresh
+guest (its address in the source site's network, its MAC from the address) and its twin
+waiting at the destination. `routing` is how the guest and the client VMs are configured:
+`site`, on their site's subnet (what is off it goes through their VR); `one-subnet`, on one
+subnet spanning the sites (the routing optimisation, thesis §5.5.4: the VRs answer ARP for
+the other sites' parts, and after the move the guest and its new neighbours talk directly at
+layer 2). The client VMs' VMMs time what they see (g5kdeploy.vine.watch).
 
 Rows, by `level`, each with trial, repeat, method, support, routing:
   migration: total_time_s, downtime_s (QEMU's run-state trace), detection_s (the destination
     VR: RARP seen -> the guest's IP known), reconfiguration_s (IP known -> every other VR holds
     the /32), runs_at_destination, outcome (ok|failed), error
-  connection (one per client): client_site, survived (the counter went on after the migration
+  connection (one per client VM): client_site, survived (the counter went on after the migration
     without a skipped number), ended (open|closed|reset|error), skipped, stream_gap_s (the
     longest silence of the counter from the migration's start), ping_gap_s (the same for
     ping answers), rtt_before_ms / rtt_after_ms (median), bulk_before_mbit / bulk_after_mbit
@@ -32,10 +33,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import shlex
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from g5kdeploy import on_node, remote
@@ -50,23 +50,23 @@ SUPPORT = ("on", "off")
 METHODS = ("stock", "shrinker")
 ROUTING = ("site", "one-subnet")
 BIN_S = 0.1
-WATCH = "/tmp/g5kdeploy-watch"          # on each client: the watcher's output and pid
+WATCH = "/tmp/g5kdeploy-watch"          # on each client VM's VMM: the watcher's output and pid
 
 
 @dataclass(frozen=True)
 class Params:
     source: str = param("rennes", "site the guest starts on (its network)")
     destination: str = param("nancy", "site it migrates to")
-    third: str = param("", "a third site with a client (none: '')")
+    third: str = param("", "a third site with a client VM (none: '')")
     methods: list[str] = param(["stock"], ", ".join(METHODS))
     support: list[str] = param(["on", "off"], "ViNe's live-migration support: on, off")
     routing: list[str] = param(["site"], "the hosts' subnet: site (their site's), one-subnet (one spanning "
                                          "the sites: the routing optimisation)")
     repeats: int = param(1, "repeats of the grid")
-    memory_mb: int = param(128, "guest RAM")
-    warmup_s: float = param(3.0, "seconds the clients watch before the migration")
+    memory_mb: int = param(128, "RAM of the guest and of each client VM")
+    warmup_s: float = param(3.0, "seconds the client VMs watch before the migration")
     after_s: float = param(4.0, "seconds they watch after it")
-    bulk_s: float = param(2.0, "seconds of each bulk-throughput read")
+    bulk_s: int = param(2, "seconds of each bulk-throughput read (whole)")
     walltime: str = param("1:00", "OAR walltime, H:MM")
     FULL = {"methods": ["stock", "shrinker"], "routing": ["site", "one-subnet"], "repeats": 3}
 
@@ -80,7 +80,7 @@ class VineMigration(Experiment):
     Params = Params
 
     def request(self, p: Params, testbed: Testbed) -> dict[str, int]:
-        return {p.source: 2, p.destination: 2, **({p.third: 1} if p.third else {})}   # client (and Redis) + VMM
+        return {p.source: 2, p.destination: 2, **({p.third: 1} if p.third else {})}   # Redis + VMM; client VMM
 
     def needs(self, p: Params) -> set:
         return {Feature.GATEWAYS}
@@ -94,6 +94,8 @@ class VineMigration(Experiment):
         self.one_of("routing", p.routing, ROUTING)
         if not p.methods or not p.support or not p.routing:
             raise UserError("methods, support and routing each need a value")
+        if p.bulk_s < 1:
+            raise UserError(f"bulk_s={p.bulk_s}: give whole seconds, at least 1")
         try:
             Overlay.attach(testbed)
         except UserError:
@@ -106,12 +108,11 @@ class VineMigration(Experiment):
             third = {res.nodes.by_site()[p.third][0]: "vine-client"} if p.third else {}
             src, dst = cluster.prepare(testbed, res.nodes, p.source, p.destination, run.dir / "logs", third,
                                        around=lambda step: stage(run, step))
-            clients = {p.source: src.redis, p.destination: dst.redis,     # the sides' Redis nodes, and one
-                       **{p.third: n for n in third}}
+            hosts = {p.source: src.vmms[0], p.destination: dst.vmms[0], **{p.third: n for n in third}}
             grid = [dict(method=m, support=s, routing=g, repeat=r) for r in range(p.repeats) for m in p.methods
                     for g in p.routing for s in p.support]
             sweep(run, grid, lambda t: failures.extend(
-                _trial(run, testbed, src, dst, clients, grid.index(t), t, p)),
+                _trial(run, testbed, src, dst, hosts, grid.index(t), t, p)),
                 name=lambda t: f"trial {t['method']} support {t['support']} routing {t['routing']} #{t['repeat']}")
         if failures:
             raise RuntimeError("failed trials: " + "; ".join(failures))
@@ -160,22 +161,27 @@ class VineMigration(Experiment):
         return paths
 
 
-def _trial(run: Run, testbed: Testbed, src, dst, clients: dict, k: int, t: dict, p: Params) -> list[str]:
+def _trial(run: Run, testbed: Testbed, src, dst, hosts: dict, k: int, t: dict, p: Params) -> list[str]:
     d = testbed.description
     overlay = Overlay(testbed, sites(p), migration=t["support"] == "on")
     one = overlay.one_subnet() if t["routing"] == "one-subnet" else None
-    subnet = ipaddress.ip_network(d.site_subnet(p.source))
-    ip = str(subnet[200 + k % 50])
-    prefix = ipaddress.ip_network(one or subnet).prefixlen
-    plan = cluster.GuestPlan(f"vm{k}", src.vmms[0], dst.vmms[0], (f"{ip}/{prefix}", d.site_gateway(p.source)))
+
+    def nic(site: str, index: int) -> tuple[str, str]:
+        """An address of `site`'s network (on the spanning subnet with one-subnet) and its gateway."""
+        net = ipaddress.ip_network(d.site_subnet(site))
+        return f"{net[index]}/{ipaddress.ip_network(one or net).prefixlen}", d.site_gateway(site)
+    plan = cluster.GuestPlan(f"vm{k}", src.vmms[0], dst.vmms[0], nic(p.source, 200 + k % 50))
+    ip = _address(plan)
+    clients = {s: cluster.GuestPlan(f"c{k}{s}", host, None, nic(s, 150 + k % 50), peer=ip) for s, host in hosts.items()}
     common = dict(trial=k, repeat=t["repeat"], method=t["method"], support=t["support"], routing=t["routing"])
     agents = t["method"] == "shrinker"            # Shrinker's destination agents, and its Redis
-    with overlay, _on_subnet(list(clients.values()), one):
+    with overlay:
         if agents:
             cluster.flush_redis(src, dst)
-        with cluster.guests_running([plan], "idle", p.memory_mb, 0, 0):
-            before = {s: _bulk(n, ip, p.bulk_s)[0] for s, n in clients.items()}
-            _watching(clients.values(), ip)
+        with cluster.guests_running([plan], "idle", p.memory_mb, 0, 0), \
+                cluster.guests_running(list(clients.values()), "client", p.memory_mb, 0, 0):
+            before = {s: _bulk(c, p.bulk_s)[0] for s, c in clients.items()}
+            _watching(clients.values())
             try:
                 time.sleep(p.warmup_s)
                 with cluster.agents_running(dst) if agents else nullcontext():
@@ -193,7 +199,7 @@ def _trial(run: Run, testbed: Testbed, src, dst, clients: dict, k: int, t: dict,
                 time.sleep(p.after_s)
             finally:
                 seen = _watched(clients)
-            after = {s: _bulk_through(overlay, p.destination, n, ip, p.bulk_s) for s, n in clients.items()}
+            after = {s: _bulk_through(overlay, p.destination, c, p.bulk_s) for s, c in clients.items()}
         events = [e for s in overlay.sites for e in overlay.events(s) if e["t"] >= t0 - 1]
     detection, reconfiguration = _vr_times(events, ip, p.destination, [s for s in sites(p) if s != p.destination])
     ok = not error and check.get("runs_at_destination", False)
@@ -211,59 +217,48 @@ def _trial(run: Run, testbed: Testbed, src, dst, clients: dict, k: int, t: dict,
     return [] if ok else [f"trial {k}: {error or 'the guest does not run at the destination'}"]
 
 
-def _bulk(node, ip: str, seconds: float) -> tuple[float, int]:
-    """Mbit/s of the guest's bulk stream read from `node`, and the bytes read; (NaN, 0) when
-    it cannot be reached."""
+def _address(g: cluster.GuestPlan) -> str:
+    return g.nic[0].split("/")[0]
+
+
+def _bulk(client: cluster.GuestPlan, seconds: int) -> tuple[float, int]:
+    """Mbit/s of the guest's bulk stream read by a client VM, and the bytes read; (NaN, 0)
+    when it read nothing (the guest unreachable)."""
     try:
-        out = remote.run_module(node, "g5kdeploy.vine.watch", "bulk", ip, seconds, timeout=seconds + 30)
+        out = remote.run_module(client.source, "g5kdeploy.vine.watch", "bulk", _address(client), seconds,
+                                timeout=seconds + 60)
     except RuntimeError:
         return math.nan, 0
-    return round(out["bytes_per_s"] * 8 / 1e6, 2), out["bytes"]
+    return (round(out["bytes_per_s"] * 8 / 1e6, 2) if out["bytes"] else math.nan), out["bytes"]
 
 
-def _bulk_through(overlay: Overlay, site: str, node, ip: str, seconds: float) -> tuple[float, float]:
+def _bulk_through(overlay: Overlay, site: str, client: cluster.GuestPlan, seconds: int) -> tuple[float, float]:
     """_bulk's Mbit/s, and the bytes `site`'s VR received from its LAN meanwhile per byte read
     (NaN when nothing was read)."""
     start = overlay.ask(site, "show")["lan_rx_bytes"]
-    mbit, got = _bulk(node, ip, seconds)
+    mbit, got = _bulk(client, seconds)
     share = (overlay.ask(site, "show")["lan_rx_bytes"] - start) / got if got else math.nan
     return mbit, round(share, 3)
 
 
-@contextmanager
-def _on_subnet(nodes: list, subnet: str | None):
-    """Each client also on `subnet` (a route to it on its LAN), as the hosts of one subnet
-    spanning the sites are; taken away after. Nothing with None."""
-    if subnet is None:
-        yield
-        return
-    net = shlex.quote(subnet)
-    try:
-        for r in remote.run(f"ip route replace {net} dev \"$(ip -o route show default | awk '{{print $5; exit}}')\"",
-                            nodes):
+def _watching(clients) -> None:
+    """A counter watcher on each client VM's VMM, in the background."""
+    for c in clients:
+        w = f"{WATCH}-{c.id}"
+        cmd = f"setsid {on_node('g5kdeploy.vine.watch')} counter {_address(c)} > {w}.json 2> {w}.log " \
+              f"< /dev/null & echo $! > {w}.pid"
+        for r in remote.run(cmd, [c.source]):
             if not r.ok:
-                raise RuntimeError(f"configuring {r.host} on {subnet}: {r.error or r.stderr.strip()[-300:]}")
-        yield
-    finally:
-        remote.run(f"ip route del {net}", nodes)
-
-
-def _watching(nodes, ip: str) -> None:
-    """A counter watcher on each client, in the background."""
-    cmd = f"setsid {on_node('g5kdeploy.vine.watch')} counter {ip} > {WATCH}.json 2> {WATCH}.log < /dev/null & " \
-          f"echo $! > {WATCH}.pid"
-    for r in remote.run(cmd, list(nodes)):
-        if not r.ok:
-            raise RuntimeError(f"starting a watcher: {r.error or r.stderr.strip()[-300:]}")
+                raise RuntimeError(f"starting a watcher: {r.error or r.stderr.strip()[-300:]}")
 
 
 def _watched(clients: dict) -> dict:
     """Stop the watchers; what each saw."""
-    nodes = list(clients.values())
-    remote.run(f"kill $(cat {WATCH}.pid); while kill -0 $(cat {WATCH}.pid) 2> /dev/null; do sleep 0.05; done", nodes)
     out = {}
-    for site, n in clients.items():
-        r = remote.run(f"cat {WATCH}.json; rm -f {WATCH}.json {WATCH}.pid {WATCH}.log", [n])[0]
+    for site, c in clients.items():
+        w = f"{WATCH}-{c.id}"
+        r = remote.run(f"kill $(cat {w}.pid); while kill -0 $(cat {w}.pid) 2> /dev/null; do sleep 0.05; done; "
+                       f"cat {w}.json; rm -f {w}.json {w}.pid {w}.log", [c.source])[0]
         out[site] = json.loads(r.stdout) if r.ok and r.stdout.strip() else {"lines": [], "pings": [], "ended": "lost",
                                                                              "skipped": 0}
     return out

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import zstandard
 
 from conftest import free_port
 from g5kdeploy.shrinker import channel as F, destination
@@ -67,8 +68,9 @@ def connect(address):
     return s, s.makefile("rb"), s.makefile("wb")
 
 
-def hello(chunk=CHUNK, size=SIZE, guest=GUEST) -> bytes:
-    return json.dumps({"guest": guest, "size": size, "chunk": chunk, "digest": "sha1"}).encode()
+def hello(chunk=CHUNK, size=SIZE, guest=GUEST, compression="zstd") -> bytes:
+    return json.dumps({"guest": guest, "size": size, "chunk": chunk, "digest": "sha1",
+                       "compression": compression}).encode()
 
 
 def open_migration(address, key, payload=None):
@@ -138,7 +140,7 @@ def test_hello_sizes_are_bounded(agent):
     address, keys, _, _ = agent
     key = write_key(keys, GUEST)
     for bad in (hello(chunk=2 ** 33), hello(chunk=3000), hello(size=SIZE + 1), hello(guest="../../etc/x"),
-                b"[1, 2]", b"\xff"):
+                hello(compression="lz4"), b"[1, 2]", b"\xff"):
         s, _ = open_migration(address, key, bad)
         assert closed_without_answer(s), bad
     s = connect(address)[0]
@@ -168,6 +170,48 @@ def test_a_chunk_frame_longer_than_a_chunk_is_refused_unread(agent):
     kind, _, reason = chan.receive()
     assert kind == F.ABORT and b"at most" in reason
     assert ram.read_bytes() == b"\0" * SIZE
+
+
+def test_packed_chunks_round_trip_compressible_or_not():
+    body = 20 + CHUNK
+    entries = [(k, SHA1(d) + d) for k, d in enumerate([b"\0" * 100 + b"a" * (CHUNK - 100), os.urandom(CHUNK),
+                                                      os.urandom(CHUNK), b"text " * (CHUNK // 5) + b"x"])]
+    packed = F.pack(entries, zstandard.ZstdCompressor(level=3))
+    assert F.unpack(packed, len(entries), body, zstandard.ZstdDecompressor()) == entries
+    assert len(packed) < len(entries) * (4 + body) - CHUNK        # the two alike chunks shrank
+    noise = [(k, os.urandom(body)) for k in range(F.pack_count(body))]    # as many as a frame holds
+    worst = F.pack(noise, zstandard.ZstdCompressor(level=3))
+    assert len(entries[0][1]) < len(worst) <= F.packed_limit(body)
+    assert F.unpack(worst, len(noise), body, zstandard.ZstdDecompressor()) == noise
+
+
+def test_a_packed_frame_that_lies_about_its_size_is_refused_before_it_is_inflated():
+    body, d = 20 + CHUNK, zstandard.ZstdDecompressor()
+    one = F.pack([(1, b"\0" * body)], zstandard.ZstdCompressor())
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20))      # 64 MiB, claiming to be 1 chunk
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * 8 * (4 + body))
+    for payload, count in ((bomb, 1), (one, 2), (unsized, 1), (b"not zstd", 1), (one, F.pack_count(body) + 1)):
+        with pytest.raises(F.Refused):
+            F.unpack(payload, count, body, d)
+
+
+def test_packed_chunks_are_checked_and_written(agent):
+    address, keys, ram, _ = agent
+    s, chan = open_migration(address, write_key(keys, GUEST))
+    assert chan.receive()[0] == F.HELLO
+    data = [os.urandom(CHUNK), b"z" * (CHUNK - 1) + b"!"]
+    chan.send(F.PACKED, 2, F.pack([(3, SHA1(data[0]) + data[0]), (5, SHA1(data[1]) + data[1])],
+                                  zstandard.ZstdCompressor()))
+    chan.send(F.ROUND_END, 1)
+    chan.flush()
+    assert chan.receive()[0] == F.ROUND_ACK
+    got = ram.read_bytes()
+    assert got[3 * CHUNK:4 * CHUNK] == data[0] and got[5 * CHUNK:6 * CHUNK] == data[1]
+    chan.send(F.PACKED, 1, F.pack([(6, SHA1(data[0]) + data[1])], zstandard.ZstdCompressor()))  # digest of another
+    chan.flush()
+    kind, _, reason = chan.receive()
+    assert kind == F.ABORT and b"does not match" in reason
+    assert ram.read_bytes()[6 * CHUNK:7 * CHUNK] == b"\0" * CHUNK
 
 
 def test_chunks_beyond_the_ram_are_refused(agent):

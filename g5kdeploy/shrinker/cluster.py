@@ -26,7 +26,8 @@ from g5kdeploy.vm import image as vm_image
 from g5kdeploy.vm.qemu import QMP_SOCKET, RAM, VMS
 
 AGENT_PORT, QEMU_PORT, REDIS_PORT = 7700, 7800, 6379
-METHODS = ("stock", "stock-multifd", "stock-zstd", "shrinker", "shrinker-nodedup")
+METHODS = ("stock", "stock-multifd", "stock-zstd", "shrinker", "shrinker-nodedup", "shrinker-uncompressed")
+DEDUP = ("shrinker", "shrinker-uncompressed")     # Shrinker with the source site's Redis
 STOCK_OPTIONS = {"stock": [], "stock-multifd": ["--multifd", 4], "stock-zstd": ["--multifd", 4, "--compression", "zstd"]}
 DEST_PID = "/run/shrinker-destination.pid"
 
@@ -42,8 +43,9 @@ class Side:
 class GuestPlan:
     id: str
     source: Node
-    destination: Node
+    destination: Node | None                # None: a guest that stays (no twin)
     nic: tuple[str, str] | None = None      # (address/prefix, gateway): a NIC on the VMMs' bridges
+    peer: str = ""                          # the guest a `client` guest watches
 
 
 def sides(nodes: NodeSet, source: str, destination: str) -> tuple[Side, Side]:
@@ -125,21 +127,26 @@ def plan_cluster(src: Side, dst: Side, count: int, prefix: str) -> list[GuestPla
 
 @contextlib.contextmanager
 def guests_running(plans: list[GuestPlan], workload: str, memory_mb: int, mb: int, rate: int):
-    """The guests and their destination twins, running for the block (all stopped when it
-    ends, even half started)."""
+    """The guests and their destination twins (if they have a destination), running for the
+    block (all stopped when it ends, even half started)."""
     args = ["--memory", memory_mb, "--workload", workload, "--mb", mb, "--rate", rate]
 
     def nic(g: GuestPlan) -> list:
-        return ["--ip", g.nic[0], "--gateway", g.nic[1]] if g.nic else []
+        if not g.nic:
+            return []
+        return ["--ip", g.nic[0], "--gateway", g.nic[1]] + (["--peer", g.peer] if g.peer else [])
+    twinned = [g for g in plans if g.destination]
     try:
         _each(lambda g: _one(g.source, "vmm", "start", "--id", g.id, *args, *nic(g)), plans, "starting guests")
         _each(lambda g: _one(g.source, "vmm", "ready", "--id", g.id), plans, "waiting for the workloads")
-        _each(lambda g: _one(g.destination, "vmm", "start", "--id", g.id, *args, *nic(g), "--incoming"), plans,
+        _each(lambda g: _one(g.destination, "vmm", "start", "--id", g.id, *args, *nic(g), "--incoming"), twinned,
               "destination twins")
         yield plans
     finally:
-        remote.run(f"for d in {VMS}/*; do [ -d $d ] && {on_node('g5kdeploy.shrinker.vmm')} stop --id $(basename $d); done; true",
-                   {n.hostname: n for g in plans for n in (g.source, g.destination)}.values())
+        ids = shlex.join(g.id for g in plans)        # each node stops those of them it holds
+        remote.run(f"for i in {ids}; do [ -d {VMS}/\"$i\" ] && {on_node('g5kdeploy.shrinker.vmm')} stop --id \"$i\"; "
+                   "done; true",
+                   {n.hostname: n for g in plans for n in (g.source, g.destination) if n}.values())
 
 
 @contextlib.contextmanager
@@ -172,13 +179,15 @@ def flush_redis(*sides: Side) -> None:
 
 def migrate(plans: list[GuestPlan], method: str, src: Side, dst: Side, chunk: int = 4096, digest: str = "sha1",
             rate_mbit: float = 100, max_rounds: int = 8) -> list[dict]:
-    """Migrate every guest at once; per guest the agent's (or QEMU's) report."""
+    """Migrate every guest at once; per guest the agent's (or QEMU's) report. Shrinker's source
+    fails unless the twin's RAM equals its own at the stop; for stock QEMU, `ram_verified` says
+    whether the source's RAM as sent equals the twin's before it started."""
     if method not in METHODS:
         raise UserError(f"unknown migration method {method!r}: use one of {', '.join(METHODS)}")
     shrinker = method.startswith("shrinker")
     port = {g.id: QEMU_PORT + k for k, g in enumerate(plans)}
     options = STOCK_OPTIONS.get(method, [])          # QEMU's built-in options, on both ends
-    flags = ["--ignore-shared"] if shrinker else options
+    flags = ["--ignore-shared"] if shrinker else [*options, "--settle"]
     _each(lambda g: _one(g.destination, "vmm", "incoming", "--id", g.id, "--address", g.destination.address,
                          "--port", port[g.id], *flags), plans, "destination QEMUs listening")
 
@@ -194,14 +203,19 @@ def migrate(plans: list[GuestPlan], method: str, src: Side, dst: Side, chunk: in
     def attempt(g: GuestPlan) -> dict:
         t0 = time.time()
         if shrinker:
-            redis = ["--redis", f"{src.redis.address}:{REDIS_PORT}"] if method == "shrinker" else []
+            redis = ["--redis", f"{src.redis.address}:{REDIS_PORT}"] if method in DEDUP else []
+            compression = "" if method == "shrinker-uncompressed" else "zstd"
             out = _one(g.source, "source", "--guest", g.id, "--ram", RAM.format(name=g.id),
                        "--qmp", VMS / g.id / QMP_SOCKET, "--to", f"{g.destination.address}:{AGENT_PORT}",
                        "--device-to", f"{g.destination.address}:{port[g.id]}", *redis, "--chunk", chunk,
-                       "--digest", digest, "--rate-mbit", rate_mbit, "--max-rounds", max_rounds)
+                       "--digest", digest, "--compression", compression, "--rate-mbit", rate_mbit,
+                       "--max-rounds", max_rounds)
         else:
             out = _one(g.source, "vmm", "stock-migrate", "--id", g.id, "--to", f"{g.destination.address}:{port[g.id]}",
                        *options, "--max-rounds", max_rounds)
+            if out.get("status") == "completed":      # the source's RAM, as sent, against the twin's at its start
+                twin = _one(g.destination, "vmm", "settled", "--id", g.id)
+                out.update(ram_verified=twin["digest"] == out["ram_digest"], settle_copy_s=twin["copy_s"])
         return {**out, "guest": g.id, "start": t0, "end": time.time()}
 
     keys = keys_shared({g.id: [g.source, g.destination] for g in plans}) if shrinker else contextlib.nullcontext()

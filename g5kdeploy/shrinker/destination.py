@@ -137,7 +137,13 @@ class Migration:
         self.guest, self.chunk = hello["guest"], hello["chunk"]
         self.hash, self.dsize = C.digest_fn(hello["digest"]), C.ALGORITHMS[hello["digest"]]
         self.chunks = hello["size"] // self.chunk
-        chan.limit = self.dsize + self.chunk
+        self.decompressor = None
+        if hello.get("compression"):
+            import zstandard
+            self.decompressor = zstandard.ZstdDecompressor()
+        chan.limit = self.dsize + self.chunk                  # a FULL frame's payload
+        if self.decompressor:
+            chan.limits[F.PACKED] = F.packed_limit(chan.limit)
         self.path = RAM.format(name=self.guest)
         self.fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
         st = os.fstat(self.fd)
@@ -180,6 +186,20 @@ class Migration:
             raise F.Refused(f"chunk {index}: a {len(payload)}-byte payload")
         return payload * self.chunk if kind == F.UNIFORM else None
 
+    def chunk_received(self, kind: int, index: int, payload: bytes) -> None:
+        """A FULL or UNIFORM chunk written, a DIGEST queued for the resolver."""
+        data = self.chunk_frame(kind, index, payload)
+        with self.state:
+            self.seq += 1
+            self.latest[index] = self.seq
+            if kind == F.FULL:
+                self.write(index, data, payload[:self.dsize])
+            elif kind == F.UNIFORM:
+                self.write(index, data, None)
+            else:
+                self.queue.append((index, payload, self.seq))
+        self.stats[{F.FULL: "full", F.UNIFORM: "uniform", F.DIGEST: "dedup"}[kind]] += 1
+
     def write(self, index: int, data: bytes, digest: bytes | None) -> None:
         os.pwrite(self.fd, data, index * self.chunk)
         if self.written is not None:
@@ -205,18 +225,11 @@ class Migration:
         resolver.start()
         while True:
             kind, index, payload = self.chan.receive()
-            if kind in (F.FULL, F.UNIFORM, F.DIGEST):
-                data = self.chunk_frame(kind, index, payload)
-                with self.state:
-                    self.seq += 1
-                    self.latest[index] = self.seq
-                    if kind == F.FULL:
-                        self.write(index, data, payload[:self.dsize])
-                    elif kind == F.UNIFORM:
-                        self.write(index, data, None)
-                    else:
-                        self.queue.append((index, payload, self.seq))
-                self.stats[{F.FULL: "full", F.UNIFORM: "uniform", F.DIGEST: "dedup"}[kind]] += 1
+            if kind == F.PACKED and self.decompressor:
+                for i, body in F.unpack(payload, index, self.dsize + self.chunk, self.decompressor):
+                    self.chunk_received(F.FULL, i, body)
+            elif kind in (F.FULL, F.UNIFORM, F.DIGEST):
+                self.chunk_received(kind, index, payload)
                 if len(self.queue) >= BATCH:       # resolve while the round goes on: the other
                     work.put((self.queue, None))   # guests' copies are in the index now
                     self.queue = []
@@ -399,6 +412,8 @@ def checked_hello(payload: bytes) -> dict:
         raise F.Refused(f"RAM size {size!r} is not a multiple of the chunk size")
     if hello.get("digest") not in C.ALGORITHMS:
         raise F.Refused(f"unknown digest {hello.get('digest')!r}")
+    if hello.get("compression", "") not in F.COMPRESSIONS:
+        raise F.Refused(f"unknown compression {hello.get('compression')!r}")
     return hello
 
 

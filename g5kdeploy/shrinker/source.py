@@ -43,6 +43,10 @@ class Source:
         self.replies: dict[int, tuple[int, bytes]] = {}
         self.replied = threading.Condition()
         self.stats = {"rounds": [], "pulled": 0}
+        self.compressor = None
+        if a.compression == "zstd":
+            import zstandard
+            self.compressor = zstandard.ZstdCompressor(level=a.level)
 
     # -- channel -------------------------------------------------------------------------
     def send(self, kind: int, index: int = 0, payload: bytes = b"") -> int:
@@ -123,7 +127,8 @@ class Source:
 
     def _send_batch(self, pending: list[tuple[int, bytes, bytes]], r: dict) -> None:
         """First sender of a digest in the source site ships the data, the others the digest
-        (SETNX queries pipelined: one round trip per batch, not per chunk)."""
+        (SETNX queries pipelined: one round trip per batch, not per chunk); the data of a
+        batch goes compressed together (PACKED frames), unless compression is off."""
         if not pending:
             return
         first = [True] * len(pending)       # no coordination (or unreachable): send the data
@@ -135,18 +140,28 @@ class Source:
                 first = pipe.execute()
             except self.unavailable:
                 self.stats["coordination_failures"] = self.stats.get("coordination_failures", 0) + 1
+        full = []
         for (index, d, data), is_first in zip(pending, first):
             if is_first:
-                r["full"] += 1
-                r["bytes"] += self.send(F.FULL, index, d + data)
+                full.append((index, d + data))
             else:
                 r["dedup"] += 1
                 r["bytes"] += self.send(F.DIGEST, index, d)
+        r["full"] += len(full)
+        if self.compressor is None:
+            for index, body in full:
+                r["bytes"] += self.send(F.FULL, index, body)
+            return
+        per_frame = F.pack_count(C.ALGORITHMS[self.a.digest] + self.a.chunk)
+        for k in range(0, len(full), per_frame):
+            entries = full[k:k + per_frame]
+            r["bytes"] += self.send(F.PACKED, len(entries), F.pack(entries, self.compressor))
 
     # -- the whole migration -------------------------------------------------------------
     def migrate(self) -> dict:
         a, t0 = self.a, time.monotonic()
-        hello = {"guest": a.guest, "size": self.size, "chunk": a.chunk, "digest": a.digest}
+        hello = {"guest": a.guest, "size": self.size, "chunk": a.chunk, "digest": a.digest,
+                 "compression": a.compression}
         self.send(F.HELLO, 0, json.dumps(hello).encode())
         self.flush()
         threading.Thread(target=self.reader, daemon=True).start()
@@ -235,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--key-prefix", default="shrinker:")
     p.add_argument("--chunk", type=int, default=4096)
     p.add_argument("--digest", default="sha1", choices=sorted(C.ALGORITHMS))
+    p.add_argument("--compression", default="zstd", choices=F.COMPRESSIONS, help="of full chunks ('': none)")
+    p.add_argument("--level", type=int, default=3, help="zstd level")
     p.add_argument("--max-rounds", type=int, default=8)
     p.add_argument("--downtime-ms", type=float, default=300)
     p.add_argument("--rate-mbit", type=float, default=100)

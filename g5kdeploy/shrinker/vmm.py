@@ -1,40 +1,50 @@
 """VMM-side commands for Shrinker experiments, run on nodes over ssh:
-`python3 -m g5kdeploy.shrinker.vmm start|ready|ticks|diagnose|runstate|incoming|stock-migrate|resume|stop ...`.
+`python3 -m g5kdeploy.shrinker.vmm start|ready|ticks|diagnose|runstate|incoming|settle|settled|stock-migrate|resume|stop ...`.
 Guests are disk-less (their workload runs from the initramfs), RAM in /dev/shm/g5kvm-<id>;
 given --ip, a guest has a NIC on the VMM's bridge with that address, the same at the
-destination (a migrated guest keeps its address and MAC), and serves the workload's counter."""
+destination (a migrated guest keeps its address and MAC), and serves the workload's counter
+(or, workload `client`, watches --peer's: g5kdeploy.vine.watch)."""
 from __future__ import annotations
 
 import argparse
 import hashlib
 import ipaddress
 import json
+import os
 import re
+import subprocess
 import sys
 import time
 
+from g5kdeploy.files import write_atomic
+from g5kdeploy.shrinker import chunks as C
 from g5kdeploy.vm import qemu
 from g5kdeploy.vm.qemu import QMP, Guest
 
 TICK = re.compile(r"g5kdeploy-tick (\d+)")
 
 
-# The source stops the guest itself before the device state moves; without the run state
-# in the stream the destination starts as soon as the state is loaded (no `cont` round trip).
+# The source stops the guest itself before the device state moves; without the run state in
+# the stream the twin's own -S decides: it stays paused until its mover starts it (Shrinker's
+# destination agent, or `settle`).
 # qboot boots -kernel directly; its 64 KiB ROM, unlike SeaBIOS's 256 KiB, keeps the part of the
 # device state QEMU sends itself (ROMs are not shared RAM) at 38 KB instead of 206 KB a guest.
 GUEST_ARGS = ["-global", "migration.store-global-state=off", "-bios", "qboot.rom"]
+# Under TCG a stock migration keeps the guest's writes only if its RAM is not a multiple of
+# 256 KiB (Guest.trim_kb); 64 KiB off keeps it a multiple of every Shrinker chunk size.
+TCG_TRIM_KB = 64
 
 
 def guest(a: argparse.Namespace, incoming: str | None = None) -> Guest:
     cmdline = {"g5k_workload": a.workload, "g5k_mb": str(a.mb), "g5k_rate": str(a.rate)}
     nic = {}
     if a.ip:
-        cmdline.update(g5k_ip=str(a.ip), g5k_gw=str(a.gateway))
-        nic = {"tap": "g" + hashlib.sha1(a.id.encode()).hexdigest()[:12], "mac": qemu.mac_for(str(a.ip.ip)),
-               "trim_kb": 8 if qemu.accelerator() == "tcg" else 0}     # a stock migration keeps its writes
-    return Guest.installed(a.id, None, memory_mb=a.memory, incoming=incoming, extra=GUEST_ARGS, cmdline=cmdline,
-                           **nic)
+        cmdline.update(g5k_ip=str(a.ip), g5k_gw=str(a.gateway), **({"g5k_peer": str(a.peer)} if a.peer else {}))
+        nic = {"tap": "g" + hashlib.sha1(a.id.encode()).hexdigest()[:12], "mac": qemu.mac_for(str(a.ip.ip))}
+    # a twin stays paused once the state is in (-S): whoever moved it starts it, after its check
+    return Guest.installed(a.id, None, memory_mb=a.memory, incoming=incoming,
+                           extra=GUEST_ARGS + (["-S"] if incoming else []), cmdline=cmdline,
+                           trim_kb=TCG_TRIM_KB if qemu.accelerator() == "tcg" else 0, **nic)
 
 
 def start(a) -> dict:
@@ -97,10 +107,50 @@ def capabilities(qmp: QMP, a) -> None:
 
 
 def incoming(a) -> dict:
-    with QMP(Guest.load(a.id).qmp_path) as qmp:
+    """The twin listens for the migration; with --settle, `settle` waits in the background to
+    start it (stock QEMU: nothing else would)."""
+    g = Guest.load(a.id)
+    with QMP(g.qmp_path) as qmp:
         capabilities(qmp, a)
         qmp.execute("migrate-incoming", uri=f"tcp:{a.address}:{a.port}")     # where only the source needs it
+    if a.settle:
+        with open(g.rundir / "settle.log", "wb") as log:
+            subprocess.Popen([sys.executable, "-m", "g5kdeploy.shrinker.vmm", "settle", "--id", a.id],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return {"id": a.id, "incoming": f"{a.address}:{a.port}"}
+
+
+def settle(a) -> dict:
+    """Once QEMU has loaded the migrated state (paused, -S): copy the RAM, start the guest, then
+    write the copy's SHA-256 to settled.json, for the source's RAM to be compared with (the
+    check Shrinker makes; the copy is in the downtime, as Shrinker's snapshot is)."""
+    g = Guest.load(a.id)
+    copy = bytearray(os.path.getsize(g.ram_path))           # allocated before the stop
+    with QMP(g.qmp_path, timeout=600) as qmp:
+        while (status := qmp.execute("query-status")["status"]) == "inmigrate":
+            time.sleep(0.001)
+        t0 = time.monotonic()
+        fd = os.open(g.ram_path, os.O_RDONLY)
+        try:
+            C.read_into(fd, copy)
+        finally:
+            os.close(fd)
+        copy_s = time.monotonic() - t0
+        if status == "paused":
+            qmp.execute("cont")
+    out = {"id": a.id, "status": status, "copy_s": round(copy_s, 4), "digest": hashlib.sha256(copy).hexdigest()}
+    write_atomic(g.rundir / "settled.json", json.dumps(out))
+    return out
+
+
+def settled(a) -> dict:
+    """What `settle` found (it waits up to --timeout for it)."""
+    path, deadline = Guest.load(a.id).rundir / "settled.json", time.monotonic() + a.timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{a.id}: not settled after {a.timeout} s (see settle.log)")
+        time.sleep(0.02)
+    return json.loads(path.read_text())
 
 
 def stock_migrate(a) -> dict:
@@ -124,7 +174,8 @@ def stock_migrate(a) -> dict:
         qmp.execute("migrate", uri=f"tcp:{a.to}")
         info = qmp.wait_migration(0.02, each=bound)
         elapsed = time.monotonic() - t0
-        if info.get("status") == "completed":
+        if info.get("status") == "completed":            # the RAM as it was sent (paused since)
+            info["ram_digest"] = C.file_digest(str(g.ram_path))
             qmp.execute("quit")
     return {"id": a.id, "wall_s": round(elapsed, 4), "forced_stop": bool(forced), **info}
 
@@ -146,7 +197,8 @@ def stop(a) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="g5kdeploy.shrinker.vmm")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("start", "ready", "ticks", "diagnose", "runstate", "incoming", "stock-migrate", "resume", "stop"):
+    for name in ("start", "ready", "ticks", "diagnose", "runstate", "incoming", "settle", "settled", "stock-migrate",
+                 "resume", "stop"):
         s = sub.add_parser(name)
         s.add_argument("--id", required=True)
         if name == "start":
@@ -158,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument("--ip", type=ipaddress.IPv4Interface, help="address/prefix of the guest's NIC")
             s.add_argument("--gateway", type=ipaddress.IPv4Address, help="its default router")
             s.add_argument("--bridge", default="br0", help="the VMM's bridge its tap joins")
-        if name == "ready":
+            s.add_argument("--peer", type=ipaddress.IPv4Address, help="the guest a `client` workload watches")
+        if name in ("ready", "settled"):
             s.add_argument("--timeout", type=float, default=120)
         if name in ("incoming", "stock-migrate"):
             s.add_argument("--ignore-shared", action="store_true", help="device state only (Shrinker)")
@@ -168,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument("--address", required=True, type=ipaddress.IPv4Address,
                            help="this node's address the source reaches")
             s.add_argument("--port", type=int, required=True)
+            s.add_argument("--settle", action="store_true", help="start the guest once migrated, after a RAM copy")
         if name == "stock-migrate":
             s.add_argument("--to", required=True)
             s.add_argument("--max-rounds", type=int, default=8)
