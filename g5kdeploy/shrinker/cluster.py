@@ -13,6 +13,7 @@ import shlex
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def _one(node: Node, module: str, *args) -> dict:
 @contextlib.contextmanager
 def keys_shared(users: dict[str, list[Node]]):
     """A fresh key per name (a guest, or the destination agents' `peers`) in the key
-    directory of the nodes that use it, for the block (what is left is removed after it)."""
+    directory of the nodes that use it, for the block: each agent removes the key it reads,
+    and a block that fails has what is left removed."""
     by_node: dict[Node, list[str]] = defaultdict(list)
     for name, nodes in users.items():
         for n in nodes:
@@ -108,8 +110,9 @@ def keys_shared(users: dict[str, list[Node]]):
         try:
             _each(give, list(by_node), "sharing migration keys")
             yield
-        finally:
+        except BaseException:     # each agent removes a key once it has read it: only a failure leaves one
             remote.run(shlex.join(["rm", "-f", *(f"{KEYS}/{name}.key" for name in users)]), list(by_node))
+            raise
 
 
 def _each(fn, items, what: str) -> list:
@@ -188,8 +191,10 @@ def migrate(plans: list[GuestPlan], method: str, src: Side, dst: Side, chunk: in
     port = {g.id: QEMU_PORT + k for k, g in enumerate(plans)}
     options = STOCK_OPTIONS.get(method, [])          # QEMU's built-in options, on both ends
     flags = ["--ignore-shared"] if shrinker else [*options, "--settle"]
-    _each(lambda g: _one(g.destination, "vmm", "incoming", "--id", g.id, "--address", g.destination.address,
-                         "--port", port[g.id], *flags), plans, "destination QEMUs listening")
+
+    def listen(g: GuestPlan) -> dict:
+        return _one(g.destination, "vmm", "incoming", "--id", g.id, "--address", g.destination.address,
+                    "--port", port[g.id], *flags)
 
     def one(g: GuestPlan) -> dict:
         try:
@@ -219,8 +224,11 @@ def migrate(plans: list[GuestPlan], method: str, src: Side, dst: Side, chunk: in
         return {**out, "guest": g.id, "start": t0, "end": time.time()}
 
     keys = keys_shared({g.id: [g.source, g.destination] for g in plans}) if shrinker else contextlib.nullcontext()
-    with keys:
-        return _each(one, plans, f"migrating {len(plans)} guests ({method})")
+    with ThreadPoolExecutor(1) as pool:           # the twins told to listen while the keys are copied
+        listening = pool.submit(_each, listen, plans, "destination QEMUs listening")
+        with keys:
+            listening.result()
+            return _each(one, plans, f"migrating {len(plans)} guests ({method})")
 
 
 def check(plans: list[GuestPlan], timeout: float = 10) -> list[dict]:
