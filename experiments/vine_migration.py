@@ -171,7 +171,7 @@ def _trial(run: Run, testbed: Testbed, src, dst, hosts: dict, k: int, t: dict, p
         net = ipaddress.ip_network(d.site_subnet(site))
         return f"{net[index]}/{ipaddress.ip_network(one or net).prefixlen}", d.site_gateway(site)
     plan = cluster.GuestPlan(f"vm{k}", src.vmms[0], dst.vmms[0], nic(p.source, 200 + k % 50))
-    ip = _address(plan)
+    ip = plan.address
     clients = {s: cluster.GuestPlan(f"c{k}{s}", host, None, nic(s, 150 + k % 50), peer=ip) for s, host in hosts.items()}
     common = dict(trial=k, repeat=t["repeat"], method=t["method"], support=t["support"], routing=t["routing"])
     agents = t["method"] == "shrinker"            # Shrinker's destination agents, and its Redis
@@ -217,15 +217,11 @@ def _trial(run: Run, testbed: Testbed, src, dst, hosts: dict, k: int, t: dict, p
     return [] if ok else [f"trial {k}: {error or 'the guest does not run at the destination'}"]
 
 
-def _address(g: cluster.GuestPlan) -> str:
-    return g.nic[0].split("/")[0]
-
-
 def _bulk(client: cluster.GuestPlan, seconds: int) -> tuple[float, int]:
     """Mbit/s of the guest's bulk stream read by a client VM, and the bytes read; (NaN, 0)
     when it read nothing (the guest unreachable)."""
     try:
-        out = remote.run_module(client.source, "g5kdeploy.vine.watch", "bulk", _address(client), seconds,
+        out = remote.run_module(client.source, "g5kdeploy.vine.watch", "bulk", client.address, seconds,
                                 timeout=seconds + 60)
     except RuntimeError:
         return math.nan, 0
@@ -245,7 +241,7 @@ def _watching(clients) -> None:
     """A counter watcher on each client VM's VMM, in the background."""
     for c in clients:
         w = f"{WATCH}-{c.id}"
-        cmd = f"setsid {on_node('g5kdeploy.vine.watch')} counter {_address(c)} > {w}.json 2> {w}.log " \
+        cmd = f"setsid {on_node('g5kdeploy.vine.watch')} counter {c.address} > {w}.json 2> {w}.log " \
               f"< /dev/null & echo $! > {w}.pid"
         for r in remote.run(cmd, [c.source]):
             if not r.ok:

@@ -100,6 +100,22 @@ def _read(inp: BinaryIO, n: int) -> bytes:
     return data
 
 
+def compressor(compression: str, level: int = 3):
+    """The compressor of PACKED frames for `compression` (None: "", full chunks sent as FULL)."""
+    if compression != "zstd":
+        return None
+    import zstandard          # on VMMs only (python3-zstandard): the frontend never packs
+    return zstandard.ZstdCompressor(level=level)
+
+
+def decompressor(compression: str):
+    """The decompressor of PACKED frames for `compression` (None: "", they are refused)."""
+    if compression != "zstd":
+        return None
+    import zstandard
+    return zstandard.ZstdDecompressor()
+
+
 def pack(entries: list[tuple[int, bytes]], compressor) -> bytes:
     """A PACKED payload: (chunk index, digest + data) entries, compressed together."""
     return compressor.compress(b"".join(INDEX.pack(i) + body for i, body in entries))

@@ -48,6 +48,11 @@ class GuestPlan:
     nic: tuple[str, str] | None = None      # (address/prefix, gateway): a NIC on the VMMs' bridges
     peer: str = ""                          # the guest a `client` guest watches
 
+    @property
+    def address(self) -> str:
+        """The NIC's address, without its prefix."""
+        return self.nic[0].split("/")[0]
+
 
 def sides(nodes: NodeSet, source: str, destination: str) -> tuple[Side, Side]:
     """Per site: the head node runs Redis, the others are VMMs."""

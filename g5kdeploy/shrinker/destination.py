@@ -137,10 +137,7 @@ class Migration:
         self.guest, self.chunk = hello["guest"], hello["chunk"]
         self.hash, self.dsize = C.digest_fn(hello["digest"]), C.ALGORITHMS[hello["digest"]]
         self.chunks = hello["size"] // self.chunk
-        self.decompressor = None
-        if hello.get("compression"):
-            import zstandard
-            self.decompressor = zstandard.ZstdDecompressor()
+        self.decompressor = F.decompressor(hello.get("compression", ""))
         chan.limit = self.dsize + self.chunk                  # a FULL frame's payload
         if self.decompressor:
             chan.limits[F.PACKED] = F.packed_limit(chan.limit)

@@ -43,10 +43,7 @@ class Source:
         self.replies: dict[int, tuple[int, bytes]] = {}
         self.replied = threading.Condition()
         self.stats = {"rounds": [], "pulled": 0}
-        self.compressor = None
-        if a.compression == "zstd":
-            import zstandard
-            self.compressor = zstandard.ZstdCompressor(level=a.level)
+        self.compressor = F.compressor(a.compression, a.level)
 
     # -- channel -------------------------------------------------------------------------
     def send(self, kind: int, index: int = 0, payload: bytes = b"") -> int:
